@@ -1,0 +1,5 @@
+import sys
+
+from lightsr.cli import main
+
+sys.exit(main())

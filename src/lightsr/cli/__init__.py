@@ -1,0 +1,89 @@
+"""``lightsr`` command-line interface.
+
+Each sub-command lives in its own module under :mod:`lightsr.cli` and exposes two
+functions:
+
+* ``add_parser(subparsers)`` – registers the sub-command and its options;
+* ``run(args) -> int`` – executes it and returns the process exit code.
+
+Modules are imported lazily so that ``lightsr --help`` stays fast and a broken
+optional dependency of one command never breaks the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# sub-command name -> module (relative to this package); order = order in --help
+COMMANDS: dict[str, str] = {
+    "models": "models",
+    "upscale": "upscale",
+    "eval": "eval",
+    "compare": "compare",
+    "train": "train",
+    "prepare": "prepare",
+    "plot-log": "plot_log",
+    "bench": "bench",
+    "plot": "plot",
+    "export": "export",
+}
+
+DESCRIPTION = """\
+lightsr: lightweight single-image super-resolution (DLGSANet, LGUN, LAMNet).
+
+Typical use:
+  lightsr models                                   list models and parameter counts
+  lightsr upscale photo.png -o out/ --scale 4      upscale images with the default model
+  lightsr eval --model bicubic --scale 4 --data ../shared/datasets/benchmark
+  lightsr train configs/dlgsanet_light_x4.yaml     train from a paper recipe
+  lightsr bench --scales 4                         parameters, MACs and latency
+
+Run `lightsr <command> --help` for the options of each command.
+"""
+
+
+def _available_commands() -> dict[str, object]:
+    found = {}
+    for name, mod in COMMANDS.items():
+        try:
+            found[name] = importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as exc:  # command not implemented in this build
+            if exc.name == f"{__name__}.{mod}":
+                continue
+            raise
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lightsr import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lightsr",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lightsr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, module in _available_commands().items():
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("lightsr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

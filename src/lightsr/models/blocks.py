@@ -1,0 +1,119 @@
+"""Building blocks shared by several architectures.
+
+* channels-first LayerNorm (Restormer's "WithBias" LayerNorm, used by all three papers),
+* the gated depth-wise-conv feed-forward networks: Restormer's GDFN (DLGSANet) and LAMNet's
+  dual-gated DGFN, plus a plain conv FFN for ablations,
+* the one-step pixel-shuffle reconstruction head and the RGB mean shift.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm over the channel axis of an NCHW tensor (biased variance, ``eps`` inside the sqrt).
+
+    ``weight`` and ``bias`` hold ``C`` values (any shape that flattens to ``C``).
+    """
+    c = x.shape[1]
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
+    return y.permute(0, 3, 1, 2)
+
+
+def layer_norm_2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5):
+    """Plain-formula version of :func:`layer_norm_2d` (test oracle)."""
+    c = x.shape[1]
+    mu = x.mean(1, keepdim=True)
+    var = ((x - mu) ** 2).mean(1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
+
+
+class LayerNorm2d(nn.Module):
+    """Channels-first LayerNorm with ``weight`` / ``bias`` of shape ``(C,)``."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm_2d(x, self.weight, self.bias, self.eps)
+
+
+class GatedDconvFFN(nn.Module):
+    """Gated depth-wise-conv feed-forward network.
+
+    ``project_in`` (1x1, C -> 2h) -> ``dwconv`` (3x3 depth-wise) -> split into x1, x2 -> gate ->
+    ``project_out`` (1x1 -> C), with ``h = hidden``.
+
+    * ``dual_gate=False``: Restormer's GDFN, gate = GELU(x1) * x2, project_out h -> C.
+    * ``dual_gate=True``: LAMNet's DGFN, g = GELU(x1) and gate = concat[g * x1, g * x2]
+      (self-gate + cross-gate), project_out 2h -> C.
+    """
+
+    def __init__(self, dim: int, hidden: int, bias: bool, dual_gate: bool = False):
+        super().__init__()
+        self.dual_gate = dual_gate
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden * 2 if dual_gate else hidden, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        g = F.gelu(x1)
+        y = torch.cat([g * x1, g * x2], dim=1) if self.dual_gate else g * x2
+        return self.project_out(y)
+
+
+class ConvFFN(nn.Module):
+    """Plain point-wise FFN: 1x1 (C -> h) -> GELU -> 1x1 (h -> C)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.project_in = nn.Conv2d(dim, hidden, 1, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_out(F.gelu(self.project_in(x)))
+
+
+def pixel_shuffle_head(dim: int, scale: int, out_channels: int = 3) -> nn.Sequential:
+    """One-step reconstruction: conv 3x3 (dim -> out * s^2) + PixelShuffle(s). Keys ``0.weight``, ``0.bias``."""
+    return nn.Sequential(
+        nn.Conv2d(dim, out_channels * scale * scale, 3, padding=1),
+        nn.PixelShuffle(scale),
+    )
+
+
+class MeanShift(nn.Module):
+    """``(x - mean) * img_range`` / ``y / img_range + mean`` with a non-persistent mean buffer.
+
+    The official DLGSANet/LAMNet code keeps the mean as a plain attribute (not in the state dict);
+    a non-persistent buffer keeps it out of the state dict too but follows ``.to(device, dtype)``.
+    """
+
+    def __init__(self, rgb_mean=DIV2K_RGB_MEAN, img_range: float = 1.0, channels: int = 3):
+        super().__init__()
+        mean = torch.tensor(rgb_mean if channels == 3 else [0.0] * channels, dtype=torch.float32)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.img_range = float(img_range)
+
+    def sub(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.img_range
+
+    def add(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.img_range + self.mean
+
+
+def trunc_normal_init_(module: nn.Module, std: float = 0.02) -> None:
+    """timm/BasicSR-style init: conv and linear weights ~ N(0, std) truncated to [-2, 2], biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,85 @@
+"""Test-time Local Converter (TLC, Chu et al., ECCV 2022) for global operators.
+
+A model trained on small patches and then run on a whole image sees global statistics (here:
+DLGSANet's channel attention over all pixels) it never saw in training. TLC replaces the global
+operator at test time by the same operator applied on overlapping local windows of a fixed
+size, and averages the windows' outputs where they overlap.
+
+Window layout (as in the official TLC / DLGSANet code): the window is ``k`` pixels, clipped to
+the image; ``n = ceil(size / k)`` windows per axis; step ``ceil((size - k) / (n - 1))``; the last
+window is moved flush with the border. Windows are processed independently and each output pixel
+is the mean over the windows that contain it.
+
+* :func:`tlc_reference` - one window at a time (the official algorithm, any batch size).
+* :func:`tlc` - all windows of all images stacked into one batch: one call of ``fn``.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+__all__ = ["tlc", "tlc_reference", "tlc_windows"]
+
+Window = tuple[int, int, int, int]  # (top, left, height, width)
+
+
+def _starts(size: int, k: int) -> list[int]:
+    n = (size - 1) // k + 1
+    step = k if n == 1 else math.ceil((size - k) / (n - 1) - 1e-8)
+    starts, i = [], 0
+    while True:
+        if i + k >= size:
+            starts.append(size - k)
+            return starts
+        starts.append(i)
+        i += step
+
+
+@lru_cache(maxsize=64)
+def tlc_windows(height: int, width: int, kernel_h: int, kernel_w: int | None = None) -> tuple[Window, ...]:
+    """Window rectangles covering a ``height x width`` map for a window of ``kernel_h x kernel_w``."""
+    kh = min(height, kernel_h)
+    kw = min(width, kernel_w if kernel_w is not None else kernel_h)
+    return tuple((i, j, kh, kw) for i in _starts(height, kh) for j in _starts(width, kw))
+
+
+def _coverage(windows, height, width, device, dtype) -> torch.Tensor:
+    count = torch.zeros(1, 1, height, width, device=device, dtype=dtype)
+    for i, j, kh, kw in windows:
+        count[..., i : i + kh, j : j + kw] += 1
+    return count
+
+
+def tlc_reference(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int | tuple[int, int]
+) -> torch.Tensor:
+    """Apply ``fn`` (a map ``(N, C_in, h, w) -> (N, C_out, h, w)``) window by window and average."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    b, _, h, w = x.shape
+    windows = tlc_windows(h, w, kh, kw)
+    out = None
+    for i, j, wh, ww in windows:
+        y = fn(x[:, :, i : i + wh, j : j + ww])
+        if out is None:
+            out = y.new_zeros(b, y.shape[1], h, w)
+        out[:, :, i : i + wh, j : j + ww] += y
+    return out / _coverage(windows, h, w, out.device, out.dtype)
+
+
+def tlc(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int | tuple[int, int]) -> torch.Tensor:
+    """Batched TLC: every window of every image goes through ``fn`` in a single call."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    b, _, h, w = x.shape
+    windows = tlc_windows(h, w, kh, kw)
+    if len(windows) == 1:
+        return fn(x)
+    wh, ww = windows[0][2], windows[0][3]
+    parts = torch.cat([x[:, :, i : i + wh, j : j + ww] for i, j, _, _ in windows], dim=0)
+    y = fn(parts).view(len(windows), b, -1, wh, ww)
+    out = y.new_zeros(b, y.shape[2], h, w)
+    for n, (i, j, _, _) in enumerate(windows):
+        out[:, :, i : i + wh, j : j + ww] += y[n]
+    return out / _coverage(windows, h, w, out.device, out.dtype)
