@@ -73,6 +73,7 @@ def detectors() -> list[tuple[str, Callable]]:
 
 def _ensure_loaded() -> None:
     # the architecture modules register themselves on import
+    import lightsr.models.peers  # noqa: F401
     import lightsr.models.zoo  # noqa: F401
 
 

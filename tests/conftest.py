@@ -1,0 +1,31 @@
+"""Shared fixtures. ``../shared`` (benchmark images, peer weights) is optional: tests that need it
+skip with a clear reason when it is absent. ``LIGHTSR_SHARED`` overrides its location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared")).resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared, or skip the calling test with the reason it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the ../shared folder beside the repository, or LIGHTSR_SHARED)")
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return shared_path()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)
+    yield
