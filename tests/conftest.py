@@ -9,6 +9,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Unit tests run small tensors: one intra-op thread avoids OpenMP hand-off costs (which explode on a
+# loaded machine) and keeps results independent of the core count. LIGHTSR_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("LIGHTSR_TEST_THREADS", "1")))
+
 SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared")).resolve()
 
 

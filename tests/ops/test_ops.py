@@ -1,0 +1,176 @@
+"""Fast ops against their reference implementations: values and gradients, odd sizes, batch > 1."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightsr.ops import (
+    build_kernel_map,
+    dynamic_dwconv,
+    dynamic_dwconv_reference,
+    focal_attention,
+    focal_attention_reference,
+    patch_size_of,
+    tlc,
+    tlc_reference,
+    tlc_windows,
+)
+
+SIZES = [(1, 1), (1, 23), (17, 23), (40, 31), (8, 8)]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def _compare(fast, ref, inputs, tol=1e-5):
+    """Outputs and gradients (w.r.t. every input) of fast and reference agree."""
+    xs_f = [x.clone().requires_grad_(True) for x in inputs]
+    xs_r = [x.clone().requires_grad_(True) for x in inputs]
+    out_f, out_r = fast(*xs_f), ref(*xs_r)
+    assert out_f.shape == out_r.shape
+    assert _rel_err(out_f, out_r) < tol
+    g = torch.randn_like(out_r)
+    grads_f = torch.autograd.grad(out_f, xs_f, g)
+    grads_r = torch.autograd.grad(out_r, xs_r, g)
+    for gf, gr in zip(grads_f, grads_r):
+        assert _rel_err(gf, gr) < tol
+
+
+# --- dynamic depth-wise convolution ------------------------------------------------------
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("b,c,groups,k", [(1, 12, 2, 7), (2, 48, 8, 7), (3, 6, 6, 3), (2, 4, 1, 5)])
+def test_dynamic_dwconv_matches_reference(b, c, groups, k, h, w):
+    x = torch.randn(b, c, h, w, dtype=torch.float64)
+    wt = torch.randn(b, groups * k * k, h, w, dtype=torch.float64)
+    _compare(lambda a, bb: dynamic_dwconv(a, bb, k), lambda a, bb: dynamic_dwconv_reference(a, bb, k), [x, wt])
+
+
+def test_dynamic_dwconv_float32_tolerance():
+    x = torch.randn(2, 48, 19, 29)
+    wt = torch.randn(2, 8 * 49, 19, 29)
+    _compare(lambda a, b: dynamic_dwconv(a, b, 7), lambda a, b: dynamic_dwconv_reference(a, b, 7), [x, wt])
+
+
+def test_dynamic_dwconv_semantics_by_hand():
+    """One pixel, one tap: out[c, h, w] = W[g(c), tap, h, w] * x[c, h + i - 3, w + j - 3]."""
+    k, c, groups = 7, 4, 2
+    x = torch.randn(1, c, 9, 9, dtype=torch.float64)
+    wt = torch.zeros(1, groups * k * k, 9, 9, dtype=torch.float64)
+    wt[0, 1 * 49 + 2 * 7 + 5, 4, 4] = 2.0  # group 1 (channels 2, 3), tap (i=2, j=5) at pixel (4, 4)
+    out = dynamic_dwconv(x, wt, k)
+    expected = torch.zeros_like(out)
+    expected[0, 2:, 4, 4] = 2.0 * x[0, 2:, 4 + 2 - 3, 4 + 5 - 3]
+    assert torch.equal(out, expected)
+
+
+def test_dynamic_dwconv_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        dynamic_dwconv(torch.randn(1, 5, 4, 4), torch.randn(1, 2 * 49, 4, 4), 7)  # 5 ch, 2 groups
+
+
+# --- focal separable attention -------------------------------------------------------------
+def test_kernel_map_matches_official_table():
+    taps = build_kernel_map((1, 2, 4), (3, 2, 1))
+    assert taps == [(-8, 4), (-6, 2), (-4, 2), (-3, 1), (-2, 1), (-1, 1), (0, 1),
+                    (1, 1), (2, 1), (3, 1), (4, 2), (6, 2), (8, 4)]
+    assert patch_size_of(taps) == 23
+    assert patch_size_of(build_kernel_map((1, 2), (3, 3))) == 19  # Table 4, second row
+    assert patch_size_of(build_kernel_map((1,), (6,))) == 13  # Table 4, third row
+    assert all(len(build_kernel_map(s, n)) == 13 for s, n in [((1, 2), (3, 3)), ((1,), (6,))])
+
+
+def _fsa_by_hand(x, kernel, taps, dim):
+    """Direct loops over the definition (count-include-pad box means)."""
+    b, c, h, w = x.shape
+    n = len(taps)
+    per_group = c // (kernel.shape[1] // n)
+    out = torch.zeros_like(x)
+    size = w if dim == -1 else h
+    for t, (start, length) in enumerate(taps):
+        sign = 1 if start >= 0 else -1
+        acc = torch.zeros_like(x)
+        for i in range(length):
+            off = start + i * sign
+            shifted = torch.zeros_like(x)
+            lo, hi = max(0, -off), min(size, size - off)
+            if lo < hi:
+                if dim == -1:
+                    shifted[..., lo:hi] = x[..., lo + off:hi + off]
+                else:
+                    shifted[..., lo:hi, :] = x[..., lo + off:hi + off, :]
+            acc += shifted
+        kt = kernel[:, t::n].repeat_interleave(per_group, dim=1)
+        out += kt * acc / length
+    return out
+
+
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_focal_attention_reference_matches_definition(dim):
+    taps = build_kernel_map()
+    x = torch.randn(2, 8, 13, 27, dtype=torch.float64)
+    k = torch.randn(2, 4 * len(taps), 13, 27, dtype=torch.float64)
+    assert torch.allclose(focal_attention_reference(x, k, taps, dim), _fsa_by_hand(x, k, taps, dim))
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("dim", [-1, -2])
+@pytest.mark.parametrize("strides,steps", [((1, 2, 4), (3, 2, 1)), ((1, 2), (3, 3)), ((1,), (6,))])
+def test_focal_attention_matches_reference(h, w, dim, strides, steps):
+    taps = build_kernel_map(strides, steps)
+    x = torch.randn(2, 32, h, w, dtype=torch.float64)
+    k = torch.randn(2, 4 * len(taps), h, w, dtype=torch.float64)
+    _compare(lambda a, b: focal_attention(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x, k])
+
+
+def test_focal_attention_float32_tolerance():
+    taps = build_kernel_map()
+    x, k = torch.randn(2, 32, 21, 30), torch.randn(2, 52, 21, 30)
+    _compare(lambda a, b: focal_attention(a, b, taps, -1), lambda a, b: focal_attention_reference(a, b, taps, -1), [x, k])
+
+
+# --- test-time local converter ------------------------------------------------------------
+def test_tlc_windows_layout():
+    # 100 px with k=48: 3 windows, step ceil(52/2)=26 -> 0, 26, then flush 52
+    assert [w[0] for w in tlc_windows(100, 10, 48)] == [0, 26, 52]
+    assert tlc_windows(30, 20, 48) == ((0, 0, 30, 20),)  # clipped to the image: one window
+    wins = tlc_windows(97, 130, 48)
+    cover = torch.zeros(97, 130)
+    for i, j, kh, kw in wins:
+        assert (kh, kw) == (48, 48) and i + kh <= 97 and j + kw <= 130
+        cover[i:i + kh, j:j + kw] += 1
+    assert cover.min() >= 1
+
+
+def _toy_global(x):  # depends on global statistics, like the channel attention
+    return x * x.mean(dim=(2, 3), keepdim=True) + x.flip(1)
+
+
+@pytest.mark.parametrize("b,h,w,k", [(1, 1, 1, 48), (2, 50, 97, 48), (3, 96, 96, 48), (2, 71, 33, 24)])
+def test_tlc_batched_matches_reference(b, h, w, k):
+    x = torch.randn(b, 6, h, w, dtype=torch.float64)
+    _compare(lambda a: tlc(_toy_global, a, k), lambda a: tlc_reference(_toy_global, a, k), [x])
+
+
+def test_tlc_is_identity_for_local_functions():
+    x = torch.randn(2, 3, 70, 55, dtype=torch.float64)
+    assert torch.allclose(tlc(lambda t: 2 * t + 1, x, 32), 2 * x + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ops_run_in_reduced_precision(dtype):
+    if dtype == torch.float16:
+        try:
+            torch.nn.functional.avg_pool2d(torch.ones(1, 1, 2, 2, dtype=dtype), (1, 2), stride=1)
+        except RuntimeError:
+            pytest.skip("float16 pooling not supported on this CPU build")
+    x = torch.randn(1, 48, 12, 15)
+    wt = torch.randn(1, 8 * 49, 12, 15)
+    ref = dynamic_dwconv_reference(x, wt, 7)
+    out = dynamic_dwconv(x.to(dtype), wt.to(dtype), 7).float()
+    assert ((out - ref).abs().max() / ref.abs().max()) < 0.05
+    taps = build_kernel_map()
+    x2, k2 = torch.randn(1, 32, 12, 15), torch.randn(1, 52, 12, 15)
+    ref = focal_attention_reference(x2, k2, taps, -2)
+    out = focal_attention(x2.to(dtype), k2.to(dtype), taps, -2).float()
+    assert ((out - ref).abs().max() / ref.abs().max()) < 0.05
