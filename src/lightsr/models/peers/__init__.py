@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-PEER_MODULES: tuple[str, ...] = ()
+PEER_MODULES: tuple[str, ...] = ("imdn", "pan")
 
 for _name in PEER_MODULES:
     importlib.import_module(f"{__name__}.{_name}")
