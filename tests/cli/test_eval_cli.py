@@ -1,0 +1,88 @@
+"""`lightsr eval`: argument handling, outputs, exit codes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lightsr
+from conftest import shared_path
+from lightsr.cli import main
+
+
+def _data(tmp_path, n=2):
+    rng = np.random.default_rng(3)
+    hr = tmp_path / "data" / "Set5" / "HR"
+    hr.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)).save(hr / f"x{i}.png")
+    return tmp_path / "data"
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--convention" in out and "--attention-stats" in out
+
+
+def test_bicubic_writes_table_csv_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
+    data = _data(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(data), "-o", str(out), "--quiet",
+               "--save-images"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| Bicubic | x2 |" in printed and "Set5" in printed
+    assert (out / "results.md").read_text().startswith("| Method | Scale | Set5 |")
+    assert len((out / "per_image.csv").read_text().splitlines()) == 3
+    meta = json.loads((out / "results.json").read_text())
+    assert meta["sets"]["Set5"]["images"] == 2 and meta["convention"]["name"] == "basicsr"
+    assert len(list((out / "sr" / "Set5").glob("*.png"))) == 2
+
+
+def test_weights_file_model_detected(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
+    data = _data(tmp_path, n=1)
+    w = lightsr.save_model(lightsr.create_model("imdn", 2, num_blocks=1), tmp_path / "tiny_imdn.safetensors")
+    rc = main(["eval", "--weights", str(w), "--data", str(data), "-o", str(tmp_path / "o"), "--quiet",
+               "--round-y", "yes", "--crop-border", "4", "--gray", "y"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| imdn | x2 |" in out and "basicsr (modified)" in out and "border 4" in out and "rounded" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "dlgsanet_light", "--scale", "4"], "no pretrained weights are shipped"),
+    (["--model", "nosuch", "--scale", "4"], "unknown model"),
+    (["--model", "bicubic"], "--scale is required"),
+    (["--model", "imdn", "--scale", "2", "--weights", "missing.pth"], "no such file"),
+])
+def test_clear_one_line_errors(tmp_path, capsys, argv, message):
+    data = _data(tmp_path, n=1)
+    rc = main(["eval", *argv, "--data", str(data), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_set_gives_nonzero_exit_but_evaluates_others(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
+    data = _data(tmp_path, n=1)
+    rc = main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(data), "--sets", "Set5", "Urban100",
+               "-o", str(tmp_path / "o"), "--quiet"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "Urban100" in captured.err and "| Bicubic | x2 |" in captured.out
+
+
+def test_bicubic_set5_matlab_y_on_shared(tmp_path, capsys):
+    root = shared_path("datasets", "benchmark")
+    rc = main(["eval", "--model", "bicubic", "--scale", "4", "--data", str(root), "--sets", "Set5",
+               "--convention", "matlab-y", "-o", str(tmp_path / "o"), "--quiet"])
+    assert rc == 0
+    assert "| Bicubic | x4 | 28.42/0.8107 |" in capsys.readouterr().out
