@@ -1,0 +1,21 @@
+"""Training: paper recipes from BasicSR-style YAML configs, one CPU to many GPUs, resumable.
+
+>>> from lightsr.train import load_config, train
+>>> cfg = load_config("configs/dlgsanet_tiny_x2.yaml", ["train.total_iter=1000"])
+>>> exit_code = train(cfg, resume="auto")
+
+See ``docs/training.md`` for the config keys, the run-folder layout and the distributed conventions.
+"""
+from __future__ import annotations
+
+from lightsr.train.config import Config, ConfigError, load_config, parse_config
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config", "train"]
+
+
+def train(cfg: Config, resume: str | None = None, *, console: bool = True) -> int:
+    """Train from a validated :class:`Config`; returns the process exit code (0 finished,
+    130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint, 1 non-finite loss)."""
+    from lightsr.train.trainer import train as _train
+
+    return _train(cfg, resume, console=console)
