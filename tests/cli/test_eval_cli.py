@@ -86,3 +86,32 @@ def test_bicubic_set5_matlab_y_on_shared(tmp_path, capsys):
                "--convention", "matlab-y", "-o", str(tmp_path / "o"), "--quiet"])
     assert rc == 0
     assert "| Bicubic | x4 | 28.42/0.8107 |" in capsys.readouterr().out
+
+
+# ---- lightsr compare ------------------------------------------------------------------------
+def test_pick_box_finds_the_damaged_region():
+    from lightsr.cli.compare import pick_box
+
+    hr = np.zeros((64, 80, 3), np.uint8)
+    ref = hr.copy()
+    ref[40:56, 8:24] = 200  # the only error
+    left, top, w, h = pick_box(hr, ref, 16, stride=4)
+    assert (w, h) == (16, 16) and abs(left - 8) <= 4 and abs(top - 40) <= 4
+
+
+def test_compare_writes_a_figure(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (64, 72, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "hr.png")
+    w = lightsr.save_model(lightsr.create_model("pan", 2, num_blocks=1), tmp_path / "pan_x2.safetensors")
+    out = tmp_path / "fig.png"
+    rc = main(["compare", str(tmp_path / "hr.png"), "--scale", "2", "--model", "bicubic", "--model", str(w),
+               "--labels", "Bicubic", "Tiny PAN", "--tile-size", "96", "-o", str(out)])
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    fig = Image.open(out)
+    assert fig.mode == "RGB" and fig.width > 3 * 96 and fig.height > 96
+    rc = main(["compare", str(tmp_path / "hr.png"), "--scale", "2", "--model", "bicubic", "--box", "60", "0", "20",
+               "20", "-o", str(out)])
+    assert rc == 2 and "outside" in capsys.readouterr().err
+    rc = main(["compare", str(tmp_path / "hr.png"), "--scale", "2", "--model", "dlgsanet", "-o", str(out)])
+    assert rc == 2 and "no pretrained weights" in capsys.readouterr().err
