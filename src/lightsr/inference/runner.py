@@ -1,0 +1,254 @@
+"""Running a model on one tile: device, precision, padding, NaN fallback and memory estimates.
+
+* **Device**: ``auto`` picks CUDA when available, else the CPU. Only the tile being processed is
+  moved to the device; results come back to the CPU as float32.
+* **Precision**: ``fp32`` (default everywhere), ``bf16`` (CPU and CUDA) and ``fp16`` (CUDA only)
+  run under :func:`torch.autocast`, which keeps numerically sensitive ops (normalisation,
+  softmax, reductions) in float32. ``fp16`` on the CPU is refused with a one-line warning and
+  fp32 is used instead (PyTorch's CPU half kernels are missing or very slow). A tile whose
+  reduced-precision output holds NaN or Inf is computed again in fp32, with a warning.
+* **Padding**: tiles are padded by reflection only when the model needs it: a model may declare
+  ``size_multiple`` (input sides must be multiples of it) and ``min_size``; none of lightsr's
+  models does, so their tiles are never padded.
+* **Memory**: :meth:`ModelRunner.bytes_per_pixel` measures the peak tensor memory of one forward
+  pass on a small probe (every tensor allocated by every operator is counted while it is alive),
+  which :func:`auto_tile` turns into the largest tile that fits a memory budget.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves
+
+__all__ = [
+    "ModelRunner",
+    "OutOfMemory",
+    "PRECISIONS",
+    "auto_tile",
+    "available_memory",
+    "resolve_device",
+    "resolve_precision",
+]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# generous bound on a lightweight SR model's activation bytes per input pixel (the measured
+# values are ~3-5 KiB in fp32): images this bound says fit are run whole without probing.
+PRIOR_BYTES_PER_PIXEL = 64 << 10
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory",
+                "failed to allocate")
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory for a tile (the caller retries with smaller tiles)."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU -> ValueError (one line)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """(autocast dtype or None for fp32, warning or None)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is torch.float16 and device.type == "cpu":
+        return None, "fp16 is not supported on the CPU (PyTorch lacks fast half-precision CPU kernels): using fp32; bf16 works on the CPU"
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, "this GPU has no bf16 support: using fp16"
+    return dtype, None
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes available for new allocations: CUDA free memory, or the CPU's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30  # unknown platform: assume 4 GiB
+
+
+class _PeakTensorMemory(torch.utils._python_dispatch.TorchDispatchMode):
+    """Tracks the peak bytes of tensor storages created by operators while the mode is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key = id(st)
+                if key not in self._seen:
+                    self._seen.add(key)
+                    nbytes = st.nbytes()
+                    self.live += nbytes
+                    weakref.finalize(st, self._release, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+@dataclass
+class TileStats:
+    tiles: int = 0
+    fp32_retries: int = 0
+
+
+class ModelRunner:
+    """Callable that upscales one (C, h, w) float32 CPU tile with ``model`` on ``device``.
+
+    Args:
+        model: any module mapping (B, 3, h, w) in [0, 1] to (B, 3, s*h, s*w).
+        scale: its upscaling factor.
+        device: ``auto``, ``cpu``, ``cuda`` or a torch.device.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        warn: where warnings go (default: :func:`warnings.warn`).
+    """
+
+    def __init__(self, model: nn.Module, scale: int, device="auto", precision: str = "fp32",
+                 warn: Callable[[str], None] | None = None):
+        self.device = resolve_device(device)
+        self.warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+        self.autocast_dtype, note = resolve_precision(precision, self.device)
+        if note:
+            self.warn(note)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+        self.scale = int(scale)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        params = list(self.model.parameters())
+        self.param_dtype = params[0].dtype if params else torch.float32
+        self.size_multiple = int(getattr(model, "size_multiple", 1) or 1)
+        self.min_size = int(getattr(model, "min_size", 1) or 1)
+        self.stats = TileStats()
+        self._bpp: dict[str, float] = {}
+
+    # -- one forward --------------------------------------------------------------------------
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph = max(self.min_size, math.ceil(h / m) * m) - h
+        pw = max(self.min_size, math.ceil(w / m) * m) - w
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x, h, w
+
+    def _forward(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        with torch.inference_mode():
+            if dtype is None:
+                return self.model(x)
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self.model(x)
+
+    def __call__(self, tile: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) float32 CPU -> (C, s*h, s*w) float32 CPU (C = 3)."""
+        x = tile.unsqueeze(0).to(self.device, self.param_dtype, non_blocking=True)
+        x, h, w = self._pad(x)
+        try:
+            y = self._forward(x, self.autocast_dtype)
+            if self.autocast_dtype is not None or self.param_dtype != torch.float32:
+                if not torch.isfinite(y).all():
+                    self.stats.fp32_retries += 1
+                    self.warn(f"a tile came out with NaN/Inf in {self.precision}: recomputed in fp32")
+                    y = self._forward_fp32(x)
+        except Exception as exc:
+            if is_oom(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from None
+            raise
+        self.stats.tiles += 1
+        s = self.scale
+        return y[0, :, : h * s, : w * s].float().cpu()
+
+    def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        if self.param_dtype == torch.float32:
+            return self._forward(x.float(), None)
+        model32 = self.model.float()  # a reduced-precision model given by the caller: fp32 copy for this tile
+        try:
+            return self._forward(x.float(), None)
+        finally:
+            model32.to(self.param_dtype)
+
+    # -- memory estimate -----------------------------------------------------------------------
+    def bytes_per_pixel(self, probe: int = 64) -> float:
+        """Peak tensor bytes of one forward pass per input pixel, measured on a ``probe`` square.
+
+        Counts every tensor created while the pass runs (activations, the output), at the real
+        precision; parameters are excluded. A conservative upper bound per pixel: constant costs
+        (attention matrices, etc.) are divided by a small probe.
+        """
+        key = f"{self.device}-{self.precision}-{probe}"
+        if key not in self._bpp:
+            x = torch.rand(1, 3, probe, probe, device=self.device, dtype=self.param_dtype)
+            x, _, _ = self._pad(x)
+            tracker = _PeakTensorMemory()
+            with tracker:
+                y = self._forward(x, self.autocast_dtype)
+            del y
+            self._bpp[key] = tracker.peak / (probe * probe)
+        return self._bpp[key]
+
+
+def auto_tile(runner: ModelRunner, height: int, width: int, budget: int | None = None,
+              overhead: float = 1.5, multiple: int = 8, largest: int = 4096, smallest: int = 32) -> int | None:
+    """Largest square tile (input pixels) whose estimated peak fits ``budget`` bytes.
+
+    ``None`` when the whole image fits in one piece (no tiling at all: no seams, exact global
+    statistics). ``budget`` defaults to :func:`default_budget`; ``overhead`` covers allocator
+    slack and the copies made around the forward pass.
+    """
+    budget = default_budget(runner.device) if budget is None else int(budget)
+    if height * width * PRIOR_BYTES_PER_PIXEL <= budget:  # small image: no need to measure
+        return None
+    bpp = runner.bytes_per_pixel() * overhead
+    if height * width * bpp <= budget:
+        return None
+    side = int(math.sqrt(budget / bpp)) // multiple * multiple
+    return max(smallest, min(largest, side))
+
+
+def default_budget(device: torch.device) -> int:
+    """Activation memory allowed for one tile: 40% of free memory, at most 2 GiB on the CPU; 80% on CUDA."""
+    free = available_memory(device)
+    if device.type == "cuda":
+        return int(free * 0.8)
+    return int(min(free * 0.4, 2 << 30))
