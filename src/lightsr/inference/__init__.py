@@ -174,7 +174,7 @@ class Upscaler:
         return int(self.tile) or None
 
     def _run(self, fn, x: torch.Tensor, sink, tile: int | None, on_tile) -> int | None:
-        """run_tiled with retries on out-of-memory (tile halved each time, down to 32 pixels)."""
+        """run_tiled with retries on out-of-memory (tile halved each time, down to 16 pixels)."""
         _, h, w = x.shape
         while True:
             try:
@@ -183,7 +183,7 @@ class Upscaler:
             except OutOfMemory as exc:
                 current = tile or max(h, w)
                 smaller = current // 2 // 8 * 8
-                if smaller < 32:
+                if smaller < 16:
                     raise MemoryError(f"out of memory even with {current}-pixel tiles ({exc})") from None
                 self.warn(f"out of memory with {'the whole image' if not tile else f'{tile}-pixel tiles'}: retrying with {smaller}-pixel tiles")
                 tile = smaller
@@ -205,10 +205,12 @@ class Upscaler:
         tile = self._tile_for(h, w)
 
         def quantise(v: torch.Tensor) -> np.ndarray:  # float in [0, 1] (any shape) -> out dtype
-            v = v.clamp_(0, 1).numpy()
-            if out_dtype in (np.uint8, np.uint16):
-                return np.rint(v * maxval).astype(out_dtype)
-            return v.astype(out_dtype)
+            v = v.clamp(0, 1)
+            if out_dtype == np.uint8:
+                return v.mul_(maxval).round_().to(torch.uint8).numpy()
+            if out_dtype == np.uint16:
+                return v.mul_(maxval).round_().to(torch.int32).numpy().astype(np.uint16)
+            return v.numpy().astype(out_dtype)
 
         premultiply = False
         if has_alpha:

@@ -33,6 +33,7 @@ import contextlib
 import io
 import os
 import struct
+import sys
 import tempfile
 import warnings
 import zlib
@@ -251,8 +252,10 @@ def _decode_16bit_colour(im: Image.Image, rawmode: str) -> np.ndarray | None:
     if rawmode == "LA;16B":  # PNG gray+alpha 16-bit: bytes L_hi L_lo A_hi A_lo per pixel
         raw = _decode_with(im, "RGBA").astype(np.uint16)
         return np.stack([raw[..., 0] << 8 | raw[..., 1], raw[..., 2] << 8 | raw[..., 3]], axis=-1)
-    if suffix not in ("16B", "16L") or base not in ("RGB", "RGBA", "RGBX", "RGBa"):
+    if suffix not in ("16B", "16L", "16N") or base not in ("RGB", "RGBA", "RGBX", "RGBa"):
         return None
+    if suffix == "16N":  # native byte order (libtiff decodes to it)
+        suffix = "16L" if sys.byteorder == "little" else "16B"
     other = f"{base};{'16L' if suffix == '16B' else '16B'}"
     hi = _decode_with(im, rawmode).astype(np.uint16)
     lo = _decode_with(im, other).astype(np.uint16)
@@ -382,10 +385,10 @@ def _exif_of(im: Image.Image) -> tuple[int, bytes | None]:
 
 def _decode_opened(im: Image.Image) -> ImageData:
     frames = int(getattr(im, "n_frames", 1) or 1)
+    fmt = im.format
+    pixels, notes = from_pil(im)  # first: reading EXIF may load (and close) the image
     orientation, exif = _exif_of(im)
     icc = im.info.get("icc_profile") or None
-    fmt = im.format
-    pixels, notes = from_pil(im)
     if im.mode == "CMYK":
         icc = None
     if frames > 1:
@@ -401,13 +404,12 @@ def _decode_opened(im: Image.Image) -> ImageData:
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """``(H, W, C)`` uint8 / uint16 (gray only) / float32 (gray only) -> Pillow image."""
     c = pixels.shape[2]
-    if pixels.dtype == np.uint8:
-        mode = _MODE_OF_CHANNELS[c]
-        return Image.fromarray(pixels[..., 0] if c == 1 else np.ascontiguousarray(pixels), mode)
-    if pixels.dtype == np.uint16 and c == 1:
-        return Image.fromarray(np.ascontiguousarray(pixels[..., 0]).astype("<u2"), "I;16")
-    if pixels.dtype == np.float32 and c == 1:
-        return Image.fromarray(np.ascontiguousarray(pixels[..., 0]), "F")
+    if pixels.dtype == np.uint8:  # Pillow infers L / LA / RGB / RGBA from the shape
+        return Image.fromarray(np.ascontiguousarray(pixels[..., 0] if c == 1 else pixels))
+    if pixels.dtype == np.uint16 and c == 1:  # -> I;16
+        return Image.fromarray(np.ascontiguousarray(pixels[..., 0]).astype("<u2"))
+    if pixels.dtype == np.float32 and c == 1:  # -> F
+        return Image.fromarray(np.ascontiguousarray(pixels[..., 0]))
     raise ValueError(f"Pillow has no image mode for {c} channels of {pixels.dtype}")
 
 
