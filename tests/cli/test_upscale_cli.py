@@ -1,0 +1,187 @@
+"""`lightsr upscale` end to end: image kinds, bad files in a batch, never losing data."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lightsr
+from lightsr.cli import main
+from lightsr.inference.io import ORIENTATION_TAG, read_image
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A real lightsr model file, reduced so that the tests are fast (LAMNet operators, 1 block)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = lightsr.create_model("lamnet", 2, num_groups=1, num_blocks=1, dim=16)
+    return lightsr.save_model(model, tmp_path_factory.mktemp("w") / "lamnet_tiny_x2.safetensors")
+
+
+def run(*argv) -> int:
+    return main(["upscale", *map(str, argv)])
+
+
+def _png16(path: Path, arr: np.ndarray) -> None:
+    h, w, c = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _png_bit_depth(path: Path) -> int:
+    return path.read_bytes()[24]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
+
+
+def test_image_kinds(tmp_path, weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = RNG.integers(0, 256, size=(12, 15, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "rgb.png")
+    opaque = np.dstack([rgb, np.full((12, 15), 255, np.uint8)])
+    Image.fromarray(opaque).save(src / "rgba_opaque.png")
+    soft = np.dstack([rgb, RNG.integers(0, 256, size=(12, 15), dtype=np.uint8)])
+    Image.fromarray(soft).save(src / "rgba.png")
+    Image.fromarray(np.dstack([rgb[..., 0], rgb[..., 1]])).save(src / "la.png")
+    Image.fromarray(rgb[..., 0]).save(src / "gray.png")
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(src / "palette.png", transparency=0)
+    _png16(src / "deep.png", RNG.integers(0, 65536, size=(12, 15, 3), dtype=np.uint16))
+    Image.fromarray(RNG.integers(0, 65536, size=(12, 15), dtype=np.uint16)).save(src / "deep_gray.tif")
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6  # displayed rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(src / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(rgb).save(src / "photo.webp")
+    Image.fromarray(rgb).save(src / "old.bmp")
+
+    assert run(src, "-o", tmp_path / "out", "--weights", weights, "--quiet") == 0
+    out = tmp_path / "out"
+    expect = {  # name -> (mode as read back, dtype, (width, height))
+        "rgb_x2.png": ("RGB", np.uint8, (30, 24)),
+        "rgba_opaque_x2.png": ("RGBA", np.uint8, (30, 24)),
+        "rgba_x2.png": ("RGBA", np.uint8, (30, 24)),
+        "la_x2.png": ("LA", np.uint8, (30, 24)),
+        "gray_x2.png": ("L", np.uint8, (30, 24)),
+        "palette_x2.png": ("RGBA", np.uint8, (30, 24)),
+        "deep_x2.png": ("RGB", np.uint16, (30, 24)),
+        "deep_gray_x2.tif": ("L", np.uint16, (30, 24)),
+        "rotated_x2.jpg": ("RGB", np.uint8, (24, 30)),  # orientation applied: width and height swap
+        "photo_x2.webp": ("RGB", np.uint8, (30, 24)),
+        "old_x2.bmp": ("RGB", np.uint8, (30, 24)),
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(expect)
+    for name, (mode, dtype, size) in expect.items():
+        data = read_image(out / name)
+        assert (data.mode, data.pixels.dtype, data.size) == (mode, dtype, size), name
+    assert (read_image(out / "rgba_opaque_x2.png").pixels[..., 3] == 255).all()
+    assert _png_bit_depth(out / "deep_x2.png") == 16
+    with Image.open(out / "rotated_x2.jpg") as im:
+        assert im.getexif().get(ORIENTATION_TAG) == 1  # tag reset: viewers must not rotate again
+
+
+def test_bad_files_do_not_stop_the_batch(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(RNG.integers(0, 256, size=(10, 9, 3), dtype=np.uint8)).save(src / f"good{i}.png")
+    buf = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    (src / "corrupt.png").write_bytes(buf.getvalue()[:200])
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image\n")
+    out = tmp_path / "out"
+    assert run(src, "-o", out, "--weights", weights) == 1
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 3
+    for bad in ("corrupt.png", "empty.jpg", "notes.txt"):
+        assert sum(bad in l for l in lines) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good0_x2.png", "good1_x2.png", "good2_x2.png"]
+    assert _leftovers(out) == []
+    assert "3 failed" in err
+
+
+def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path, weights, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src)
+    before = src.read_bytes()
+    # output path == input path
+    assert run(src, "-o", tmp_path, "--suffix", "", "--weights", weights, "--overwrite") == 1
+    assert "overwrite an input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    # existing output kept without --overwrite, replaced with it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x2.png").write_bytes(b"mine")
+    assert run(src, "-o", out, "--weights", weights) == 0
+    assert (out / "a_x2.png").read_bytes() == b"mine"
+    assert "skip" in capsys.readouterr().out
+    assert run(src, "-o", out, "--weights", weights, "--overwrite") == 0
+    assert read_image(out / "a_x2.png").size == (16, 16)
+
+
+def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, weights, monkeypatch):
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src)
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    out = tmp_path / "out"
+    assert run(src, "-o", out, "--weights", weights) == 130
+    assert list(out.iterdir()) == []
+
+
+def test_weights_errors(tmp_path, weights, capsys):
+    src = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(src)
+    assert run(src, "-o", tmp_path / "o", "--model", "lamnet", "--scale", "4") == 2
+    err = capsys.readouterr().err
+    assert "--weights" in err and len(err.strip().splitlines()) == 1
+    assert run(src, "-o", tmp_path / "o", "--weights", weights, "--scale", "4") == 2
+    assert "x2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_recursive_globs_and_limits(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.new("RGB", (6, 5)).save(src / "top.png")
+    Image.new("RGB", (6, 5)).save(src / "sub" / "deep.jpg")
+    Image.new("RGB", (60, 50)).save(src / "big.png")
+    out = tmp_path / "out"
+    assert run(src, "-o", out, "--weights", weights, "--recursive", "--max-pixels", "1000", "--quiet") == 1
+    assert (out / "top_x2.png").is_file() and (out / "sub" / "deep_x2.jpg").is_file()
+    assert "big.png" in capsys.readouterr().err
+    out2 = tmp_path / "out2"
+    assert run(str(src / "*.png"), "-o", out2, "--weights", weights, "--format", "webp", "--quiet") == 0
+    assert sorted(p.name for p in out2.iterdir()) == ["big_x2.webp", "top_x2.webp"]
+    assert run(str(src / "*.gif"), "-o", out2, "--weights", weights) == 1
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_alpha_to_jpeg_writes_png_instead(tmp_path, weights, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(6, 6, 4), dtype=np.uint8)).save(src)
+    assert run(src, "-o", tmp_path / "o", "--weights", weights, "--format", "jpg") == 0
+    assert (tmp_path / "o" / "a_x2.png").is_file()
+    assert "no alpha" in capsys.readouterr().err
