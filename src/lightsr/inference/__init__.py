@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 DEFAULT_OVERLAP = 32
+SINK_ROWS = 128  # output rows converted at a time (bounds the temporaries of quantisation)
 ALPHA_MODES = ("bicubic", "model")
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as Pillow's convert("L")
 
@@ -170,7 +171,7 @@ class Upscaler:
     def _tile_for(self, h: int, w: int) -> int | None:
         if self.tile == "auto":
             budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
-            return auto_tile(self.runner, h, w, budget)
+            return auto_tile(self.runner, h, w, budget, channels=3)
         return int(self.tile) or None
 
     def _run(self, fn, x: torch.Tensor, sink, tile: int | None, on_tile) -> int | None:
@@ -225,9 +226,11 @@ class Upscaler:
                     alpha_in /= maxval
                 alpha_in = alpha_in.clamp_(0, 1)[None]
 
-                def alpha_sink(y0, y1, rows):
-                    v = rows.mean(0) if rows.shape[0] > 1 else rows[0]
-                    out[y0:y1, :, -1] = quantise(v)
+                def alpha_sink(y0, y1, band):
+                    for c0 in range(0, y1 - y0, SINK_ROWS):
+                        rows = band[:, c0 : c0 + SINK_ROWS]
+                        v = rows.mean(0) if rows.shape[0] > 1 else rows[0]
+                        out[y0 + c0 : y0 + c0 + v.shape[0], :, -1] = quantise(v)
 
                 if self.alpha == "model":
                     def alpha_fn(t):
@@ -249,17 +252,19 @@ class Upscaler:
         x = x.contiguous()
         luma = torch.tensor(_LUMA, dtype=torch.float32).view(3, 1, 1)
 
-        def colour_sink(y0, y1, rows):
-            rows = rows.clone() if premultiply else rows
-            if premultiply:
-                a_out = torch.from_numpy(out[y0:y1, :, -1].astype(np.float32))
-                if maxval != 1.0:
-                    a_out /= maxval
-                a_out = a_out[None]
-                rows = torch.where(a_out > 0, rows / a_out.clamp_min(1e-12), torch.zeros(()))
-            if n_colour == 1:
-                rows = (rows.clamp(0, 1) * luma).sum(0, keepdim=True)
-            out[y0:y1, :, :n_colour] = quantise(rows.permute(1, 2, 0))
+        def colour_sink(y0, y1, band):
+            for c0 in range(0, y1 - y0, SINK_ROWS):  # in chunks: temporaries stay small
+                c1 = min(c0 + SINK_ROWS, y1 - y0)
+                rows = band[:, c0:c1]
+                if premultiply:
+                    a_out = torch.from_numpy(out[y0 + c0 : y0 + c1, :, -1].astype(np.float32))
+                    if maxval != 1.0:
+                        a_out /= maxval
+                    a_out = a_out[None]
+                    rows = torch.where(a_out > 0, rows / a_out.clamp_min(1e-12), torch.zeros(()))
+                if n_colour == 1:
+                    rows = (rows.clamp(0, 1) * luma).sum(0, keepdim=True)
+                out[y0 + c0 : y0 + c1, :, :n_colour] = quantise(rows.permute(1, 2, 0))
 
         self.last_tile = self._run(self.runner, x, colour_sink, tile, on_tile)
         return out

@@ -229,20 +229,31 @@ class ModelRunner:
 
 
 def auto_tile(runner: ModelRunner, height: int, width: int, budget: int | None = None,
-              overhead: float = 1.5, multiple: int = 8, largest: int = 4096, smallest: int = 32) -> int | None:
-    """Largest square tile (input pixels) whose estimated peak fits ``budget`` bytes.
+              overhead: float = 1.5, multiple: int = 8, largest: int | None = None, smallest: int = 32,
+              channels: int = 3) -> int | None:
+    """Largest square tile (input pixels) whose estimated peak memory fits ``budget`` bytes.
 
     ``None`` when the whole image fits in one piece (no tiling at all: no seams, exact global
-    statistics). ``budget`` defaults to :func:`default_budget`; ``overhead`` covers allocator
-    slack and the copies made around the forward pass.
+    statistics). ``budget`` defaults to :func:`default_budget`. The estimate adds up, for a tile
+    of side T: the network's activations (measured, times ``overhead`` for allocator slack), the
+    tile's float32 output (C s^2 T^2 values) and the float32 band of output rows that
+    :func:`lightsr.inference.tiling.run_tiled` accumulates (about 2 C s^2 T W values with the
+    carried overlap) - the band grows with the image *width*, so wide images get smaller tiles.
     """
     budget = default_budget(runner.device) if budget is None else int(budget)
+    s2 = runner.scale * runner.scale
+    band_per_row = 2 * 4 * channels * s2 * width  # bytes per input row of tile height
+    out_per_px = 4 * channels * s2
     if height * width * PRIOR_BYTES_PER_PIXEL <= budget:  # small image: no need to measure
         return None
-    bpp = runner.bytes_per_pixel() * overhead
-    if height * width * bpp <= budget:
+    a = runner.bytes_per_pixel() * overhead + out_per_px
+    if a * height * width + band_per_row * height / 2 <= budget:  # whole image: one band = the output
         return None
-    side = int(math.sqrt(budget / bpp)) // multiple * multiple
+    b = band_per_row
+    side = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
+    if largest is None:
+        largest = 2048 if runner.device.type == "cuda" else 1024
+    side = int(side) // multiple * multiple
     return max(smallest, min(largest, side))
 
 
