@@ -47,7 +47,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="validate the config and the data folders, print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no console output (train.log is still written)")
+    _accept_trailing_overrides(p)
     return p
+
+
+def _accept_trailing_overrides(parser: argparse.ArgumentParser) -> None:
+    """argparse stops filling a ``nargs="*"`` positional at the first option, so ``CONFIG --resume auto
+    a=b`` would reject ``a=b``; collect such leftover ``key=value`` words into ``overrides`` instead."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = argparse.ArgumentParser.parse_known_args(self, args, namespace)
+        keep = [a for a in extras if a.startswith("-") or "=" not in a]
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + [a for a in extras if a not in keep]
+        return ns, keep
+
+    import types
+
+    parser.parse_known_args = types.MethodType(parse_known_args, parser)
 
 
 def _is_main_rank() -> bool:

@@ -154,6 +154,7 @@ class TrainConfig:
     pixel_opt: PixelLossConfig = field(default_factory=PixelLossConfig)
     warmup_iter: int = -1  # linear warm-up over this many iterations (-1: none)
     ema_decay: float = 0.0  # 0 disables EMA; BasicSR: ema = d * ema + (1 - d) * param every iteration
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + i) / (10 + i)) at iteration i (not BasicSR; short runs)
     grad_clip_norm: Optional[float] = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # CUDA only
     channels_last: bool = False  # CUDA only

@@ -201,7 +201,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         model.train()
         self.model = model
-        self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.ema = ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(model.parameters(), cfg.train.optim_g)
         self.schedule = LRSchedule(cfg.train.scheduler, cfg.train.optim_g.lr, cfg.train.total_iter, cfg.train.warmup_iter)
         self.loss_fn = build_loss(cfg.train.pixel_opt).to(self.device)
@@ -270,7 +270,7 @@ class Trainer:
         if self.ema is not None:
             if params_ema is None:
                 log.warning("%s has no params_ema; the EMA restarts from the current weights", cs.pth)
-                self.ema = ModelEMA(self.model, self.cfg.train.ema_decay)
+                self.ema = ModelEMA(self.model, self.cfg.train.ema_decay, self.cfg.train.ema_warmup)
             else:
                 self.ema.load_state_dict(params_ema)
         try:
@@ -539,7 +539,7 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
                     self.optimizer.step()
                 if self.ema is not None:
-                    self.ema.update(self.model)
+                    self.ema.update(self.model, it)
                 window_loss += loss.detach().double()
                 window_n += 1
                 if bar is not None:
