@@ -131,3 +131,46 @@ def test_find_and_prune_checkpoints(tmp_path):
     assert not (tmp_path / "models" / "net_g_5.pth").exists()
     assert prune_checkpoints(tmp_path, 0) == []
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_ema_warmup_decay():
+    model = nn.Linear(2, 2)
+    ema = ModelEMA(model, 0.999, warmup=True)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(10**6) == 0.999
+    assert ModelEMA(model, 0.999).decay_at(1) == 0.999  # BasicSR: constant
+
+
+def test_pretrained_x2_into_x4_non_strict(tmp_path):
+    import lightsr
+    from lightsr.train.trainer import load_pretrained
+    from lightsr.weights import CheckpointError
+
+    opts = dict(dim=12, groups=1, blocks=1, num_heads=2)
+    x2 = lightsr.create_model("dlgsanet_tiny", 2, **opts)
+    path = lightsr.save_model(x2, tmp_path / "x2.safetensors")
+    x4 = lightsr.create_model("dlgsanet_tiny", 4, **opts)
+    with pytest.raises(CheckpointError, match="strict_load_g: false"):
+        load_pretrained(x4, str(path), None, strict=True)
+    report = load_pretrained(x4, str(path), None, strict=False)
+    assert report.startswith("loaded ") and "skipped for shape (e.g. upsample" in report
+    sd2, sd4 = x2.state_dict(), x4.state_dict()
+    shared = [k for k in sd4 if k in sd2 and sd2[k].shape == sd4[k].shape]
+    assert len(shared) > len(sd4) // 2
+    assert all(torch.equal(sd2[k], sd4[k]) for k in shared)
+    same = lightsr.create_model("dlgsanet_tiny", 2, **opts)
+    assert load_pretrained(same, str(path), None, strict=True).startswith("loaded all")
+    with pytest.raises(CheckpointError, match=r"only 1 of \d+ tensors of lgun x2 match"):
+        load_pretrained(lightsr.create_model("lgun", 2), str(path), None, strict=False)
+
+
+def test_metric_functions_default_crop_is_the_scale():
+    from lightsr.metrics import psnr
+    from lightsr.train.config import MetricConfig
+    from lightsr.train.validate import metric_functions
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    fns = metric_functions({"psnr": MetricConfig("calculate_psnr"), "p0": MetricConfig("psnr", crop_border=0)}, 3)
+    assert fns["psnr"](a, b) == psnr(a, b, crop_border=3) and fns["p0"](a, b) == psnr(a, b, crop_border=0)

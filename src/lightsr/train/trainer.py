@@ -84,8 +84,11 @@ def load_pretrained(model: nn.Module, path: str, key: str | None, strict: bool) 
     shape_skip = [k for k, v in sd.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
     unexpected = [k for k in sd if k not in target]
     missing = [k for k in target if k not in loaded]
-    if not loaded:
-        raise CheckpointError(f"{path}: no tensor matches {model.lightsr_config['name']} x{model.scale} (wrong architecture?)")
+    if len(loaded) < len(target) / 2:  # a head swap leaves most tensors matching; this is another model
+        raise CheckpointError(
+            f"{path}: only {len(loaded)} of {len(target)} tensors of {model.lightsr_config['name']} x{model.scale} "
+            f"match by name and shape (wrong architecture or options?)"
+        )
     model.load_state_dict(loaded, strict=False)
     parts = [f"loaded {len(loaded)}/{len(target)} tensors from {path}"]
     if shape_skip:
@@ -428,6 +431,17 @@ class Trainer:
         setup_logging(self.root if is_main else None, is_main, self.console)
         self.tb = None
         try:
+            if cfg.logger.use_tb_logger and is_main:
+                import importlib.util
+
+                if importlib.util.find_spec("tensorboard") is None:
+                    raise TrainingError("logger.use_tb_logger needs the tensorboard package: "
+                                        "pip install 'lightsr[tensorboard]' (or set it to false)")
+            if isinstance(cfg.num_gpu, int) and cfg.num_gpu > 0 and not self.cuda:
+                log.warning("num_gpu=%d but CUDA is not available: training on the CPU", cfg.num_gpu)
+            elif isinstance(cfg.num_gpu, int) and cfg.num_gpu > 1 and not self.dist.distributed:
+                log.warning("num_gpu=%d but this is a single process: start it with torchrun --nproc_per_node %d "
+                            "to use them all", cfg.num_gpu, cfg.num_gpu)
             self.start_set = resolve_resume(cfg, self.resume_arg) if is_main else None
             self.start_set = D.broadcast_object(self.start_set)
             self.start_iter = self.start_set.iteration if self.start_set else 0

@@ -1,0 +1,146 @@
+"""Training throughput on this machine: iterations/s at each paper recipe's batch and LR patch (x2).
+
+Batch and patch come from ``configs/<model>_x2.yaml`` (DLGSANet: 16 x 48, LAMNet: 64 x 64, LGUN:
+16 x 64). One iteration is exactly what ``lightsr train`` does per step (forward, L1, backward, Adam
+step, EMA update when the recipe has one). A paper batch rarely fits in a CPU's memory at once, so
+it is processed in chunks of ``--chunk`` samples with gradient accumulation: the same arithmetic as
+one batch (the result is the time of one paper-batch iteration), bounded memory. Each model runs in
+its own process (peak memory per model), with one warm-up chunk, then ``--iters`` timed iterations;
+the table prints the median. ``--compare-ops`` times the reference implementations of the custom
+operators (``lightsr.ops.use_reference_ops``) in the same process, side by side.
+
+    python benchmarks/train_throughput.py                          # all models, ~1 h on 2 busy cores
+    python benchmarks/train_throughput.py --models dlgsanet_tiny lgun --iters 3 --compare-ops
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
+
+
+def recipe(model: str):
+    sys.path.insert(0, str(REPO / "src"))
+    from lightsr.train.config import load_config
+
+    cfg = load_config(REPO / "configs" / f"{model}_x2.yaml")
+    return cfg
+
+
+def measure(model_name: str, iters: int, chunk: int, threads: int | None, reference: bool) -> dict:
+    import torch
+
+    import lightsr
+    from lightsr.ops import use_reference_ops
+    from lightsr.train.ema import ModelEMA
+    from lightsr.train.optim import build_optimizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = recipe(model_name)
+    batch, patch, scale = cfg.train_set.batch_size, cfg.lq_patch, cfg.scale
+    torch.manual_seed(0)
+    model = lightsr.create_model(model_name, scale).train()
+    opt = build_optimizer(model.parameters(), cfg.train.optim_g)
+    ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    chunk = min(chunk, batch)
+    sizes = [chunk] * (batch // chunk) + ([batch % chunk] if batch % chunk else [])
+    lq = torch.rand(batch, 3, patch, patch)
+    gt = torch.rand(batch, 3, patch * scale, patch * scale)
+
+    def step(n_chunks=None):
+        opt.zero_grad(set_to_none=True)
+        start = 0
+        for size in sizes[:n_chunks]:
+            x, y = lq[start:start + size], gt[start:start + size]
+            loss = torch.nn.functional.l1_loss(model(x), y) * (size / batch)
+            loss.backward()
+            start += size
+        if n_chunks is None:
+            opt.step()
+            if ema is not None:
+                ema.update(model)
+
+    with use_reference_ops(reference):
+        step(n_chunks=1)  # warm-up: allocator, oneDNN primitives
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"model": model_name, "reference_ops": reference, "batch": batch, "patch": patch, "chunk": chunk,
+            "params": lightsr.count_parameters(model), "s_per_it": med, "it_per_s": 1.0 / med,
+            "img_per_s": batch / med, "times": times, "threads": torch.get_num_threads(),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--iters", type=int, default=2, help="timed iterations per model (default 2)")
+    ap.add_argument("--chunk", type=int, default=4, help="samples per forward/backward chunk (default 4)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--compare-ops", action="store_true", help="also time the reference custom operators")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.iters, args.chunk, args.threads, args.reference)))
+        return 0
+
+    import torch
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {args.threads or torch.get_num_threads()}, chunk {args.chunk}, {args.iters} timed iterations "
+          f"(median), x2, Adam + EMA as the recipe")
+    rows = []
+    for name in args.models:
+        for reference in ((False, True) if args.compare_ops else (False,)):
+            cmd = [sys.executable, __file__, "--one", name, "--iters", str(args.iters), "--chunk", str(args.chunk)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if reference:
+                cmd.append("--reference")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{name}{' (reference ops)' if reference else ''}: failed: {tail}", flush=True)
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(f"  measured {name}{' reference ops' if reference else ''}: {r['s_per_it']:.1f} s/it "
+                  f"({', '.join(f'{t:.1f}' for t in r['times'])})", flush=True)
+    print()
+    print("| model | params | batch x LR patch | ops | s / iteration | iterations / s | images / s | peak RSS (GB) | 500k iterations |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        days = 500_000 * r["s_per_it"] / 86400
+        print(f"| {r['model']} | {r['params']:,} | {r['batch']} x {r['patch']} | "
+              f"{'reference' if r['reference_ops'] else 'fast'} | {r['s_per_it']:.2f} | {r['it_per_s']:.4f} | "
+              f"{r['img_per_s']:.2f} | {r['peak_rss_gb']:.1f} | {days:,.0f} days |")
+    if args.compare_ops:
+        print()
+        by = {(r["model"], r["reference_ops"]): r for r in rows}
+        for name in args.models:
+            if (name, False) in by and (name, True) in by:
+                print(f"{name}: fast ops / reference ops time ratio "
+                      f"{by[(name, False)]['s_per_it'] / by[(name, True)]['s_per_it']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
