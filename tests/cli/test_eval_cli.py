@@ -60,7 +60,7 @@ def test_weights_file_model_detected(tmp_path, capsys, monkeypatch):
     (["--model", "dlgsanet_light", "--scale", "4"], "no pretrained weights are shipped"),
     (["--model", "nosuch", "--scale", "4"], "unknown model"),
     (["--model", "bicubic"], "--scale is required"),
-    (["--model", "imdn", "--scale", "2", "--weights", "missing.pth"], "no such file"),
+    (["--model", "imdn", "--scale", "2", "--weights", "missing.pth"], "weights file not found"),
 ])
 def test_clear_one_line_errors(tmp_path, capsys, argv, message):
     data = _data(tmp_path, n=1)

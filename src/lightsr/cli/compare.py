@@ -138,7 +138,7 @@ def _load_models(specs: list[str], scale: int):
     import lightsr
     from lightsr.evaluation import Bicubic
     from lightsr.models import get_spec
-    from lightsr.pretrained import default_weights
+    from lightsr.pretrained import default_weights, resolve_weights
 
     out = []
     for spec in specs:
@@ -146,10 +146,10 @@ def _load_models(specs: list[str], scale: int):
             out.append(("Bicubic", Bicubic(scale)))
             continue
         name, weights = None, None
-        if ":" in spec and not Path(spec).exists():
-            name, weights = spec.split(":", 1)
-        elif Path(spec).exists():
+        if spec.startswith(("http://", "https://", "file://")) or Path(spec).exists():
             weights = spec
+        elif ":" in spec:
+            name, weights = spec.split(":", 1)
         else:
             name = spec
         if name is not None:
@@ -161,6 +161,11 @@ def _load_models(specs: list[str], scale: int):
             weights = default_weights(name, scale)
             if weights is None:
                 raise ValueError(f"no pretrained weights are shipped for {name} x{scale}; use {name}:WEIGHTS")
+        else:
+            try:
+                weights = resolve_weights(weights, name, scale)
+            except OSError as exc:  # FileNotFoundError included
+                raise ValueError(str(exc)) from None
         model = lightsr.load_model(weights, name=name, scale=scale)
         label = model.lightsr_config["name"]
         out.append(({"imdn": "IMDN", "pan": "PAN"}.get(label, label), model))

@@ -55,8 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="NAME", help="registered model (lightsr models) or 'bicubic'; "
                    "optional with --weights (recognised from the file)")
-    m.add_argument("--weights", metavar="FILE", help="checkpoint (.safetensors or BasicSR/plain .pth); default: "
-                   "the weights shipped with lightsr for --model, if any")
+    m.add_argument("--weights", metavar="FILE", help="checkpoint (.safetensors or BasicSR/plain .pth), or an "
+                   "http(s) URL (optionally #sha256=HEX, downloaded once); default: the weights shipped with "
+                   "lightsr for --model, if any")
     m.add_argument("--key", metavar="KEY", help="entry of a .pth to load (params or params_ema; default EMA first)")
     m.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR factor (read from --weights when omitted)")
     m.add_argument("--label", help="name of the model in tables (default: the model name)")
@@ -120,7 +121,7 @@ def _load(args):
     import lightsr
     from lightsr.evaluation import Bicubic
     from lightsr.models import get_spec
-    from lightsr.pretrained import default_weights
+    from lightsr.pretrained import default_weights, resolve_weights
 
     if args.model and args.model.lower() == "bicubic":
         if args.weights:
@@ -134,7 +135,7 @@ def _load(args):
         except KeyError as exc:
             raise ValueError(str(exc).strip("'\"")) from None
     weights = args.weights
-    if weights is None:
+    if weights is None or weights == "default":
         if not args.model:
             raise ValueError("give --model NAME (or 'bicubic') and/or --weights FILE")
         if not args.scale:
@@ -144,6 +145,11 @@ def _load(args):
             raise ValueError(f"no pretrained weights are shipped for {args.model} x{args.scale}; pass --weights FILE "
                              "(lightsr never evaluates randomly initialised weights)")
         weights = found
+    else:  # a path, or an http(s)/file URL (optionally #sha256=...) fetched once into the cache
+        try:
+            weights = resolve_weights(weights, args.model, args.scale)
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(str(exc)) from None
     options = {}
     if args.tlc_kernel:
         options["tlc_kernel"] = args.tlc_kernel
