@@ -74,3 +74,20 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
     root = tmp_path / "runs" / "nan"
     assert "stopping without saving" in (root / "train.log").read_text()
     assert not list(root.glob("training_states/*.state"))
+
+
+def test_resume_falls_back_over_an_unreadable_checkpoint_and_reports_changes(tmp_path):
+    cfg = tiny_config(tmp_path, "fallback", total_iter=10)
+    cfg["datasets"]["train"]["num_worker_per_gpu"] = 0
+    cfg["logger"].update(save_checkpoint_freq=5, keep_checkpoints=0)
+    path = write_config(cfg, tmp_path / "f.yaml")
+    assert train(load_config(path), console=False) == 0
+    root = tmp_path / "runs" / "fallback"
+    (root / "training_states" / "10.state").write_bytes(b"garbage")  # e.g. a disk that lied about a write
+    assert train(load_config(path, ["train.total_iter=12"]), resume="auto", console=False) == 0
+    log = (root / "train.log").read_text()
+    assert "cannot read checkpoint 10" in log and "resuming at iteration 5 of 12" in log
+    assert "changed settings: train.total_iter: 10 -> 12" in log
+    assert (root / "training_states" / "12.state").is_file()
+    with pytest.raises(Exception, match="does not fit network_g"):
+        train(load_config(path, ["train.total_iter=14", "network_g.dim=18"]), resume="auto", console=False)

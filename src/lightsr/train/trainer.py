@@ -260,16 +260,31 @@ class Trainer:
                 filename_tmpl=vs.filename_tmpl, meta_info_file=vs.meta_info_file, cache_dir=vs.lr_cache_dir,
             )
 
+    def _load_with_fallback(self, cs: CheckpointSet):
+        """Read ``cs``; if it is unreadable (e.g. a disk that lied about a write), try the older sets."""
+        candidates = [c for c in reversed(find_checkpoints(cs.root)) if c.iteration <= cs.iteration] or [cs]
+        for c in candidates:
+            try:
+                return c, load_state(c)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file: try the previous set
+                log.warning("cannot read checkpoint %d (%s); trying the previous one", c.iteration,
+                            str(exc).splitlines()[0][:200])
+        raise TrainingError(f"{cs.root}: no readable checkpoint")
+
     def _restore(self) -> None:
         cs = self.start_set
         if cs is None:
             return
-        payload = None
-        if self.dist.is_main:
-            payload = load_state(cs)
-        payload = D.broadcast_object(payload)  # ranks on other machines need not see the file system
+        # ranks on other machines need not see the file system: rank 0 read it, everyone gets a copy
+        payload = D.broadcast_object(self._payload if self.dist.is_main else None)
+        self._payload = None
         state, params, params_ema = payload
-        unwrap(self.model).load_state_dict(params, strict=True)
+        self._report_config_changes(state.get("config"))
+        try:
+            unwrap(self.model).load_state_dict(params, strict=True)
+        except RuntimeError as exc:
+            raise TrainingError(f"{cs.pth}: the checkpoint does not fit network_g as configured now "
+                                f"({str(exc).splitlines()[0][:200]})") from None
         if self.ema is not None:
             if params_ema is None:
                 log.warning("%s has no params_ema; the EMA restarts from the current weights", cs.pth)
@@ -301,6 +316,32 @@ class Trainer:
         if data.get("global_batch") and data["global_batch"] != self.sampler.global_batch:
             log.warning("effective batch changed from %d to %d since the checkpoint", data["global_batch"],
                         self.sampler.global_batch)
+
+    def _report_config_changes(self, saved: str | None) -> None:
+        if not saved or not self.dist.is_main:
+            return
+        import yaml
+
+        from lightsr.train.config import config_to_dict
+
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in d.items():
+                if isinstance(v, dict) and v:
+                    out.update(flat(v, f"{prefix}{k}."))
+                else:
+                    out[f"{prefix}{k}"] = v
+            return out
+
+        try:
+            before = flat(yaml.safe_load(saved))
+        except yaml.YAMLError:
+            return
+        now = flat(config_to_dict(self.cfg))
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                   if before.get(k) != now.get(k) and k != "description"]
+        if changed:
+            log.warning("resuming with changed settings: %s", "; ".join(changed[:12]) + (" ..." if len(changed) > 12 else ""))
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -442,7 +483,11 @@ class Trainer:
             elif isinstance(cfg.num_gpu, int) and cfg.num_gpu > 1 and not self.dist.distributed:
                 log.warning("num_gpu=%d but this is a single process: start it with torchrun --nproc_per_node %d "
                             "to use them all", cfg.num_gpu, cfg.num_gpu)
-            self.start_set = resolve_resume(cfg, self.resume_arg) if is_main else None
+            self.start_set, self._payload = (None, None)
+            if is_main:
+                self.start_set = resolve_resume(cfg, self.resume_arg)
+                if self.start_set is not None:
+                    self.start_set, self._payload = self._load_with_fallback(self.start_set)
             self.start_set = D.broadcast_object(self.start_set)
             self.start_iter = self.start_set.iteration if self.start_set else 0
             self.best, self.elapsed_before, self.last_saved = {}, 0.0, self.start_iter
@@ -520,7 +565,10 @@ class Trainer:
         amp_ctx = (lambda: torch.autocast("cuda", dtype=self.amp_dtype)) if self.amp_dtype else contextlib.nullcontext
         try:
             while it < total:
-                if D.any_flag(self.stop_signal is not None, self.device):
+                # ranks agree on stopping (a signal may reach only some); on GPUs every 10 iterations
+                # so that the flag's all-reduce does not synchronise the device at every step
+                check = not (self.dist.distributed and self.cuda) or (it - start) % 10 == 0
+                if check and D.any_flag(self.stop_signal is not None, self.device):
                     break
                 t_data = time.perf_counter()
                 try:
