@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(cfg, dump_config) -> int:
     from lightsr.data.train_dataset import SRTrainDataset, SRValDataset
+    from lightsr.train.log import setup_logging
 
-    print(dump_config(cfg), end="")
+    setup_logging(None, True)
+    print(dump_config(cfg), end="", flush=True)
     ds = cfg.train_set
     train_set = SRTrainDataset(
         ds.dataroot_gt, ds.dataroot_lq if ds.type == "PairedImageDataset" else None, scale=cfg.scale,
