@@ -202,6 +202,11 @@ def export_onnx(
             raise
         except Exception as exc:  # exporter errors are long; keep the first line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "namespace lightsr::" in str(exc) or "lightsr::" in first:
+                raise ExportError(
+                    f"{exporter} export failed: a lightsr operator is registered as a torch custom op, "
+                    f"which ONNX exporters cannot trace into ({first[:200]})"
+                ) from exc
             raise ExportError(f"{exporter} export failed: {first[:300]}") from exc
         import onnx
 
