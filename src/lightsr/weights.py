@@ -190,8 +190,10 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor]):
     for family, detect in detectors():
         try:
             found = detect(state_dict)
-        except (KeyError, ValueError, IndexError) as exc:
-            raise CheckpointError(f"looks like a {family} checkpoint but is incomplete ({_one_line(exc)})") from None
+        except KeyError as exc:
+            raise CheckpointError(f"looks like a {family} checkpoint but key {exc} is missing") from None
+        except (ValueError, IndexError) as exc:
+            raise CheckpointError(f"looks like a {family} checkpoint but cannot be recognised: {_one_line(exc)}") from None
         if found is not None:
             return found
     families = ", ".join(sorted({f for f, _ in detectors()}))

@@ -83,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lightsr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `lightsr eval ... | head`: stop quietly like other CLI tools
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
