@@ -141,14 +141,22 @@ def main() -> None:
             if chunk:
                 buffer += chunk
                 *lines, buffer = buffer.split("\n")
-                events += [json.loads(l) for l in lines if l.startswith("{")]
+                new = [json.loads(l) for l in lines if l.startswith("{")]
+                events += new
+                for e in new:  # progress as it happens (kept even if the run is stopped)
+                    if e["event"] == "tile":
+                        print(f"  tile {e['done']}/{e['total']} at {e['t']:.0f} s, RSS {st.get('VmRSS', 0) / 2**30:.2f} GiB",
+                              flush=True)
             if args.time_limit and time.perf_counter() - t0 > args.time_limit:
                 hwm = max(hwm, _status(proc.pid).get("VmHWM", 0))
                 proc.kill()
                 stopped = True
                 break
             time.sleep(0.25)
-        rest = proc.stdout.read() or ""
+        try:
+            rest = proc.stdout.read() or ""
+        except (BlockingIOError, TypeError, ValueError):  # nothing left in a non-blocking pipe
+            rest = ""
         buffer += rest
         events += [json.loads(l) for l in buffer.split("\n") if l.startswith("{")]
         proc.wait()
