@@ -7,10 +7,15 @@ import torch
 from lightsr.ops import (
     build_kernel_map,
     dynamic_dwconv,
+    dynamic_dwconv_fused,
+    dynamic_dwconv_fused_reference,
     dynamic_dwconv_reference,
     focal_attention,
     focal_attention_reference,
+    layer_norm_2d,
+    layer_norm_2d_reference,
     patch_size_of,
+    preferred_memory_format,
     tlc,
     tlc_reference,
     tlc_windows,
@@ -174,3 +179,159 @@ def test_ops_run_in_reduced_precision(dtype):
     ref = focal_attention_reference(x2, k2, taps, -2)
     out = focal_attention(x2.to(dtype), k2.to(dtype), taps, -2).float()
     assert ((out - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+# --- fused dynamic conv (kernel-generating 1x1 conv inside the op) ---------------------------
+@pytest.mark.parametrize("b,c,groups,k,ch,h,w", [(1, 12, 2, 7, 3, 17, 23), (2, 48, 8, 7, 12, 9, 31), (3, 6, 6, 3, 2, 1, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dynamic_dwconv_fused_matches_reference(b, c, groups, k, ch, h, w, bias):
+    x = torch.randn(b, c, h, w, dtype=torch.float64)
+    hidden = torch.randn(b, ch, h, w, dtype=torch.float64)
+    cw = torch.randn(groups * k * k, ch, 1, 1, dtype=torch.float64)
+    inputs = [x, hidden, cw] + ([torch.randn(groups * k * k, dtype=torch.float64)] if bias else [])
+
+    def fast(*a):
+        return dynamic_dwconv_fused(a[0], a[1], a[2], a[3] if bias else None, k)
+
+    def ref(*a):
+        return dynamic_dwconv_fused_reference(a[0], a[1], a[2], a[3] if bias else None, k)
+
+    _compare(fast, ref, inputs)
+
+
+def test_dynamic_dwconv_fused_small_strips(monkeypatch):
+    """Many strips (one row each) give the same values and gradients as one strip."""
+    import lightsr.ops._common as common
+
+    x, hid = torch.randn(2, 12, 11, 9, dtype=torch.float64), torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    cw, cb = torch.randn(98, 3, 1, 1, dtype=torch.float64), torch.randn(98, dtype=torch.float64)
+    monkeypatch.setattr(common, "_STRIP_ELEMENTS", 1)
+    _compare(lambda *a: dynamic_dwconv_fused(*a, 7), lambda *a: dynamic_dwconv_fused_reference(*a, 7), [x, hid, cw, cb])
+    _compare(lambda a, b: dynamic_dwconv(a, b, 7), lambda a, b: dynamic_dwconv_reference(a, b, 7),
+             [x, torch.randn(2, 98, 11, 9, dtype=torch.float64)])
+    taps = build_kernel_map()
+    k2 = torch.randn(2, 2 * 13, 11, 9, dtype=torch.float64)
+    for dim in (-1, -2):
+        _compare(lambda a, b: focal_attention(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x, k2])
+
+
+def test_dynamic_dwconv_fused_rejects_bad_shapes():
+    x = torch.randn(1, 12, 5, 5)
+    with pytest.raises(ValueError):
+        dynamic_dwconv_fused(x, torch.randn(1, 3, 5, 6), torch.randn(98, 3, 1, 1), None, 7)  # size mismatch
+    with pytest.raises(ValueError):
+        dynamic_dwconv_fused(x, torch.randn(1, 3, 5, 5), torch.randn(98, 3, 3, 3), None, 7)  # not 1x1
+    with pytest.raises(ValueError):
+        dynamic_dwconv_fused(x, torch.randn(1, 3, 5, 5), torch.randn(5 * 49, 3, 1, 1), None, 7)  # 12 % 5
+
+
+def test_focal_attention_general_tap_lengths():
+    """Tap lengths that cannot be built by doubling (3, 5) and an asymmetric map."""
+    taps = [(-4, 3), (-1, 1), (0, 1), (1, 3), (4, 5)]
+    x = torch.randn(2, 8, 13, 17, dtype=torch.float64)
+    k = torch.randn(2, 2 * len(taps), 13, 17, dtype=torch.float64)
+    for dim in (-1, -2):
+        assert torch.allclose(focal_attention_reference(x, k, taps, dim), _fsa_by_hand(x, k, taps, dim))
+        _compare(lambda a, b: focal_attention(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x, k])
+
+
+# --- layouts, registration, meta ------------------------------------------------------------
+def test_ops_accept_channels_last_and_keep_the_layout():
+    cl = torch.channels_last
+    x = torch.randn(2, 12, 9, 10).contiguous(memory_format=cl)
+    wt = torch.randn(2, 2 * 49, 9, 10).contiguous(memory_format=cl)
+    out = dynamic_dwconv(x, wt, 7)
+    assert out.is_contiguous(memory_format=cl)
+    assert torch.allclose(out, dynamic_dwconv_reference(x.contiguous(), wt.contiguous(), 7), atol=1e-5)
+    hid, cw = torch.randn(2, 3, 9, 10).contiguous(memory_format=cl), torch.randn(98, 3, 1, 1)
+    out = dynamic_dwconv_fused(x, hid, cw, None, 7)
+    assert out.is_contiguous(memory_format=cl)
+    assert torch.allclose(out, dynamic_dwconv_fused_reference(x, hid, cw, None, 7), atol=1e-5)
+    taps = build_kernel_map()
+    x2 = torch.randn(1, 64, 9, 10).contiguous(memory_format=cl)[:, 32:]  # channel slice, as in LAMNet
+    k2 = torch.randn(1, 52, 9, 10)
+    out = focal_attention(x2, k2, taps, -2)
+    assert out.is_contiguous(memory_format=cl)
+    assert torch.allclose(out, focal_attention_reference(x2.contiguous(), k2, taps, -2), atol=1e-5)
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake (meta) kernel and autograd registration of every custom op are consistent."""
+    from torch.library import opcheck
+
+    x, wt = torch.randn(1, 12, 6, 7, dtype=torch.float64), torch.randn(1, 98, 6, 7, dtype=torch.float64)
+    hid, cw, cb = torch.randn(1, 3, 6, 7, dtype=torch.float64), torch.randn(98, 3, 1, 1, dtype=torch.float64), torch.randn(98, dtype=torch.float64)
+    x2, k2 = torch.randn(1, 8, 6, 7, dtype=torch.float64), torch.randn(1, 26, 6, 7, dtype=torch.float64)
+    taps = build_kernel_map()
+    starts, lengths = [s for s, _ in taps], [n for _, n in taps]
+    for t in (x, wt, hid, cw, cb, x2, k2):
+        t.requires_grad_(True)
+    cases = [
+        (torch.ops.lightsr.dynamic_dwconv.default, (x, wt, 7)),
+        (torch.ops.lightsr.dynamic_dwconv_fused.default, (x, hid, cw, cb, 7)),
+        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -1)),
+        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -2)),
+    ]
+    for op, args in cases:
+        opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_ops_run_on_meta_device():
+    x = torch.empty(2, 48, 180, 320, device="meta")
+    assert dynamic_dwconv(x, torch.empty(2, 392, 180, 320, device="meta"), 7).shape == x.shape
+    out = dynamic_dwconv_fused(x, torch.empty(2, 12, 180, 320, device="meta"), torch.empty(392, 12, 1, 1, device="meta"), None, 7)
+    assert out.device.type == "meta" and out.shape == x.shape
+    x2 = torch.empty(1, 32, 180, 320, device="meta")
+    assert focal_attention(x2, torch.empty(1, 52, 180, 320, device="meta"), build_kernel_map(), -1).shape == x2.shape
+
+
+def test_reduced_precision_accumulates_in_float32():
+    """bf16 inputs: the fast op is closer to the float64 truth than bf16 math would allow for 49 taps."""
+    x, wt = torch.randn(1, 12, 16, 16), torch.randn(1, 98, 16, 16)
+    truth = dynamic_dwconv_reference(x.double(), wt.double(), 7)
+    xb, wb = x.bfloat16(), wt.bfloat16()
+    exact_inputs = dynamic_dwconv_reference(xb.double(), wb.double(), 7)
+    out = dynamic_dwconv(xb, wb, 7)
+    assert out.dtype == torch.bfloat16
+    # float32 accumulation: only the final rounding to bf16 (rel. 2^-8) separates it from the exact
+    # result on the bf16 inputs (plus float32 rounding, tiny against the largest output)
+    tol = exact_inputs.abs() * 2**-8 + 1e-4 * exact_inputs.abs().max()
+    assert ((out.double() - exact_inputs).abs() <= tol).all()
+    assert _rel_err(out.double(), truth) < 0.05
+    xb.requires_grad_(True)
+    dynamic_dwconv(xb, wb, 7).float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
+
+
+# --- LayerNorm -----------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_layer_norm_2d_matches_reference(layout):
+    x = torch.randn(2, 48, 7, 9, dtype=torch.float64) * 3 + 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(48, dtype=torch.float64), torch.randn(1, 48, 1, 1, dtype=torch.float64)
+    _compare(lambda a, ww, bb: layer_norm_2d(a, ww, bb), lambda a, ww, bb: layer_norm_2d_reference(a, ww, bb), [x, w, b])
+    assert layer_norm_2d(x, w, b).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_get_op_switches_every_op():
+    from lightsr.ops import OPS, get_op, use_reference_ops
+
+    assert set(OPS) >= {"dynamic_dwconv", "dynamic_dwconv_fused", "focal_attention", "tlc", "layer_norm_2d"}
+    fast = {n: get_op(n) for n in OPS}
+    with use_reference_ops():
+        ref = {n: get_op(n) for n in OPS}
+        assert preferred_memory_format(torch.empty(1, 3, 4, 4)) == torch.contiguous_format
+    assert all(fast[n] is not ref[n] and ref[n].__name__.endswith("_reference") for n in OPS)
+    assert preferred_memory_format(torch.empty(1, 3, 4, 4)) == torch.channels_last
+    assert preferred_memory_format(torch.empty(1, 3, 4, 4, device="meta")) == torch.contiguous_format
+
+
+@pytest.mark.parametrize("chunk", [1, 10**9])
+def test_tlc_chunking_does_not_change_results(monkeypatch, chunk):
+    import importlib
+
+    tlc_module = importlib.import_module("lightsr.ops.tlc")
+    monkeypatch.setattr(tlc_module, "_CHUNK_ELEMENTS", chunk)
+    x = torch.randn(2, 6, 50, 97, dtype=torch.float64)
+    _compare(lambda a: tlc(_toy_global, a, 24), lambda a: tlc_reference(_toy_global, a, 24), [x])

@@ -11,25 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lightsr.ops import get_op
+from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference  # noqa: F401 (re-exported)
+
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """LayerNorm over the channel axis of an NCHW tensor (biased variance, ``eps`` inside the sqrt).
-
-    ``weight`` and ``bias`` hold ``C`` values (any shape that flattens to ``C``).
-    """
-    c = x.shape[1]
-    y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
-    return y.permute(0, 3, 1, 2)
-
-
-def layer_norm_2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5):
-    """Plain-formula version of :func:`layer_norm_2d` (test oracle)."""
-    c = x.shape[1]
-    mu = x.mean(1, keepdim=True)
-    var = ((x - mu) ** 2).mean(1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
 
 
 class LayerNorm2d(nn.Module):
@@ -42,7 +27,7 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm_2d(x, self.weight, self.bias, self.eps)
+        return get_op("layer_norm_2d")(x, self.weight, self.bias, self.eps)
 
 
 class GatedDconvFFN(nn.Module):

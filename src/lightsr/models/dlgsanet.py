@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightsr.models.blocks import GatedDconvFFN, LayerNorm2d, MeanShift, pixel_shuffle_head
-from lightsr.ops import get_op
+from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["DLGSANet", "SparseGSA", "MHDLSA", "collect_attention_sparsity"]
 
@@ -74,8 +74,11 @@ class DynamicDWConv(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv2d(hidden, kernel_size**2 * (channels // group_channels), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.conv2(self.conv1(x))  # (B, G*K*K, H, W), raw linear output
-        return get_op("dynamic_dwconv")(x, weight, self.kernel_size)
+        # weight = conv2(conv1(x)): (B, G*K*K, H, W), the raw linear output. The fused op applies
+        # conv2 strip by strip and never materialises the (8x larger than x) kernel tensor; the
+        # reference op runs conv2 then the unfold formulation.
+        conv = self.conv2[0]
+        return get_op("dynamic_dwconv_fused")(x, self.conv1(x), conv.weight, conv.bias, self.kernel_size)
 
 
 class MHDLSA(nn.Module):
@@ -281,10 +284,10 @@ class DLGSANet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mean_shift.sub(x)
+        x = self.mean_shift.sub(x.contiguous(memory_format=preferred_memory_format(x)))
         f0 = self.overlap_embed(x)
         f = self.deep_feature_extraction(f0) + f0
-        return self.mean_shift.add(self.upsample(f))
+        return self.mean_shift.add(self.upsample(f)).contiguous()
 
 
 @contextlib.contextmanager

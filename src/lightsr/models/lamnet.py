@@ -35,8 +35,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from lightsr.models.blocks import ConvFFN, GatedDconvFFN, MeanShift, layer_norm_2d, pixel_shuffle_head, trunc_normal_init_
-from lightsr.ops import build_kernel_map, get_op, patch_size_of
+from lightsr.models.blocks import ConvFFN, GatedDconvFFN, MeanShift, pixel_shuffle_head, trunc_normal_init_
+from lightsr.ops import build_kernel_map, get_op, patch_size_of, preferred_memory_format
 
 __all__ = ["LAMNet", "UnifiedLinearMixer"]
 
@@ -54,7 +54,7 @@ class LayerNormChannels(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm_2d(x, self.alpha, self.beta, self.eps)
+        return get_op("layer_norm_2d")(x, self.alpha, self.beta, self.eps)
 
 
 class PreNormResidual(nn.Module):
@@ -222,7 +222,7 @@ class LAMNet(nn.Module):
         trunc_normal_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mean_shift.sub(x)
+        x = self.mean_shift.sub(x.contiguous(memory_format=preferred_memory_format(x)))
         f0 = self.shallow_feature_extraction(x)
         f = self.deep_feature_extraction(f0) * self.alpha + f0
-        return self.mean_shift.add(self.upsample(f))
+        return self.mean_shift.add(self.upsample(f)).contiguous()

@@ -71,6 +71,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightsr.models.blocks import LayerNorm2d, pixel_shuffle_head
+from lightsr.ops import preferred_memory_format
 
 __all__ = ["LGUN", "MLHA", "DGSA", "SAFFN"]
 
@@ -286,5 +287,5 @@ class LGUN(nn.Module):
         self.upsample = pixel_shuffle_head(dim, scale, in_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.embed(x)
-        return self.upsample(self.body(f) + f)
+        f = self.embed(x.contiguous(memory_format=preferred_memory_format(x)))
+        return self.upsample(self.body(f) + f).contiguous()

@@ -14,8 +14,10 @@ kernel channels are ordered group-major, tap-minor.
 
 * :func:`focal_attention_reference` - a fixed bank of ``K`` box filters applied depth-wise
   (materialises a ``K``-times larger tensor); the test oracle.
-* :func:`focal_attention` - average-pools once per distinct tap length and accumulates shifted
-  slices; no ``K``-times tensor. Any device and float dtype, autograd-friendly.
+* :func:`focal_attention` - the custom op ``lightsr::focal_attention``: box sums once per
+  distinct tap length (built by doubling: the 4-pixel sums from the 2-pixel sums), then one
+  in-place multiply-add of a shifted view per tap on cache-sized row strips; no ``K``-times
+  tensor; hand-written backward. float16/bfloat16 accumulate in float32. Any device.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from lightsr.ops._common import acc_dtype, define_op, like as _like, memory_format_of, strip_rows
 
 __all__ = [
     "build_kernel_map",
@@ -112,33 +116,189 @@ def focal_attention_reference(
     return (taps * kernel.view(b, groups, 1, n_taps, h, w)).sum(dim=3).view(b, c, h, w)
 
 
+
+# --- fast implementation -------------------------------------------------------------------
+
+
+def _axis(dim: int) -> int:
+    if dim in (-1, 3):
+        return -1
+    if dim in (-2, 2):
+        return -2
+    raise ValueError("dim must be -1 (horizontal) or -2 (vertical)")
+
+
+def _shift(t: torch.Tensor, axis: int, start: int, length: int) -> torch.Tensor:
+    return t[..., start : start + length] if axis == -1 else t[..., start : start + length, :]
+
+
+def _tap_view(src: torch.Tensor, axis: int, offset: int, r0: int, r1: int, width: int) -> torch.Tensor:
+    """Rows r0:r1 of the output read ``src`` shifted by ``offset`` along ``axis``."""
+    if axis == -1:
+        return src[..., r0:r1, offset : offset + width]
+    return src[..., r0 + offset : r1 + offset, :]
+
+
+def _box_means(xp: torch.Tensor, lengths, axis: int, size: int, half: int) -> dict[int, torch.Tensor]:
+    """{n: mean of n consecutive samples starting at each position} along ``axis`` of padded ``xp``.
+
+    ``means[n]`` has ``size + 2 * half - n + 1`` positions. Sums are built by doubling where
+    possible (sum4 = sum2 + shifted sum2), otherwise by adding shifted sums of smaller lengths.
+    """
+    full = size + 2 * half
+    sums = {1: xp}
+    for n in sorted(set(lengths)):
+        if n in sums:
+            continue
+        count = full - n + 1
+        split = [k for k in sums if k < n and (n - k) in sums]
+        if split:
+            m = max(split)
+            sums[n] = _shift(sums[m], axis, 0, count) + _shift(sums[n - m], axis, m, count)
+        else:  # no doubling available: add the n shifted samples
+            total = _shift(xp, axis, 0, count).clone()
+            for i in range(1, n):
+                total += _shift(xp, axis, i, count)
+            sums[n] = total
+    return {n: (sums[n] if n == 1 else sums[n] * (1.0 / n)) for n in set(lengths)}
+
+
+def _taps(starts, lengths):
+    return [(_first_offset(s, n), n) for s, n in zip(starts, lengths)]
+
+
+def _forward_impl(x: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int) -> torch.Tensor:
+    taps = list(zip(starts, lengths))
+    n_taps = len(taps)
+    groups, per_group = _check(x, kernel, n_taps)
+    axis = _axis(dim)
+    b, c, h, w = x.shape
+    half = patch_size_of(taps) // 2
+    size = w if axis == -1 else h
+    acc = acc_dtype(x.dtype)
+    xp = F.pad(x.to(dtype=acc, memory_format=torch.contiguous_format), (half, half, 0, 0) if axis == -1 else (0, 0, half, half))
+    means = {n: m.view(b, groups, per_group, *m.shape[-2:]) for n, m in _box_means(xp, lengths, axis, size, half).items()}
+    kv = kernel.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, n_taps, 1, h, w)
+    out = torch.empty(b, groups, per_group, h, w, dtype=acc, device=x.device)
+    rows = strip_rows(x, h, b * c * w)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        o = out[..., r0:r1, :]
+        for t, (lo, n) in enumerate(_taps(starts, lengths)):
+            src = _tap_view(means[n], axis, lo + half, r0, r1, w)
+            if t == 0:
+                torch.mul(src, kv[:, :, t, :, r0:r1], out=o)
+            else:
+                o.addcmul_(src, kv[:, :, t, :, r0:r1])
+    return out.view(b, c, h, w).to(dtype=x.dtype, memory_format=memory_format_of(x))
+
+
+def _grad_input_impl(grad: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int) -> torch.Tensor:
+    """Scatter ``k_t * grad`` to the box of every tap (adjoint of the forward)."""
+    taps = list(zip(starts, lengths))
+    n_taps = len(taps)
+    axis = _axis(dim)
+    b, c, h, w = grad.shape
+    groups = kernel.shape[1] // n_taps
+    per_group = c // groups
+    half = patch_size_of(taps) // 2
+    size = w if axis == -1 else h
+    full = size + 2 * half
+    acc = acc_dtype(grad.dtype)
+    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
+    kv = kernel.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, n_taps, 1, h, w)
+    padded = (b, groups, per_group, h, full) if axis == -1 else (b, groups, per_group, full, w)
+    gmeans = {}
+    for n in set(lengths):
+        shape = list(padded)
+        shape[axis] = full - n + 1
+        gmeans[n] = torch.zeros(shape, dtype=acc, device=grad.device)
+    rows = strip_rows(grad, h, b * c * w)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        gs = g[..., r0:r1, :]
+        for t, (lo, n) in enumerate(_taps(starts, lengths)):
+            _tap_view(gmeans[n], axis, lo + half, r0, r1, w).addcmul_(gs, kv[:, :, t, :, r0:r1])
+    gxp = gmeans.pop(1) if 1 in gmeans else torch.zeros(padded, dtype=acc, device=grad.device)
+    for n, gm in gmeans.items():  # adjoint of the box mean: spread each value over its n samples
+        gm.mul_(1.0 / n)
+        for i in range(n):
+            _shift(gxp, axis, i, full - n + 1).add_(gm)
+    gx = _shift(gxp, axis, half, size)
+    return gx.reshape(b, c, h, w).to(grad.dtype)
+
+
+def _grad_kernel_impl(grad: torch.Tensor, x: torch.Tensor, starts: list[int], lengths: list[int], dim: int, groups: int) -> torch.Tensor:
+    """d out / d k[g, t]: sum over the group's channels of grad * (box mean of tap t)."""
+    taps = list(zip(starts, lengths))
+    n_taps = len(taps)
+    axis = _axis(dim)
+    b, c, h, w = x.shape
+    per_group = c // groups
+    half = patch_size_of(taps) // 2
+    size = w if axis == -1 else h
+    acc = acc_dtype(x.dtype)
+    xp = F.pad(x.to(dtype=acc, memory_format=torch.contiguous_format), (half, half, 0, 0) if axis == -1 else (0, 0, half, half))
+    means = {n: m.view(b, groups, per_group, *m.shape[-2:]) for n, m in _box_means(xp, lengths, axis, size, half).items()}
+    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
+    gk = torch.empty(b, groups, n_taps, h, w, dtype=acc, device=x.device)
+    rows = strip_rows(x, h, b * c * w)
+    tmp = None
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        gs = g[..., r0:r1, :]
+        if tmp is None or tmp.shape[-2] != r1 - r0:
+            tmp = torch.empty(b, groups, per_group, r1 - r0, w, dtype=acc, device=x.device)
+        for t, (lo, n) in enumerate(_taps(starts, lengths)):
+            torch.mul(gs, _tap_view(means[n], axis, lo + half, r0, r1, w), out=tmp)
+            torch.sum(tmp, dim=2, out=gk[:, :, t, r0:r1])
+    return gk.view(b, groups * n_taps, h, w).to(x.dtype)
+
+
+def _fwd_fake(x, kernel, starts, lengths, dim):
+    _check(x, kernel, len(starts))
+    _axis(dim)
+    return _like(x)
+
+
+def _gin_fake(grad, kernel, starts, lengths, dim):
+    return grad.new_empty(grad.shape)
+
+
+def _gk_fake(grad, x, starts, lengths, dim, groups):
+    b, _, h, w = x.shape
+    return x.new_empty(b, groups * len(starts), h, w)
+
+
+_grad_input_op = define_op("focal_attention_grad_input", _grad_input_impl, _gin_fake)
+_grad_kernel_op = define_op("focal_attention_grad_kernel", _grad_kernel_impl, _gk_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    x, kernel, starts, lengths, dim = inputs
+    ctx.save_for_backward(x, kernel)
+    ctx.taps = (list(starts), list(lengths), dim)
+
+
+def _backward(ctx, grad):
+    x, kernel = ctx.saved_tensors
+    starts, lengths, dim = ctx.taps
+    grad_x = _grad_input_op(grad, kernel, starts, lengths, dim) if ctx.needs_input_grad[0] else None
+    grad_k = None
+    if ctx.needs_input_grad[1]:
+        grad_k = _grad_kernel_op(grad, x, starts, lengths, dim, kernel.shape[1] // len(starts))
+    return grad_x, grad_k, None, None, None
+
+
+_focal_attention_op = define_op("focal_attention", _forward_impl, _fwd_fake, _setup_context, _backward)
+
+
 def focal_attention(
     x: torch.Tensor, kernel: torch.Tensor, kernel_map: Sequence[Tap], dim: int = -1
 ) -> torch.Tensor:
-    """Fast FSA along ``dim``: one average-pool per distinct tap length, then shifted multiply-adds."""
-    n_taps = len(kernel_map)
-    groups, per_group = _check(x, kernel, n_taps)
-    b, c, h, w = x.shape
-    p = patch_size_of(kernel_map)
-    half = p // 2
-    if dim in (-1, 3):
-        xp = F.pad(x, (half, half, 0, 0))
-        size, pool = w, (lambda t, n: F.avg_pool2d(t, (1, n), stride=1))
-    elif dim in (-2, 2):
-        xp = F.pad(x, (0, 0, half, half))
-        size, pool = h, (lambda t, n: F.avg_pool2d(t, (n, 1), stride=1))
-    else:
-        raise ValueError("dim must be -1 (horizontal) or -2 (vertical)")
-    sources = {}
-    for n in sorted({n for _, n in kernel_map}):
-        src = xp if n == 1 else pool(xp, n)
-        sources[n] = src.view(b, groups, per_group, *src.shape[-2:])
-    kv = kernel.view(b, groups, n_taps, 1, h, w)
-    out = None
-    for t, (start, length) in enumerate(kernel_map):
-        lo = _first_offset(start, length) + half
-        src = sources[length]
-        src = src[..., lo : lo + size] if dim in (-1, 3) else src[..., lo : lo + size, :]
-        term = src * kv[:, :, t]
-        out = term if out is None else out + term
-    return out.reshape(b, c, h, w)
+    """Fast FSA along ``dim`` (custom op ``lightsr::focal_attention``); same semantics as the reference."""
+    starts = [int(s) for s, _ in kernel_map]
+    lengths = [int(n) for _, n in kernel_map]
+    if not starts or min(lengths) < 1:
+        raise ValueError("kernel_map must hold (start, length >= 1) taps")
+    return _focal_attention_op(x, kernel, starts, lengths, int(dim))
