@@ -92,7 +92,8 @@ def test_plot_log(tmp_path, capsys):
     (run / "train_log.csv").write_text("iter,loss\n" + "".join(f"{i},{1 / i}\n" for i in range(1, 50)))
     (run / "val_log.csv").write_text("iter,dataset,psnr,ssim,best\n10,Set5,30.1,0.9,1\n20,Set5,31.2,0.91,1\n")
     out = tmp_path / "fig" / "curve.png"
-    assert main(["plot-log", str(run), "-o", str(out), "--log-y"]) == 0
+    assert main(["plot-log", str(run), "-o", str(out), "--log-y", "--ref", "30.5:bicubic"]) == 0
     with Image.open(out) as im:
         assert im.size[0] > 600 and im.size[1] > 300
     assert main(["plot-log", str(tmp_path / "nothing"), "-o", str(out)]) == 2
+    assert main(["plot-log", str(run), "-o", str(out), "--ref", "high"]) == 2

@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="validation dataset to plot (default: the first in the log)")
     p.add_argument("--smooth", type=float, default=0.9, help="EMA factor for the smoothed loss, 0 = none (default 0.9)")
     p.add_argument("--log-y", action="store_true", help="logarithmic loss axis")
+    p.add_argument("--ref", action="append", default=[], metavar="VALUE[:LABEL]",
+                   help="horizontal reference line on the validation plot, e.g. 33.67:bicubic (repeatable)")
     p.add_argument("--title", help="figure title")
     p.add_argument("--dpi", type=int, default=120)
     return p
@@ -107,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
             ax_loss.plot(its, ys, color=c, alpha=0.3 if args.smooth > 0 else 1.0, lw=0.8,
                          label=None if args.smooth > 0 else label)
             if args.smooth > 0:
-                sm, acc = [], None
-                for y in ys:
+                sm, acc, n = [], 0.0, 0
+                for y in ys:  # debiased EMA (as TensorBoard): no lag towards the first value
                     if math.isfinite(y):
-                        acc = y if acc is None else args.smooth * acc + (1 - args.smooth) * y
-                    sm.append(acc if acc is not None else float("nan"))
+                        acc = args.smooth * acc + (1 - args.smooth) * y
+                        n += 1
+                    sm.append(acc / (1 - args.smooth ** n) if n else float("nan"))
                 ax_loss.plot(its, sm, color=c, lw=1.6, label=f"{label} (EMA {args.smooth:g})")
         if val and has_val:
             ax = axes[0][1]
@@ -129,6 +132,15 @@ def run(args: argparse.Namespace) -> int:
     ax_loss.legend(fontsize=8)
     if has_val:
         ax = axes[0][1]
+        for ref in args.ref:
+            value, _, label = ref.partition(":")
+            try:
+                y = float(value)
+            except ValueError:
+                print(f"lightsr plot-log: --ref {ref!r}: expected VALUE[:LABEL]", file=sys.stderr)
+                return 2
+            ax.axhline(y, color="gray", ls="--", lw=1, label=label or None)
+        ax.margins(y=0.12)
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"validation {args.metric} (Y)" if args.metric == "psnr" else f"validation {args.metric}")
         ax.grid(alpha=0.3)
