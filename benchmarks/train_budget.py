@@ -121,7 +121,7 @@ def main() -> int:
     speed = cs.iteration / float(rows[-1]["elapsed_s"]) if rows else float("nan")
     print()
     print(f"dlgsanet_tiny x2, {cs.iteration} iterations of batch {args.batch} x LR patch {args.patch} "
-          f"in {wall / 60:.1f} min wall ({speed:.2f} it/s training), {torch.get_num_threads()} threads, "
+          f"in {wall / 60:.1f} min wall ({speed:.2f} it/s incl. validation), {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores")
     print()
     print("| Set5 x2 (Y, crop 2) | PSNR (dB) | SSIM |")

@@ -63,6 +63,14 @@ def test_mistakes_name_the_key(override, message):
         parse_config(_raw(**dict([override.split("=", 1)])))
 
 
+def test_val_section_defaults_when_val_sets_exist():
+    raw = _raw()
+    assert parse_config(raw).val is None
+    raw["datasets"]["val"] = {"type": "HRImageDataset", "dataroot_gt": "v"}
+    val = parse_config(raw).val
+    assert val.val_freq is None and list(val.metrics) == ["psnr", "ssim"] and val.use_ema
+
+
 def test_basicsr_float_iterations_and_network_options():
     raw = _raw()
     raw["train"]["total_iter"] = 5e5  # BasicSR writes !!float 5e5

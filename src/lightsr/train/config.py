@@ -437,6 +437,8 @@ def parse_config(raw: dict, source: str | None = None) -> Config:
         raw["network_g"] = {"type": net_type, "options": {**net_opts, **net}}
     cfg = _build(Config, raw, "")
     cfg.source = source
+    if cfg.val is None and any(k == "val" or k.startswith("val_") for k in cfg.datasets):
+        cfg.val = ValConfig()  # validation sets but no val section: validate at the end, default metrics
     _check(cfg)
     return cfg
 
