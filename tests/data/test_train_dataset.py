@@ -180,3 +180,17 @@ def test_val_dataset(paired_folders, hr_folder, tmp_path):
     val2 = SRValDataset(hr_folder, scale=2, cache_dir=tmp_path / "c")
     name, lq, gt = val2[1]
     assert gt.shape == (32, 50, 3) and lq.shape == (16, 25, 3)
+
+
+def test_meta_info_file_selects_files_and_gives_sizes(hr_folder, tmp_path, monkeypatch):
+    import lightsr.data.train_dataset as td
+
+    meta = tmp_path / "meta.txt"
+    meta.write_text("img2.png (48,48,3)\nimg0.png (40,36,3)\n")
+    calls = []
+    monkeypatch.setattr(td, "image_size", lambda p: calls.append(p) or (0, 0))
+    ds = SRTrainDataset(hr_folder, scale=2, lq_size=8, meta_info_file=str(meta), cache_dir=tmp_path / "c", preload=False)
+    assert [it.gt.name for it in ds.items] == ["img2.png", "img0.png"] and not calls  # no header reads
+    meta.write_text("img9.png (48,48,3)\n")
+    with pytest.raises(DataError, match="1 listed files missing"):
+        SRTrainDataset(hr_folder, scale=2, lq_size=8, meta_info_file=str(meta))

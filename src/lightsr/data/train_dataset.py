@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import tempfile
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
 class _Item:
     gt: Path
     lq: Path | None  # None: made from gt
+    gt_size: tuple[int, int] | None = None  # (h, w) from a BasicSR meta-info line, saves a header read
 
 
 def _as_list(value) -> list[str]:
@@ -206,16 +208,29 @@ def _as_list(value) -> list[str]:
 def _pair_files(gt_dirs: list[str], lq_dirs: list[str], tmpl: str, meta_info_file: str | None) -> list[_Item]:
     items: list[_Item] = []
     for i, gt_dir in enumerate(gt_dirs):
+        sizes: dict[Path, tuple[int, int]] = {}
         if meta_info_file:
-            lines = Path(meta_info_file).read_text().splitlines()
-            gt_files = [Path(gt_dir) / line.split()[0] for line in lines if line.strip()]
+            try:
+                lines = Path(meta_info_file).read_text().splitlines()
+            except OSError as exc:
+                raise DataError(f"{meta_info_file}: cannot read meta_info_file ({exc.strerror})") from None
+            gt_files = []
+            for line in lines:
+                if not line.strip():
+                    continue
+                name, _, rest = line.strip().partition(" ")
+                p = Path(gt_dir) / name
+                gt_files.append(p)
+                m = re.match(r"\((\d+),\s*(\d+)", rest.strip())  # BasicSR: "0001_s001.png (480,480,3)"
+                if m:
+                    sizes[p] = (int(m.group(1)), int(m.group(2)))
             missing = [p for p in gt_files if not p.is_file()]
             if missing:
                 raise DataError(f"{meta_info_file}: {len(missing)} listed files missing in {gt_dir} (e.g. {missing[0].name})")
         else:
             gt_files = list_images(gt_dir)
         if not lq_dirs:
-            items.extend(_Item(p, None) for p in gt_files)
+            items.extend(_Item(p, None, sizes.get(p)) for p in gt_files)
             continue
         lq_index: dict[str, Path] = {}
         for p in list_images(lq_dirs[i]):
@@ -226,7 +241,7 @@ def _pair_files(gt_dirs: list[str], lq_dirs: list[str], tmpl: str, meta_info_fil
             if lq is None:
                 missing.append(p)
             else:
-                items.append(_Item(p, lq))
+                items.append(_Item(p, lq, sizes.get(p)))
         if missing:
             raise DataError(
                 f"{lq_dirs[i]}: no LR image for {len(missing)} of {len(gt_files)} HR images of {gt_dir} "
@@ -293,7 +308,10 @@ class SRTrainDataset(Dataset):
         need = self.lq_size * self.scale
         total_bytes = 0
         for it in items:
-            if it.lq is not None:
+            if it.gt_size is not None:
+                h, w = it.gt_size
+                h, w = h - h % self.scale, w - w % self.scale
+            elif it.lq is not None:
                 h, w = image_size(it.lq)
                 h, w = h * self.scale, w * self.scale
             else:
