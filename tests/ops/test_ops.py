@@ -335,3 +335,29 @@ def test_tlc_chunking_does_not_change_results(monkeypatch, chunk):
     monkeypatch.setattr(tlc_module, "_CHUNK_ELEMENTS", chunk)
     x = torch.randn(2, 6, 50, 97, dtype=torch.float64)
     _compare(lambda a: tlc(_toy_global, a, 24), lambda a: tlc_reference(_toy_global, a, 24), [x])
+
+
+def test_composites_match_reference():
+    from lightsr.ops import dynamic_dwconv_composite, focal_attention_composite
+
+    x, wt = torch.randn(2, 12, 9, 11, dtype=torch.float64), torch.randn(2, 98, 9, 11, dtype=torch.float64)
+    _compare(lambda a, b: dynamic_dwconv_composite(a, b, 7), lambda a, b: dynamic_dwconv_reference(a, b, 7), [x, wt])
+    taps = build_kernel_map()
+    x2, k2 = torch.randn(2, 8, 9, 30, dtype=torch.float64), torch.randn(2, 26, 9, 30, dtype=torch.float64)
+    for dim in (-1, -2):
+        _compare(lambda a, b: focal_attention_composite(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x2, k2])
+
+
+def test_tracing_records_plain_aten_ops():
+    """Exporters cannot see into custom ops: while tracing, the wrappers record the composites."""
+    taps = build_kernel_map()
+
+    def f(x, hid, cw, k):
+        y = dynamic_dwconv_fused(x, hid, cw, None, 7)
+        return focal_attention(y[:, :8], k, taps, -2)
+
+    args = (torch.randn(1, 12, 9, 10), torch.randn(1, 3, 9, 10), torch.randn(98, 3, 1, 1), torch.randn(1, 26, 9, 10))
+    traced = torch.jit.trace(f, args, check_trace=False)
+    kinds = {n.kind() for n in traced.graph.nodes()}
+    assert not any(k.startswith("lightsr::") for k in kinds), kinds
+    assert torch.allclose(traced(*args), f(*args), atol=1e-5)

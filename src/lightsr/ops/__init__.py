@@ -14,7 +14,9 @@ All are pure PyTorch (no CuPy, no compiled extension), run on CPU and CUDA, in f
 bfloat16 and float16, and support autograd. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
-``meta`` device.
+``meta`` device. While an exporter traces a model (``torch.jit.trace``, ``torch.onnx.export``,
+``torch.export``) the wrappers record plain-aten composites instead
+(:func:`dynamic_dwconv_composite`, :func:`focal_attention_composite`), which exporters know.
 
 :func:`use_reference_ops` switches every model to the reference versions (the benchmarks time
 fast against reference in one run with it). With the fast ops on CPU the models also run in
@@ -28,8 +30,10 @@ import contextlib
 
 import torch
 
+from lightsr.ops._common import exporting
 from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv,
+    dynamic_dwconv_composite,
     dynamic_dwconv_fused,
     dynamic_dwconv_fused_reference,
     dynamic_dwconv_reference,
@@ -37,6 +41,7 @@ from lightsr.ops.dynamic_dwconv import (
 from lightsr.ops.focal_attention import (
     build_kernel_map,
     focal_attention,
+    focal_attention_composite,
     focal_attention_reference,
     patch_size_of,
 )
@@ -47,10 +52,12 @@ __all__ = [
     "OPS",
     "build_kernel_map",
     "dynamic_dwconv",
+    "dynamic_dwconv_composite",
     "dynamic_dwconv_fused",
     "dynamic_dwconv_fused_reference",
     "dynamic_dwconv_reference",
     "focal_attention",
+    "focal_attention_composite",
     "focal_attention_reference",
     "get_op",
     "layer_norm_2d",
@@ -109,6 +116,6 @@ def preferred_memory_format(x: torch.Tensor) -> torch.memory_format:
     channels-first LayerNorm becomes a single native call without copies. The custom ops accept
     either layout. GPUs keep NCHW (not measured here).
     """
-    if not _state["reference"] and x.dim() == 4 and x.device.type == "cpu":
+    if not _state["reference"] and x.dim() == 4 and x.device.type == "cpu" and not exporting():
         return torch.channels_last
     return torch.contiguous_format

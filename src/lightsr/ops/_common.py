@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "HAS_CUSTOM_OP"]
+__all__ = ["strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP"]
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 
@@ -36,6 +36,21 @@ def strip_rows(x: torch.Tensor, rows: int, elements_per_row: int) -> int:
     if x.device.type != "cpu" or _STRIP_ELEMENTS <= 0:
         return max(rows, 1)
     return max(1, min(rows, _STRIP_ELEMENTS // max(1, elements_per_row)))
+
+
+def exporting() -> bool:
+    """True while ``torch.jit.trace`` / ``torch.onnx.export`` / ``torch.export`` records the model.
+
+    The fast wrappers then run the reference composite of plain aten ops, which the exporters
+    understand (an opaque custom op would block ONNX export); eager execution is unaffected.
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_exporting", lambda: False)())
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:

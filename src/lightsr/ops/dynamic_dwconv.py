@@ -23,10 +23,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops._common import acc_dtype, define_op, like as _like, memory_format_of, strip_rows
+from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
 
 __all__ = [
     "dynamic_dwconv",
+    "dynamic_dwconv_composite",
     "dynamic_dwconv_fused",
     "dynamic_dwconv_fused_reference",
     "dynamic_dwconv_reference",
@@ -78,6 +79,25 @@ def dynamic_dwconv_fused_reference(
 ) -> torch.Tensor:
     """Reference for the fused op: the 1x1 convolution, then :func:`dynamic_dwconv_reference`."""
     return dynamic_dwconv_reference(x, F.conv2d(hidden, conv_weight, conv_bias), kernel_size)
+
+
+def dynamic_dwconv_composite(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Plain-aten composite (one shifted product per tap, summed out of place).
+
+    What exporters (ONNX, ``torch.export``) record in place of the custom ops: no K*K-times
+    tensor, static shapes, ops every exporter knows. Slower than :func:`dynamic_dwconv` in eager.
+    """
+    groups, per_group = _check(x, weight, kernel_size)
+    b, c, h, w = x.shape
+    k, p = kernel_size, kernel_size // 2
+    xp = F.pad(x, (p, p, p, p)).reshape(b, groups, per_group, h + 2 * p, w + 2 * p)
+    wt = weight.reshape(b, groups, k * k, 1, h, w)
+    out = None
+    for t in range(k * k):
+        i, j = divmod(t, k)
+        term = xp[:, :, :, i : i + h, j : j + w] * wt[:, :, t]
+        out = term if out is None else out + term
+    return out.reshape(b, c, h, w)
 
 
 # --- fast implementation -------------------------------------------------------------------
@@ -206,7 +226,12 @@ _dynamic_dwconv_op = define_op("dynamic_dwconv", _forward_impl, _fwd_fake, _setu
 
 def dynamic_dwconv(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Fast implementation (custom op ``lightsr::dynamic_dwconv``): in-place tap accumulation on
-    cache-sized row strips, hand-written backward. Same semantics as the reference."""
+    cache-sized row strips, hand-written backward. Same semantics as the reference.
+
+    While an exporter traces the model (ONNX, ``torch.export``) :func:`dynamic_dwconv_composite` is used.
+    """
+    if exporting():
+        return dynamic_dwconv_composite(x, weight, int(kernel_size))
     return _dynamic_dwconv_op(x, weight, int(kernel_size))
 
 
@@ -347,6 +372,9 @@ def dynamic_dwconv_fused(
     """``dynamic_dwconv(x, conv2d(hidden, conv_weight, conv_bias), kernel_size)`` without ever
     materialising the per-pixel kernels (custom op ``lightsr::dynamic_dwconv_fused``).
 
-    ``conv_weight`` is a 1x1 kernel ``(G*K*K, C_h, 1, 1)``: DLGSANet's ``conv2.0``.
+    ``conv_weight`` is a 1x1 kernel ``(G*K*K, C_h, 1, 1)``: DLGSANet's ``conv2.0``. While an
+    exporter traces the model the 1x1 convolution and :func:`dynamic_dwconv_composite` are used.
     """
+    if exporting():
+        return dynamic_dwconv_composite(x, F.conv2d(hidden, conv_weight, conv_bias), int(kernel_size))
     return _dynamic_dwconv_fused_op(x, hidden, conv_weight, conv_bias, int(kernel_size))

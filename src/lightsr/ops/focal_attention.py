@@ -26,11 +26,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops._common import acc_dtype, define_op, like as _like, memory_format_of, strip_rows
+from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
 
 __all__ = [
     "build_kernel_map",
     "focal_attention",
+    "focal_attention_composite",
     "focal_attention_reference",
     "patch_size_of",
 ]
@@ -115,6 +116,37 @@ def focal_attention_reference(
     taps = taps.view(b, groups, per_group, n_taps, h, w)
     return (taps * kernel.view(b, groups, 1, n_taps, h, w)).sum(dim=3).view(b, c, h, w)
 
+
+
+def focal_attention_composite(
+    x: torch.Tensor, kernel: torch.Tensor, kernel_map: Sequence[Tap], dim: int = -1
+) -> torch.Tensor:
+    """Plain-aten composite (one average-pool per distinct tap length, shifted multiply-adds).
+
+    What exporters (ONNX, ``torch.export``) record in place of the custom op: static shapes and
+    ops every exporter knows. Slower than :func:`focal_attention` in eager mode.
+    """
+    n_taps = len(kernel_map)
+    groups, per_group = _check(x, kernel, n_taps)
+    axis = _axis(dim)
+    b, c, h, w = x.shape
+    half = patch_size_of(kernel_map) // 2
+    if axis == -1:
+        xp = F.pad(x, (half, half, 0, 0))
+        size, pool = w, (lambda t, n: F.avg_pool2d(t, (1, n), stride=1))
+    else:
+        xp = F.pad(x, (0, 0, half, half))
+        size, pool = h, (lambda t, n: F.avg_pool2d(t, (n, 1), stride=1))
+    sources = {}
+    for n in sorted({n for _, n in kernel_map}):
+        src = xp if n == 1 else pool(xp, n)
+        sources[n] = src.reshape(b, groups, per_group, *src.shape[-2:])
+    kv = kernel.reshape(b, groups, n_taps, 1, h, w)
+    out = None
+    for t, (start, length) in enumerate(kernel_map):
+        term = _shift(sources[length], axis, _first_offset(start, length) + half, size) * kv[:, :, t]
+        out = term if out is None else out + term
+    return out.reshape(b, c, h, w)
 
 
 # --- fast implementation -------------------------------------------------------------------
@@ -296,7 +328,12 @@ _focal_attention_op = define_op("focal_attention", _forward_impl, _fwd_fake, _se
 def focal_attention(
     x: torch.Tensor, kernel: torch.Tensor, kernel_map: Sequence[Tap], dim: int = -1
 ) -> torch.Tensor:
-    """Fast FSA along ``dim`` (custom op ``lightsr::focal_attention``); same semantics as the reference."""
+    """Fast FSA along ``dim`` (custom op ``lightsr::focal_attention``); same semantics as the reference.
+
+    While an exporter traces the model (ONNX, ``torch.export``) :func:`focal_attention_composite` is used.
+    """
+    if exporting():
+        return focal_attention_composite(x, kernel, kernel_map, dim)
     starts = [int(s) for s, _ in kernel_map]
     lengths = [int(n) for _, n in kernel_map]
     if not starts or min(lengths) < 1:
