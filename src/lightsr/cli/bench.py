@@ -1,0 +1,211 @@
+"""``lightsr bench``: parameters, MACs, latency and peak memory of every model, as papers report them."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EPILOG = """\
+what is measured (per model and scale):
+  params     all parameters
+  GMACs      multiply-accumulates for a 1280x720 output (LR 640x360 / 427x240 / 320x180 at
+             x2 / x3 / x4), counted with torch's FlopCounterMode plus exact formulas for
+             lightsr's custom ops; "custom=0" is the same count with the custom ops' own
+             arithmetic left out, as the papers' tracer-based counters saw them
+             (docs/complexity.md compares both with every paper's number)
+  NTIRE      (--ntire) GMACs for a 256x256 input, the NTIRE efficient-SR convention
+  latency    eval mode, batch 1, random input of the LR size above, inference_mode, warm-up,
+             then repeated runs; median and p90 in milliseconds. DLGSANet is timed with its
+             test-time local converter (TLC) on and off, interleaved run by run
+  peak MB    CPU: growth of the peak resident memory (RSS) during one forward, in a fresh
+             process (peak mark reset after a warm-up);
+             CUDA: max_memory_allocated above what was allocated before the forward
+
+examples:
+  lightsr bench --scales 4                          all models at x4 (docs/bench_x4.md)
+  lightsr bench --models lamnet dlgsanet_light --scales 2 3 4 --threads 1
+  lightsr bench --no-latency --ntire --json macs.json   parameters and MACs only (seconds)
+  lightsr bench --models lamnet --scales 2 --lr-size 256 256   another input size
+  lightsr bench --device cuda --dtype float16 --repeats 50
+"""
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "bench",
+        help="parameters, MACs, latency and peak memory per model and scale",
+        description="Benchmark models the way lightweight-SR papers report them: parameters, MACs for a "
+        "1280x720 output, latency (median / p90) and peak memory, with the environment they were measured in.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--models", nargs="+", metavar="NAME", help="models to run (default: all registered, peers last)")
+    p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4], metavar="S", help="scales (default: 2 3 4)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=_DTYPES, help="precision of the latency runs (default: float32)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, metavar="N", help="timed runs per configuration (default: as many as fit "
+                   "in --time-budget, at least 3, at most 50)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default: 1; 10 on CUDA)")
+    p.add_argument("--time-budget", type=float, default=30.0, metavar="S",
+                   help="seconds of timed runs per model and scale when --repeats is not given (default: 30)")
+    p.add_argument("--lr-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="time and count at this LR input size instead of the 1280x720-output one")
+    p.add_argument("--ntire", action="store_true", help="also count MACs for a 256x256 input (NTIRE convention)")
+    p.add_argument("--no-latency", action="store_true", help="skip timing (parameters and MACs only)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--reference-ops", action="store_true", help="time the plain reference ops instead of the fast ones")
+    p.add_argument("--json", metavar="FILE", help="also write all results and the environment as JSON")
+    return p
+
+
+def _model_list(requested):
+    from lightsr.models import get_spec, list_models
+
+    if requested:
+        for name in requested:
+            get_spec(name)  # raises with the list of valid names
+        return list(requested)
+    ours = [n for n in list_models() if not get_spec(n).peer]
+    return ours + [n for n in list_models() if get_spec(n).peer]
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightsr.bench import environment, format_environment, interleaved_timings, load_average, peak_memory
+    from lightsr.complexity import NTIRE_LR_SIZE, count_model_macs, lr_size_for_hd
+    from lightsr.models import create_model, get_spec
+    from lightsr.ops import use_reference_ops
+
+    try:
+        models = _model_list(args.models)
+    except KeyError as exc:
+        print(f"lightsr bench: {exc.args[0]}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("lightsr bench: --device cuda requested but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    warmup = args.warmup if not (device.type == "cuda" and args.warmup == 1) else 10
+
+    env = environment(device)
+    print(format_environment(env))
+    print(f"protocol: eval, batch 1, {args.dtype}, {'reference' if args.reference_ops else 'fast'} ops, warm-up {warmup}, "
+          f"{'%d runs' % args.repeats if args.repeats else 'runs: as many as fit in %gs (3-50)' % args.time_budget}, "
+          f"alternatives interleaved\n")
+    cols = ["model", "scale", "params", "LR input", "GMACs", "GMACs custom=0"]
+    if args.ntire:
+        cols.append("GMACs NTIRE 256²")
+    if not args.no_latency:
+        cols += ["variant", "median ms", "p90 ms", "runs"]
+        if not args.no_memory:
+            cols.append("peak MB")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+
+    rows, failures = [], 0
+    for name in models:
+        spec = get_spec(name)
+        for scale in args.scales:
+            if scale not in spec.scales:
+                print(f"lightsr bench: {name} has no x{scale} (scales {spec.scales}); skipped", file=sys.stderr)
+                continue
+            lr = tuple(args.lr_size) if args.lr_size else lr_size_for_hd(scale)
+            try:
+                hd = count_model_macs(name, scale, lr)
+                ntire = count_model_macs(name, scale, NTIRE_LR_SIZE) if args.ntire else None
+            except Exception as exc:  # one clear line per failure, carry on
+                print(f"lightsr bench: {name} x{scale}: MAC count failed: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            base = {
+                "model": name, "scale": scale, "params": hd.params, "lr_size": list(lr),
+                "macs": hd.macs, "macs_custom_ops_zero": hd.tracer_visible_macs, "macs_by_op": hd.by_op,
+                "macs_ntire": ntire.macs if ntire else None,
+            }
+            cells = [name, f"x{scale}", f"{hd.params:,}", f"{lr[1]}x{lr[0]}", f"{hd.macs / 1e9:.2f}",
+                     f"{hd.tracer_visible_macs / 1e9:.2f}"]
+            if args.ntire:
+                cells.append(f"{ntire.macs / 1e9:.2f}")
+            if args.no_latency:
+                rows.append(base)
+                print("| " + " | ".join(cells) + " |", flush=True)
+                continue
+            try:
+                model = create_model(name, scale).eval().to(device=device, dtype=dtype)
+                x = torch.rand(1, 3, *lr, device=device, dtype=dtype)
+                variants = {"-": None}
+                if hasattr(model, "set_tlc"):
+                    variants = {"TLC on": True, "TLC off": False}
+
+                def make(tlc):
+                    def fn():
+                        if tlc is not None:
+                            model.set_tlc(tlc)
+                        return model(x)
+                    return fn
+
+                with use_reference_ops(args.reference_ops), torch.inference_mode():
+                    timings = interleaved_timings(
+                        {v: make(t) for v, t in variants.items()}, device=device, warmup=warmup,
+                        repeats=args.repeats, time_budget=args.time_budget,
+                    )
+                del model, x
+            except Exception as exc:
+                print(f"lightsr bench: {name} x{scale}: timing failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                      file=sys.stderr)
+                failures += 1
+                continue
+            for variant, tlc in variants.items():
+                t = timings[variant]
+                mem = None
+                if not args.no_memory:
+                    try:
+                        mem = peak_memory(name, scale, lr, device=device, dtype=args.dtype, threads=args.threads,
+                                          tlc=tlc, reference_ops=args.reference_ops)
+                    except Exception as exc:
+                        print(f"lightsr bench: {name} x{scale}: memory probe failed: {exc}", file=sys.stderr)
+                        failures += 1
+                row = {**base, "variant": variant, "tlc": tlc, "latency": t.to_dict(),
+                       "peak_bytes": mem["peak_bytes"] if mem else None, "memory_method": mem["method"] if mem else None}
+                rows.append(row)
+                line = cells + [variant, f"{t.median * 1e3:.1f}", f"{t.p90 * 1e3:.1f}", str(t.n)]
+                if not args.no_memory:
+                    line.append(_fmt(mem["peak_bytes"] / 2**20 if mem else None, ".0f"))
+                print("| " + " | ".join(line) + " |", flush=True)
+
+    load_end = load_average()
+    print(f"\nload average at the end (1/5/15 min): {load_end}")
+    if args.json:
+        payload = {"command": ["lightsr", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else sys.argv,
+                   "environment": env, "load_average_end": load_end,
+                   "dtype": args.dtype, "device": str(device), "reference_ops": args.reference_ops, "rows": rows}
+        _write_json(Path(args.json), payload)
+        print(f"wrote {args.json}")
+    return 1 if failures else 0
