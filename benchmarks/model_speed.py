@@ -1,0 +1,214 @@
+"""Whole models: fast ops vs reference ops, the peer baselines, and the distance to the MAC floor.
+
+On the same input and machine, in one run:
+
+1. this machine's multiply-accumulate rate, measured once with a large float32 matrix product
+   (the best case for the arithmetic units: a dense GEMM);
+2. per model, eval-mode inference at the 1280x720-output LR size (320x180 at x4): the fast path
+   (custom ops, channels-last on CPU) against the reference path (``use_reference_ops()``:
+   plain-formula ops, NCHW), timed interleaved, with the largest output difference; the peer
+   baselines (IMDN, PAN: plain convolutions, nothing to switch) timed the same way;
+3. per model, the MAC floor = MACs / measured rate, and latency / floor;
+4. ``--train``: one training step (forward + L1 loss + backward; batch 16, LR patch 48x48) fast
+   vs reference, with the largest relative gradient difference;
+5. ``--profile``: the torch profiler on one fast forward; the operators with the largest share
+   of the time (the largest remaining cost per model);
+6. ``--compile``: ``torch.compile`` of the fast model against eager (compile time printed; a
+   failure is reported and skipped).
+
+    python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
+    python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from lightsr.bench import environment, format_environment, interleaved_timings, load_average, matmul_rate
+from lightsr.complexity import count_model_macs
+from lightsr.models import create_model, get_spec, list_models
+from lightsr.ops import use_reference_ops
+
+OURS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
+
+
+def _models(requested):
+    if requested == ["all"]:
+        return OURS
+    for n in requested:
+        get_spec(n)
+    return requested
+
+
+def _run(model, x, reference):
+    def fn():
+        with use_reference_ops(reference):
+            return model(x)
+    return fn
+
+
+def _inference(names, peers, args, rate, rows):
+    h, w = args.size
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    print(f"\n## Inference: batch 1, {w}x{h} input, x{args.scale}, float32, eval mode, {args.repeats} interleaved runs\n")
+    cols = "| model | GMACs | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | max abs diff | MAC floor ms | fast / floor |"
+    print(cols)
+    print("|" + "---|" * (cols.count("|") - 1))
+    for name in names + peers:
+        peer = get_spec(name).peer
+        model = create_model(name, args.scale).eval()
+        macs = count_model_macs(name, args.scale, (h, w)).macs
+        variants = {"fast": _run(model, x, False)}
+        diff = None
+        with torch.inference_mode():
+            if not (peer or args.no_reference):
+                diff = (variants["fast"]() - _run(model, x, True)()).abs().max().item()
+                variants["reference"] = _run(model, x, True)
+            t = interleaved_timings(variants, warmup=args.warmup, repeats=args.repeats)
+        floor = macs / rate
+        f, r = t["fast"], t.get("reference")
+        row = {"model": name, "macs": macs, "fast": f, "reference": r, "diff": diff, "floor": floor}
+        rows.append(row)
+        ref_cells = f"{r.median * 1e3:.0f} | {r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x" if r else "- | - | -"
+        label = f"{name} (peer)" if peer else name
+        print(f"| {label} | {macs / 1e9:.2f} | {f.median * 1e3:.0f} | {f.p90 * 1e3:.0f} | {ref_cells} | "
+              f"{'-' if diff is None else f'{diff:.1e}'} | {floor * 1e3:.0f} | {f.median / floor:.2f} |", flush=True)
+        del model
+
+
+def _train(names, args, rate):
+    b, p = args.train_batch, args.train_patch
+    g = torch.Generator().manual_seed(1)
+    print(f"\n## Training step: forward + L1 loss + backward, batch {b}, LR patch {p}x{p}, {args.repeats} interleaved runs\n")
+    cols = "| model | GMACs (fwd+bwd) | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | max rel grad diff | MAC floor ms | fast / floor |"
+    print(cols)
+    print("|" + "---|" * (cols.count("|") - 1))
+    for name in names:
+        model = create_model(name, args.scale).train()
+        x = torch.rand(b, 3, p, p, generator=g)
+        y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
+        macs = count_model_macs(name, args.scale, (p, p), batch=b, backward=True).macs
+
+        def step(reference):
+            def fn():
+                model.zero_grad(set_to_none=True)
+                with use_reference_ops(reference):
+                    F.l1_loss(model(x), y).backward()
+            return fn
+
+        step(False)()
+        fast_grads = [q.grad.clone() for q in model.parameters()]
+        step(True)()
+        rel = max(((a - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12)).item()
+                  for a, q in zip(fast_grads, model.parameters()))
+        t = interleaved_timings({"fast": step(False), "reference": step(True)}, warmup=args.warmup, repeats=args.repeats)
+        f, r = t["fast"], t["reference"]
+        floor = macs / rate
+        print(f"| {name} | {macs / 1e9:.2f} | {f.median * 1e3:.0f} | {f.p90 * 1e3:.0f} | {r.median * 1e3:.0f} | "
+              f"{r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x | {rel:.1e} | {floor * 1e3:.0f} | {f.median / floor:.2f} |",
+              flush=True)
+        del model
+
+
+def _profile(names, args):
+    from torch.profiler import ProfilerActivity, profile
+
+    h, w = args.size
+    x = torch.rand(1, 3, h, w)
+    print(f"\n## Profile of one fast forward ({w}x{h}, x{args.scale}): largest self-CPU-time shares\n")
+    print("| model | 1st (share) | 2nd (share) | 3rd (share) | largest single (op, input shapes) |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        model = create_model(name, args.scale).eval()
+        with torch.inference_mode():
+            model(x)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                model(x)
+        by_name = defaultdict(float)
+        events = prof.key_averages()
+        for e in events:
+            by_name[e.key] += e.self_cpu_time_total
+        total = sum(by_name.values())
+        top = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
+        shaped = max(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total)
+        shapes = ", ".join(str(tuple(s)) for s in shaped.input_shapes if s)[:90]
+        cells = [f"{k} ({v / total:.0%})" for k, v in top]
+        print(f"| {name} | " + " | ".join(cells) + f" | {shaped.key} [{shapes}] x{shaped.count} "
+              f"({shaped.self_cpu_time_total / total:.0%}) |", flush=True)
+        del model
+
+
+def _compile(names, args):
+    h, w = args.size
+    x = torch.rand(1, 3, h, w)
+    print(f"\n## torch.compile (default inductor) vs eager, fast ops ({w}x{h}, x{args.scale})\n")
+    print("| model | compile s | eager median ms | compiled median ms | compiled / eager | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        model = create_model(name, args.scale).eval()
+        try:
+            compiled = torch.compile(copy.deepcopy(model))
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                y = compiled(x)
+                ct = time.perf_counter() - t0
+                diff = (y - model(x)).abs().max().item()
+                t = interleaved_timings({"eager": lambda: model(x), "compiled": lambda: compiled(x)},
+                                        warmup=args.warmup, repeats=args.repeats)
+        except Exception as exc:  # no compiler toolchain, unsupported op, ...
+            print(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} | | | | |")
+            continue
+        e, c = t["eager"], t["compiled"]
+        print(f"| {name} | {ct:.0f} | {e.median * 1e3:.0f} | {c.median * 1e3:.0f} | {c.median / e.median:.2f} | {diff:.1e} |",
+              flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["dlgsanet_light", "lamnet"], help="models, or 'all' for the six")
+    ap.add_argument("--peers", nargs="*", default=None, help="peer baselines to time too (default: imdn pan)")
+    ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                    help="LR input (default: the 1280x720-output size of --scale)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--no-reference", action="store_true", help="time the fast path only (floors, profile)")
+    ap.add_argument("--train", action="store_true", help="also time a training step")
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--train-patch", type=int, default=48)
+    ap.add_argument("--profile", action="store_true", help="profile one fast forward per model")
+    ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lightsr.complexity import lr_size_for_hd
+
+    args.size = tuple(args.size) if args.size else lr_size_for_hd(args.scale)
+    names = _models(args.models)
+    peers = [p for p in (args.peers if args.peers is not None else ["imdn", "pan"]) if p in list_models()]
+    print("command: python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(format_environment(environment()))
+    rate = matmul_rate()
+    print(f"measured multiply-accumulate rate: {rate / 1e9:.1f} GMAC/s (float32 2048x2048 @ 2048x2048, median of 7)")
+    rows = []
+    _inference(names, peers, args, rate, rows)
+    if args.train:
+        _train(names, args, rate)
+    if args.profile:
+        _profile(names + peers, args)
+    if args.compile:
+        _compile(names, args)
+    rate_end = matmul_rate()
+    print(f"\nmultiply-accumulate rate at the end: {rate_end / 1e9:.1f} GMAC/s; load average (1/5/15 min): {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Fast vs reference implementations of lightsr's custom operators, side by side in one run.
+
+Shapes are those of the x4 models at the 1280x720-output LR size (320x180): DLGSANet-light's
+dynamic depth-wise conv (48 channels, 8 kernel groups, 7x7; alone and fused with its 1x1 kernel
+generator 12 -> 392), LAMNet's focal separable attention (32 channels, 4 groups, 13 taps,
+horizontal and vertical), the channels-first LayerNorm (48 channels, NCHW and channels-last
+input) and DLGSANet's TLC windows (48-pixel windows over the 144-channel qkv map).
+
+Every repetition times each variant once, in alternating order (a load change hits both);
+medians, p90s and the speed-ups are printed, with the largest output difference (absolute, and
+relative to the largest output: inputs are N(0, 1), so a 49-tap sum is ~7 in magnitude). ``--backward``
+adds forward + backward timings at the training shape (batch 16, 48x48).
+
+    python benchmarks/ops_speed.py [--threads 1] [--repeats 7] [--backward]
+    python benchmarks/ops_speed.py --sweep-strip      # tune the CPU strip size
+    python benchmarks/ops_speed.py --tlc-chunks       # windows per TLC call
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+import torch
+
+from lightsr.bench import environment, format_environment, interleaved_timings, load_average
+from lightsr.models.dlgsanet import SparseGSA
+from lightsr.ops import (
+    build_kernel_map,
+    dynamic_dwconv,
+    dynamic_dwconv_fused,
+    dynamic_dwconv_fused_reference,
+    dynamic_dwconv_reference,
+    focal_attention,
+    focal_attention_reference,
+    layer_norm_2d,
+    layer_norm_2d_reference,
+    tlc,
+    tlc_reference,
+)
+
+common = importlib.import_module("lightsr.ops._common")
+tlc_module = importlib.import_module("lightsr.ops.tlc")
+
+
+def _inputs(b, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    taps = build_kernel_map()
+    return {
+        "x48": r(b, 48, h, w), "w392": r(b, 392, h, w), "h12": r(b, 12, h, w),
+        "cw": r(392, 12, 1, 1) * 0.3, "cb": r(392) * 0.1,
+        "x32": r(b, 32, h, w), "k52": torch.tanh(r(b, 52, h, w)), "taps": taps,
+        "ln_w": r(48), "ln_b": r(48), "qkv": r(b, 144, h, w),
+    }
+
+
+def _cases(d):
+    cl = d["x48"].contiguous(memory_format=torch.channels_last)
+    gsa = SparseGSA(48).eval()
+    qkv_cl = d["qkv"].contiguous(memory_format=torch.channels_last)
+    return {
+        "dynamic_dwconv 7x7 (48 ch, 8 groups)": (
+            lambda: dynamic_dwconv(d["x48"], d["w392"], 7), lambda: dynamic_dwconv_reference(d["x48"], d["w392"], 7)),
+        "dynamic_dwconv + 1x1 kernel conv 12->392 (fused)": (
+            lambda: dynamic_dwconv_fused(d["x48"], d["h12"], d["cw"], d["cb"], 7),
+            lambda: dynamic_dwconv_fused_reference(d["x48"], d["h12"], d["cw"], d["cb"], 7)),
+        "focal_attention horizontal (32 ch, 13 taps)": (
+            lambda: focal_attention(d["x32"], d["k52"], d["taps"], -1),
+            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -1)),
+        "focal_attention vertical (32 ch, 13 taps)": (
+            lambda: focal_attention(d["x32"], d["k52"], d["taps"], -2),
+            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -2)),
+        "layer_norm_2d (48 ch, NCHW input)": (
+            lambda: layer_norm_2d(d["x48"], d["ln_w"], d["ln_b"]), lambda: layer_norm_2d_reference(d["x48"], d["ln_w"], d["ln_b"])),
+        "layer_norm_2d (48 ch, channels-last input)": (
+            lambda: layer_norm_2d(cl, d["ln_w"], d["ln_b"]), lambda: layer_norm_2d_reference(cl, d["ln_w"], d["ln_b"])),
+        "tlc, SparseGSA attention in 48-px windows": (
+            lambda: tlc(gsa.attend, qkv_cl, 48), lambda: tlc_reference(gsa.attend, qkv_cl, 48)),
+    }
+
+
+def _backward_cases(d):
+    """Forward + backward w.r.t. every input."""
+
+    def fb(fn, *inputs):
+        def run():
+            xs = [t.detach().requires_grad_(True) for t in inputs]
+            out = fn(*xs)
+            grads = torch.autograd.grad(out, xs, d["gout"][: out.shape[0], : out.shape[1]])
+            return grads[0]
+        return run
+
+    taps = d["taps"]
+    return {
+        "dynamic_dwconv fwd+bwd": (
+            fb(lambda a, b: dynamic_dwconv(a, b, 7), d["x48"], d["w392"]),
+            fb(lambda a, b: dynamic_dwconv_reference(a, b, 7), d["x48"], d["w392"])),
+        "dynamic_dwconv fused fwd+bwd": (
+            fb(lambda a, b, c, e: dynamic_dwconv_fused(a, b, c, e, 7), d["x48"], d["h12"], d["cw"], d["cb"]),
+            fb(lambda a, b, c, e: dynamic_dwconv_fused_reference(a, b, c, e, 7), d["x48"], d["h12"], d["cw"], d["cb"])),
+        "focal_attention horizontal fwd+bwd": (
+            fb(lambda a, b: focal_attention(a, b, taps, -1), d["x32"], d["k52"]),
+            fb(lambda a, b: focal_attention_reference(a, b, taps, -1), d["x32"], d["k52"])),
+        "focal_attention vertical fwd+bwd": (
+            fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"]),
+            fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
+    }
+
+
+def _compare(cases, repeats, warmup):
+    print("| op | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | max abs diff | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for name, (fast, ref) in cases.items():
+        with torch.no_grad() if "bwd" not in name else torch.enable_grad():
+            a, b = fast(), ref()
+            diff = (a - b).abs().max().item()
+            rel = diff / b.abs().max().item()
+        worst = max(worst, rel)
+        t = interleaved_timings({"fast": fast, "ref": ref}, warmup=warmup, repeats=repeats)
+        f, r = t["fast"], t["ref"]
+        print(f"| {name} | {f.median * 1e3:.1f} | {f.p90 * 1e3:.1f} | {r.median * 1e3:.1f} | {r.p90 * 1e3:.1f} | "
+              f"{r.median / f.median:.1f}x | {diff:.1e} | {rel:.1e} |", flush=True)
+    return worst
+
+
+def _sweep_strip(d, repeats):
+    sizes = [2**k for k in range(15, 23)]
+    variants = {}
+    for s in sizes:
+        def run(s=s):
+            common._STRIP_ELEMENTS = s
+            dynamic_dwconv(d["x48"], d["w392"], 7)
+            dynamic_dwconv_fused(d["x48"], d["h12"], d["cw"], d["cb"], 7)
+            focal_attention(d["x32"], d["k52"], d["taps"], -1)
+            focal_attention(d["x32"], d["k52"], d["taps"], -2)
+        variants[f"2^{s.bit_length() - 1}"] = run
+    default = common._STRIP_ELEMENTS
+    with torch.no_grad():
+        t = interleaved_timings(variants, warmup=1, repeats=repeats)
+    common._STRIP_ELEMENTS = default
+    print("| strip elements | dyn conv + fused + FSA h + FSA v, median ms |")
+    print("|---|---|")
+    for k, v in t.items():
+        print(f"| {k} | {v.median * 1e3:.1f} |")
+
+
+def _tlc_chunks(d, repeats):
+    gsa = SparseGSA(48).eval()
+    qkv = d["qkv"].contiguous(memory_format=torch.channels_last)
+    window = 144 * 48 * 48
+    variants = {}
+    for n in (1, 2, 4, 8, 16, 28):
+        def run(n=n):
+            tlc_module._CHUNK_ELEMENTS = n * window
+            tlc(gsa.attend, qkv, 48)
+        variants[f"{n} window(s) per call"] = run
+    variants["reference (one window per call, no cache)"] = lambda: tlc_reference(gsa.attend, qkv, 48)
+    default = tlc_module._CHUNK_ELEMENTS
+    with torch.no_grad():
+        t = interleaved_timings(variants, warmup=1, repeats=repeats)
+    tlc_module._CHUNK_ELEMENTS = default
+    print("| TLC windows per call | median ms |")
+    print("|---|---|")
+    for k, v in t.items():
+        print(f"| {k} | {v.median * 1e3:.1f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed repetitions per variant (default 7)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--size", nargs=2, type=int, default=(180, 320), metavar=("H", "W"), help="map size (default 180 320)")
+    ap.add_argument("--backward", action="store_true", help="also time forward + backward at batch 16, 48x48")
+    ap.add_argument("--sweep-strip", action="store_true", help="time the CPU strip sizes instead")
+    ap.add_argument("--tlc-chunks", action="store_true", help="time TLC windows per call instead")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("command: python benchmarks/ops_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(format_environment(environment()))
+    h, w = args.size
+    d = _inputs(1, h, w)
+    print(f"\nforward at batch 1, {h}x{w}, float32, {args.repeats} interleaved repetitions\n")
+    if args.sweep_strip:
+        _sweep_strip(d, args.repeats)
+    elif args.tlc_chunks:
+        _tlc_chunks(d, args.repeats)
+    else:
+        worst = _compare(_cases(d), args.repeats, args.warmup)
+        if args.backward:
+            t = _inputs(16, 48, 48, seed=1)
+            t["gout"] = torch.randn(16, 48, 48, 48)
+            print("\nforward + backward (gradients w.r.t. every input) at batch 16, 48x48\n")
+            worst = max(worst, _compare(_backward_cases(t), args.repeats, args.warmup))
+        print(f"\nlargest output difference fast vs reference, relative to the largest output: {worst:.1e}")
+    print(f"load average at the end (1/5/15 min): {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
