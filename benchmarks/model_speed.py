@@ -2,8 +2,10 @@
 
 On the same input and machine, in one run:
 
-1. this machine's multiply-accumulate rate, measured once with a large float32 matrix product
-   (the best case for the arithmetic units: a dense GEMM);
+1. this machine's multiply-accumulate rate, measured with a large float32 matrix product (the
+   best case for the arithmetic units: a dense GEMM) once at the start, and again inside every
+   model's interleaved timing loop (the floor of each model uses the rate measured alongside
+   it, under the same machine load);
 2. per model, eval-mode inference at the 1280x720-output LR size (320x180 at x4): the fast path
    (custom ops, channels-last on CPU) against the reference path (``use_reference_ops()``:
    plain-formula ops, NCHW), timed interleaved, with the largest output difference; the peer
@@ -46,6 +48,18 @@ def _models(requested):
     return requested
 
 
+_N = 2048
+_A, _B, _C = (torch.randn(_N, _N) for _ in range(3))
+
+
+def _matmul():
+    torch.mm(_A, _B, out=_C)
+
+
+def _rate(t) -> float:
+    return _N**3 / t.median
+
+
 def _run(model, x, reference):
     def fn():
         with use_reference_ops(reference):
@@ -57,28 +71,31 @@ def _inference(names, peers, args, rate, rows):
     h, w = args.size
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     print(f"\n## Inference: batch 1, {w}x{h} input, x{args.scale}, float32, eval mode, {args.repeats} interleaved runs\n")
-    cols = "| model | GMACs | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | max abs diff | MAC floor ms | fast / floor |"
+    cols = ("| model | GMACs | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | "
+            "max abs diff | GMAC/s (matmul) | MAC floor ms | fast / floor |")
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
     for name in names + peers:
         peer = get_spec(name).peer
         model = create_model(name, args.scale).eval()
         macs = count_model_macs(name, args.scale, (h, w)).macs
-        variants = {"fast": _run(model, x, False)}
+        variants = {"fast": _run(model, x, False), "matmul": _matmul}
         diff = None
         with torch.inference_mode():
             if not (peer or args.no_reference):
                 diff = (variants["fast"]() - _run(model, x, True)()).abs().max().item()
                 variants["reference"] = _run(model, x, True)
             t = interleaved_timings(variants, warmup=args.warmup, repeats=args.repeats)
-        floor = macs / rate
+        floor = macs / _rate(t["matmul"])
         f, r = t["fast"], t.get("reference")
-        row = {"model": name, "macs": macs, "fast": f, "reference": r, "diff": diff, "floor": floor}
+        row = {"model": name, "macs": macs, "fast": f, "reference": r, "diff": diff, "floor": floor,
+               "rate": _rate(t["matmul"])}
         rows.append(row)
         ref_cells = f"{r.median * 1e3:.0f} | {r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x" if r else "- | - | -"
         label = f"{name} (peer)" if peer else name
         print(f"| {label} | {macs / 1e9:.2f} | {f.median * 1e3:.0f} | {f.p90 * 1e3:.0f} | {ref_cells} | "
-              f"{'-' if diff is None else f'{diff:.1e}'} | {floor * 1e3:.0f} | {f.median / floor:.2f} |", flush=True)
+              f"{'-' if diff is None else f'{diff:.1e}'} | {_rate(t['matmul']) / 1e9:.1f} | {floor * 1e3:.0f} | "
+              f"{f.median / floor:.2f} |", flush=True)
         del model
 
 
@@ -86,7 +103,8 @@ def _train(names, args, rate):
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
     print(f"\n## Training step: forward + L1 loss + backward, batch {b}, LR patch {p}x{p}, {args.repeats} interleaved runs\n")
-    cols = "| model | GMACs (fwd+bwd) | fast median ms | fast p90 ms | reference median ms | reference p90 ms | speed-up | max rel grad diff | MAC floor ms | fast / floor |"
+    cols = ("| model | GMACs (fwd+bwd) | fast median ms | fast p90 ms | reference median ms | reference p90 ms | "
+            "speed-up | max rel grad diff | GMAC/s (matmul) | MAC floor ms | fast / floor |")
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
     for name in names:
@@ -107,11 +125,13 @@ def _train(names, args, rate):
         step(True)()
         rel = max(((a - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12)).item()
                   for a, q in zip(fast_grads, model.parameters()))
-        t = interleaved_timings({"fast": step(False), "reference": step(True)}, warmup=args.warmup, repeats=args.repeats)
+        t = interleaved_timings({"fast": step(False), "reference": step(True), "matmul": _matmul},
+                                warmup=args.warmup, repeats=args.repeats)
         f, r = t["fast"], t["reference"]
-        floor = macs / rate
+        floor = macs / _rate(t["matmul"])
         print(f"| {name} | {macs / 1e9:.2f} | {f.median * 1e3:.0f} | {f.p90 * 1e3:.0f} | {r.median * 1e3:.0f} | "
-              f"{r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x | {rel:.1e} | {floor * 1e3:.0f} | {f.median / floor:.2f} |",
+              f"{r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x | {rel:.1e} | {_rate(t['matmul']) / 1e9:.1f} | "
+              f"{floor * 1e3:.0f} | {f.median / floor:.2f} |",
               flush=True)
         del model
 
@@ -196,7 +216,8 @@ def main(argv=None) -> int:
     print("command: python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(format_environment(environment()))
     rate = matmul_rate()
-    print(f"measured multiply-accumulate rate: {rate / 1e9:.1f} GMAC/s (float32 2048x2048 @ 2048x2048, median of 7)")
+    print(f"measured multiply-accumulate rate at the start: {rate / 1e9:.1f} GMAC/s (float32 2048x2048 @ 2048x2048, "
+          "median of 7); each table also times this product in its interleaved loop (column GMAC/s)")
     rows = []
     _inference(names, peers, args, rate, rows)
     if args.train:

@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--set", default="Set5", help="benchmark set on the y axis (default: Set5)")
     p.add_argument("--scale", type=int, default=4, help="scale (default: 4)")
     p.add_argument("--title", help="figure title (default: PSNR vs MACs, <set> x<scale>)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="leave these models out")
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p
@@ -133,62 +134,105 @@ def fill_complexity(points: list[Point]) -> list[str]:
     return problems
 
 
+def _place_labels(ax, fig, items) -> None:
+    """Greedy label placement: for each bubble try a few offsets, keep the first whose text box
+    overlaps no bubble and no earlier label (in display coordinates)."""
+    renderer = fig.canvas.get_renderer()
+    taken = []  # display-space boxes of placed labels and of the bubbles
+    for x, y, r, _text in items:
+        cx, cy = ax.transData.transform((x, y))
+        rp = r * fig.dpi / 72.0  # radius in pixels
+        taken.append((cx - rp, cy - rp, cx + rp, cy + rp))
+    for x, y, r, text in items:
+        cands = [(0, r + 4, "center", "bottom"), (0, -r - 4, "center", "top"), (r + 4, 0, "left", "center"),
+                 (-r - 4, 0, "right", "center"), (r + 2, r + 2, "left", "bottom"), (-r - 2, r + 2, "right", "bottom"),
+                 (r + 2, -r - 2, "left", "top"), (-r - 2, -r - 2, "right", "top"), (0, r + 26, "center", "bottom"),
+                 (0, -r - 26, "center", "top")]
+        best = None
+        for dx, dy, ha, va in cands:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7.5)
+            bb = ann.get_window_extent(renderer)
+            box = (bb.x0, bb.y0, bb.x1, bb.y1)
+            clash = any(not (box[2] < t[0] or box[0] > t[2] or box[3] < t[1] or box[1] > t[3]) for t in taken)
+            inside = ax.get_window_extent(renderer)
+            outside = box[0] < inside.x0 or box[2] > inside.x1 or box[1] < inside.y0 or box[3] > inside.y1
+            if not clash and not outside:
+                best = box
+                break
+            ann.remove()
+        if best is None:  # everything clashes: first candidate anyway
+            dx, dy, ha, va = cands[0]
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7.5)
+            bb = ann.get_window_extent(renderer)
+            best = (bb.x0, bb.y0, bb.x1, bb.y1)
+        taken.append(best)
+
+
 def draw(points: list[Point], output: Path, title: str, dpi: int = 150) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         raise RuntimeError('matplotlib is needed for plots: pip install "lightsr[plot]"') from None
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     bicubic = [p for p in points if p.model.lower() == "bicubic"]
     models = [p for p in points if p.model.lower() != "bicubic" and p.gmacs is not None]
     if not models:
         raise ValueError("nothing to plot: no model with PSNR, parameters and MACs")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     pmax = max(p.params for p in models)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    xs, ys = [p.gmacs for p in models], [p.psnr for p in models]
+    lo, hi = min(ys), max(ys)
+    pad = max(0.15, 0.3 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    if max(xs) / min(xs) > 4:  # e.g. DLGSANet (282 G) beside the lightweight models (30-60 G)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    span = max(xs) - min(xs)
+    ax.set_xlim(min(xs) - 0.15 * span - 2, max(xs) + 0.15 * span + 2) if ax.get_xscale() == "linear" else \
+        ax.set_xlim(min(xs) * 0.8, max(xs) * 1.25)
+    items = []
     for i, p in enumerate(sorted(models, key=lambda q: q.gmacs)):
-        size = 2500.0 * p.params / pmax  # marker area in points^2, proportional to parameters
+        size = 1800.0 * p.params / pmax  # marker area in points^2, proportional to parameters
         color = colors[i % len(colors)]
         if p.measured:
             ax.scatter(p.gmacs, p.psnr, s=size, color=color, alpha=0.45, edgecolors=color, linewidths=1.5, zorder=3)
         else:
             ax.scatter(p.gmacs, p.psnr, s=size, facecolors="none", edgecolors=color, linewidths=1.5,
                        linestyle="--", zorder=3)
+        ax.scatter(p.gmacs, p.psnr, s=4, color=color, zorder=4)
         tag = "" if p.measured else " (paper)"
-        ax.annotate(f"{p.label}{tag}\n{p.params / 1e3:.0f}K, {p.gmacs:.1f}G", (p.gmacs, p.psnr),
-                    textcoords="offset points", xytext=(0, 9 + math.sqrt(size) / 2), ha="center", fontsize=7.5)
-    for b in bicubic:
-        ax.axhline(b.psnr, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"Bicubic {b.psnr:.2f} dB ({'measured' if b.measured else 'paper'})", (0.01, b.psnr),
-                    xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(2, 3), fontsize=7.5,
-                    color="grey")
-    ys = [p.psnr for p in models] + [b.psnr for b in bicubic]
-    lo, hi = min(ys), max(p.psnr for p in models)
-    ax.set_ylim(lo - 0.08 * (hi - lo + 0.1), hi + 0.25 * (hi - lo + 0.1))
-    xs = [p.gmacs for p in models]
-    if max(xs) / min(xs) > 4:  # e.g. DLGSANet (282 G) beside the lightweight models (30-60 G)
-        ax.set_xscale("log")
-    ax.set_xlim(min(xs) * 0.8, max(xs) * 1.25)
-    ax.set_xlabel("GMACs (1280x720 output, lightsr's count)")
+        items.append((p.gmacs, p.psnr, math.sqrt(size) / 2, f"{p.label}{tag}\n{p.params / 1e3:.0f}K, {p.gmacs:.1f}G"))
+    ax.set_xlabel("GMACs for a 1280x720 output (lightsr's count, docs/complexity.md)")
     ax.set_ylabel("PSNR (dB, Y channel)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    from matplotlib.lines import Line2D
-
+    notes = []
+    for b in bicubic:
+        what = "measured" if b.measured else "paper"
+        if lo - pad < b.psnr < hi + pad:
+            ax.axhline(b.psnr, color="grey", linestyle=":", linewidth=1)
+        notes.append(f"Bicubic: {b.psnr:.2f} dB ({what})")
     handles = [
         Line2D([], [], marker="o", linestyle="none", markersize=9, markerfacecolor="tab:blue", alpha=0.5,
                markeredgecolor="tab:blue", label="measured here (real weights)"),
         Line2D([], [], marker="o", linestyle="none", markersize=9, markerfacecolor="none",
                markeredgecolor="tab:blue", label="paper-reported PSNR (not measured here)"),
     ]
-    ax.legend(handles=handles, loc="lower right", fontsize=8, title="bubble area = parameters", title_fontsize=8)
-    sources = sorted({p.source for p in models if not p.measured})
+    title_extra = ("; " + "; ".join(notes)) if notes else ""
+    ax.legend(handles=handles, loc="lower right", fontsize=8, title="bubble area = parameters" + title_extra,
+              title_fontsize=8)
+    fig.canvas.draw()
+    _place_labels(ax, fig, items)
+    sources = sorted({p.source.split(":", 1)[-1].strip() for p in models if not p.measured})
     if sources:
-        fig.text(0.01, 0.005, "paper-reported: " + "; ".join(s.split(":", 1)[-1].strip() for s in sources),
-                 fontsize=6, color="grey", wrap=True)
+        fig.text(0.01, 0.005, "paper-reported: " + "; ".join(sources), fontsize=6, color="grey", wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".png", dir=output.parent)
@@ -209,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lightsr plot: {output} exists (use --overwrite to replace it)", file=sys.stderr)
         return 2
     points, problems = load_points(args.inputs, args.set, args.scale)
+    points = [p for p in points if p.model not in set(args.exclude) and p.label not in set(args.exclude)]
     problems += fill_complexity(points)
     for msg in problems:
         print(f"lightsr plot: {msg}", file=sys.stderr)
