@@ -125,9 +125,10 @@ def _fsa_flop(x_shape, k_shape, starts, lengths, dim, *args, out_shape=None, **k
     return _emit(focal_attention=len(starts) * _numel(x_shape))
 
 
-@register_flop_formula([_ops.focal_attention_grad_input, _ops.focal_attention_grad_kernel])
-def _fsa_bwd_flop(g_shape, other_shape, starts, lengths, dim, *args, out_shape=None, **kwargs) -> int:
-    return _emit(focal_attention_backward=len(starts) * _numel(g_shape))
+@register_flop_formula(_ops.focal_attention_backward)
+def _fsa_bwd_flop(g_shape, xp_shape, kc_shape, starts, lengths, dim, *args, out_shape=None, **kwargs) -> int:
+    # grad input (scatter k * grad) and grad kernel (grad * box mean, summed over the group): one apply each
+    return _emit(focal_attention_backward=2 * len(starts) * _numel(g_shape))
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:

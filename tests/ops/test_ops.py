@@ -348,6 +348,7 @@ def test_composites_match_reference():
         _compare(lambda a, b: focal_attention_composite(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x2, k2])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_tracing_records_plain_aten_ops():
     """Exporters cannot see into custom ops: while tracing, the wrappers record the composites."""
     taps = build_kernel_map()

@@ -109,7 +109,7 @@ def dynamic_dwconv_composite(x: torch.Tensor, weight: torch.Tensor, kernel_size:
 def _pad_groups(x: torch.Tensor, groups: int, p: int) -> torch.Tensor:
     """Zero-padded NCHW copy in the accumulation dtype, viewed as (B, G, C/G, H + 2p, W + 2p)."""
     b, c, h, w = x.shape
-    xp = F.pad(x.to(dtype=acc_dtype(x.dtype), memory_format=torch.contiguous_format), (p, p, p, p))
+    xp = F.pad(x.to(acc_dtype(x.dtype)).contiguous(), (p, p, p, p))
     return xp.view(b, groups, c // groups, h + 2 * p, w + 2 * p)
 
 
@@ -147,13 +147,13 @@ def _forward_impl(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> to
     b, c, h, w = x.shape
     k = kernel_size
     xp = _pad_groups(x, groups, k // 2)
-    wt = weight.to(dtype=xp.dtype, memory_format=torch.contiguous_format).view(b, groups, k * k, 1, h, w)
+    wt = weight.to(xp.dtype).contiguous().view(b, groups, k * k, 1, h, w)
     out = torch.empty(b, groups, per_group, h, w, dtype=xp.dtype, device=x.device)
     rows = strip_rows(x, h, b * c * w)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         _apply_strip(out[..., r0:r1, :], xp, wt[..., r0:r1, :], r0, r1, k)
-    return out.view(b, c, h, w).to(dtype=x.dtype, memory_format=memory_format_of(x))
+    return out.view(b, c, h, w).to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
 def _grad_input_impl(grad: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -163,8 +163,8 @@ def _grad_input_impl(grad: torch.Tensor, weight: torch.Tensor, kernel_size: int)
     groups, per_group = _check(grad, weight, k)
     acc = acc_dtype(grad.dtype)
     gp = torch.zeros(b, groups, per_group, h + 2 * p, w + 2 * p, dtype=acc, device=grad.device)
-    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
-    wt = weight.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, k * k, 1, h, w)
+    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
+    wt = weight.to(acc).contiguous().view(b, groups, k * k, 1, h, w)
     rows = strip_rows(grad, h, b * c * w)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
@@ -179,7 +179,7 @@ def _grad_weight_impl(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, gro
     per_group = c // groups
     acc = acc_dtype(x.dtype)
     xp = _pad_groups(x, groups, k // 2)
-    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
+    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
     gw = torch.empty(b, groups, k * k, h, w, dtype=acc, device=x.device)
     rows = strip_rows(x, h, b * c * w)
     for r0 in range(0, h, rows):
@@ -272,7 +272,7 @@ def _fused_forward_impl(
     k = kernel_size
     acc = acc_dtype(x.dtype)
     xp = _pad_groups(x, groups, k // 2)
-    hidden = hidden.to(dtype=acc, memory_format=torch.contiguous_format)
+    hidden = hidden.to(acc).contiguous()
     conv_weight = conv_weight.to(acc)
     conv_bias = conv_bias.to(acc) if conv_bias is not None else None
     out = torch.empty(b, groups, per_group, h, w, dtype=acc, device=x.device)
@@ -281,7 +281,7 @@ def _fused_forward_impl(
         r1 = min(h, r0 + rows)
         wt = _kernel_strip(hidden, conv_weight, conv_bias, r0, r1).view(b, groups, k * k, 1, r1 - r0, w)
         _apply_strip(out[..., r0:r1, :], xp, wt, r0, r1, k)
-    return out.view(b, c, h, w).to(dtype=x.dtype, memory_format=memory_format_of(x))
+    return out.view(b, c, h, w).to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
 def _fused_backward_impl(
@@ -300,10 +300,10 @@ def _fused_backward_impl(
     acc = acc_dtype(x.dtype)
     out_dtype, hidden_dtype, param_dtype = x.dtype, hidden.dtype, conv_weight.dtype
     xp = _pad_groups(x, groups, p)
-    hidden = hidden.to(dtype=acc, memory_format=torch.contiguous_format)
+    hidden = hidden.to(acc).contiguous()
     conv_weight = conv_weight.to(acc)
     conv_bias = conv_bias.to(acc) if conv_bias is not None else None
-    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
+    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
     wk = conv_weight.reshape(nk, ch)
     gp = torch.zeros(b, groups, per_group, h + 2 * p, w + 2 * p, dtype=acc, device=x.device)
     g_hidden = torch.empty(b, ch, h, w, dtype=acc, device=x.device)

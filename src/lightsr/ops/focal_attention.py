@@ -150,6 +150,18 @@ def focal_attention_composite(
 
 
 # --- fast implementation -------------------------------------------------------------------
+# Everything runs on flat planes: the input is copied once into a zero-padded NCHW buffer (this
+# copy also converts a channels-last input), each (batch, channel) plane is flattened, and every
+# tap becomes one in-place multiply-add of two *contiguous* 1-D ranges:
+#
+# * horizontal: planes of rows padded to Wp = W + P - 1; tap offset o moves the read by o
+#   elements. Outputs are computed on the padded row grid (the P - 1 extra columns per row are
+#   garbage and cropped at the end); the per-pixel kernel is copied onto the same grid.
+# * vertical: padded by P // 2 rows; tap offset o moves the read by o * W elements.
+#
+# With contiguous ranges the element-wise kernels run long vectorised loops even for the 48-pixel
+# training patches (a 2-D shifted view would give loops of one row). Rows are processed in strips
+# of about 2 MiB so that the accumulator stays in cache.
 
 
 def _axis(dim: int) -> int:
@@ -164,162 +176,203 @@ def _shift(t: torch.Tensor, axis: int, start: int, length: int) -> torch.Tensor:
     return t[..., start : start + length] if axis == -1 else t[..., start : start + length, :]
 
 
-def _tap_view(src: torch.Tensor, axis: int, offset: int, r0: int, r1: int, width: int) -> torch.Tensor:
-    """Rows r0:r1 of the output read ``src`` shifted by ``offset`` along ``axis``."""
-    if axis == -1:
-        return src[..., r0:r1, offset : offset + width]
-    return src[..., r0 + offset : r1 + offset, :]
+class _Geometry:
+    """Flat-plane layout of one FSA call (see the comment above)."""
+
+    def __init__(self, h: int, w: int, taps, axis: int):
+        self.h, self.w, self.axis = h, w, axis
+        self.half = patch_size_of(taps) // 2
+        if axis == -1:
+            self.row = w + 2 * self.half  # row length of the padded planes and of the canvas
+            self.step = 1  # flat distance between neighbours along the filtered axis
+            self.padded = h * self.row
+            self.length = h * self.row - 2 * self.half  # canvas positions computed
+        else:
+            self.row = w
+            self.step = w
+            self.padded = (h + 2 * self.half) * w
+            self.length = h * w
+        self.canvas = h * self.row
+        self.taps = [(_first_offset(s, n) + self.half, n) for s, n in taps]
+
+    def canvas_view(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., canvas) -> (..., h, w) view of the valid outputs."""
+        return t.view(*t.shape[:-1], self.h, self.row)[..., : self.w]
 
 
-def _box_means(xp: torch.Tensor, lengths, axis: int, size: int, half: int) -> dict[int, torch.Tensor]:
-    """{n: mean of n consecutive samples starting at each position} along ``axis`` of padded ``xp``.
+def _to_canvas(t: torch.Tensor, g: _Geometry, dtype, copy: bool = False) -> torch.Tensor:
+    """(B, C, H, W) in any layout -> (B, C, canvas) contiguous, zeros in the garbage columns.
 
-    ``means[n]`` has ``size + 2 * half - n + 1`` positions. Sums are built by doubling where
-    possible (sum4 = sum2 + shifted sum2), otherwise by adding shifted sums of smaller lengths.
+    ``copy=True`` always returns new memory (a custom op may not return a view of its input)."""
+    b, c = t.shape[:2]
+    if g.axis == -2:
+        if copy:
+            out = torch.empty(b, c, g.h, g.w, dtype=dtype, device=t.device)
+            out.copy_(t)
+            return out.view(b, c, g.canvas)
+        return t.to(dtype).contiguous().reshape(b, c, g.canvas)
+    out = torch.empty(b, c, g.h, g.row, dtype=dtype, device=t.device)
+    out[..., g.w :].zero_()
+    out[..., : g.w].copy_(t)
+    return out.view(b, c, g.canvas)
+
+
+def _pad_input(x: torch.Tensor, g: _Geometry, dtype) -> torch.Tensor:
+    """(B, C, H, W) -> zero-padded flat planes (B, C, padded), one copy from any layout."""
+    b, c, h, w = x.shape
+    if g.axis == -1:
+        xp = torch.empty(b, c, h, g.row, dtype=dtype, device=x.device)
+        xp[..., : g.half].zero_()
+        xp[..., g.half + w :].zero_()
+        xp[..., g.half : g.half + w].copy_(x)
+    else:
+        xp = torch.empty(b, c, h + 2 * g.half, w, dtype=dtype, device=x.device)
+        xp[..., : g.half, :].zero_()
+        xp[..., g.half + h :, :].zero_()
+        xp[..., g.half : g.half + h, :].copy_(x)
+    return xp.view(b, c, g.padded)
+
+
+def _box_means(xp: torch.Tensor, lengths, g: _Geometry) -> dict[int, torch.Tensor]:
+    """{n: mean of n consecutive samples along the filtered axis} on flat padded planes.
+
+    ``means[n][..., i]`` averages positions i, i + step, ..., i + (n - 1) step. Sums are built by
+    doubling where possible (sum4 = sum2 + shifted sum2), else from shifted single samples.
     """
-    full = size + 2 * half
     sums = {1: xp}
     for n in sorted(set(lengths)):
         if n in sums:
             continue
-        count = full - n + 1
+        count = g.padded - (n - 1) * g.step
         split = [k for k in sums if k < n and (n - k) in sums]
         if split:
             m = max(split)
-            sums[n] = _shift(sums[m], axis, 0, count) + _shift(sums[n - m], axis, m, count)
-        else:  # no doubling available: add the n shifted samples
-            total = _shift(xp, axis, 0, count).clone()
+            sums[n] = sums[m][..., :count] + sums[n - m][..., m * g.step : m * g.step + count]
+        else:
+            total = xp[..., :count].clone()
             for i in range(1, n):
-                total += _shift(xp, axis, i, count)
+                total += xp[..., i * g.step : i * g.step + count]
             sums[n] = total
-    return {n: (sums[n] if n == 1 else sums[n] * (1.0 / n)) for n in set(lengths)}
+    return {n: (sums[n] if n == 1 else sums[n].mul_(1.0 / n)) for n in set(lengths)}
 
 
-def _taps(starts, lengths):
-    return [(_first_offset(s, n), n) for s, n in zip(starts, lengths)]
+def _strips(g: _Geometry, elements_per_position: int, x: torch.Tensor):
+    """Flat [i0, i1) ranges of whole canvas rows, about 2 MiB of output each on CPU."""
+    rows = strip_rows(x, g.h, elements_per_position * g.row)
+    for r0 in range(0, g.h, rows):
+        i0, i1 = r0 * g.row, min(g.length, (r0 + rows) * g.row)
+        if i0 < i1:
+            yield i0, i1
 
 
-def _forward_impl(x: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int) -> torch.Tensor:
+def _forward_impl(
+    x: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (output, padded input, kernel on the canvas); the last two are kept for backward."""
     taps = list(zip(starts, lengths))
     n_taps = len(taps)
     groups, per_group = _check(x, kernel, n_taps)
-    axis = _axis(dim)
     b, c, h, w = x.shape
-    half = patch_size_of(taps) // 2
-    size = w if axis == -1 else h
+    g = _Geometry(h, w, taps, _axis(dim))
     acc = acc_dtype(x.dtype)
-    xp = F.pad(x.to(dtype=acc, memory_format=torch.contiguous_format), (half, half, 0, 0) if axis == -1 else (0, 0, half, half))
-    means = {n: m.view(b, groups, per_group, *m.shape[-2:]) for n, m in _box_means(xp, lengths, axis, size, half).items()}
-    kv = kernel.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, n_taps, 1, h, w)
-    out = torch.empty(b, groups, per_group, h, w, dtype=acc, device=x.device)
-    rows = strip_rows(x, h, b * c * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        o = out[..., r0:r1, :]
-        for t, (lo, n) in enumerate(_taps(starts, lengths)):
-            src = _tap_view(means[n], axis, lo + half, r0, r1, w)
+    xp = _pad_input(x, g, acc)
+    kc = _to_canvas(kernel, g, acc, copy=True)  # (B, G*K, canvas), saved for the backward
+    means = {n: m.view(b, groups, per_group, -1) for n, m in _box_means(xp, lengths, g).items()}
+    kv = kc.view(b, groups, n_taps, 1, g.canvas)
+    out = torch.zeros(b, groups, per_group, g.canvas, dtype=acc, device=x.device)
+    for i0, i1 in _strips(g, b * c, x):
+        o = out[..., i0:i1]
+        for t, (off, n) in enumerate(g.taps):
+            src = means[n][..., off * g.step + i0 : off * g.step + i1]
             if t == 0:
-                torch.mul(src, kv[:, :, t, :, r0:r1], out=o)
+                torch.mul(src, kv[:, :, t, :, i0:i1], out=o)
             else:
-                o.addcmul_(src, kv[:, :, t, :, r0:r1])
-    return out.view(b, c, h, w).to(dtype=x.dtype, memory_format=memory_format_of(x))
+                o.addcmul_(src, kv[:, :, t, :, i0:i1])
+    y = g.canvas_view(out.view(b, c, g.canvas)).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    return y, xp, kc
 
 
-def _grad_input_impl(grad: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int) -> torch.Tensor:
-    """Scatter ``k_t * grad`` to the box of every tap (adjoint of the forward)."""
+def _backward_impl(
+    grad: torch.Tensor, xp: torch.Tensor, kc: torch.Tensor, starts: list[int], lengths: list[int], dim: int,
+    x_channels_last: bool, kernel_channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad input, grad kernel) from the saved padded input and canvas kernel."""
     taps = list(zip(starts, lengths))
     n_taps = len(taps)
-    axis = _axis(dim)
     b, c, h, w = grad.shape
-    groups = kernel.shape[1] // n_taps
+    g = _Geometry(h, w, taps, _axis(dim))
+    groups = kc.shape[1] // n_taps
     per_group = c // groups
-    half = patch_size_of(taps) // 2
-    size = w if axis == -1 else h
-    full = size + 2 * half
-    acc = acc_dtype(grad.dtype)
-    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
-    kv = kernel.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, n_taps, 1, h, w)
-    padded = (b, groups, per_group, h, full) if axis == -1 else (b, groups, per_group, full, w)
-    gmeans = {}
-    for n in set(lengths):
-        shape = list(padded)
-        shape[axis] = full - n + 1
-        gmeans[n] = torch.zeros(shape, dtype=acc, device=grad.device)
-    rows = strip_rows(grad, h, b * c * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        gs = g[..., r0:r1, :]
-        for t, (lo, n) in enumerate(_taps(starts, lengths)):
-            _tap_view(gmeans[n], axis, lo + half, r0, r1, w).addcmul_(gs, kv[:, :, t, :, r0:r1])
-    gxp = gmeans.pop(1) if 1 in gmeans else torch.zeros(padded, dtype=acc, device=grad.device)
+    acc = xp.dtype
+    gc = _to_canvas(grad, g, acc).view(b, groups, per_group, g.canvas)  # zeros on garbage columns
+    kv = kc.view(b, groups, n_taps, 1, g.canvas)
+    means = {n: m.view(b, groups, per_group, -1) for n, m in _box_means(xp, lengths, g).items()}
+    gmeans = {n: torch.zeros_like(m) for n, m in means.items()}
+    gk = torch.empty(b, groups, n_taps, g.canvas, dtype=acc, device=grad.device)
+    gk[..., g.length :].zero_()
+    for i0, i1 in _strips(g, b * c, grad):
+        gs = gc[..., i0:i1]
+        tmp = torch.empty(b, groups, per_group, i1 - i0, dtype=acc, device=grad.device)
+        for t, (off, n) in enumerate(g.taps):
+            a = off * g.step
+            gmeans[n][..., a + i0 : a + i1].addcmul_(gs, kv[:, :, t, :, i0:i1])
+            torch.mul(gs, means[n][..., a + i0 : a + i1], out=tmp)
+            torch.sum(tmp, dim=2, out=gk[:, :, t, i0:i1])
+    gxp = gmeans.pop(1) if 1 in gmeans else torch.zeros_like(xp).view(b, groups, per_group, -1)
     for n, gm in gmeans.items():  # adjoint of the box mean: spread each value over its n samples
         gm.mul_(1.0 / n)
+        count = gm.shape[-1]
         for i in range(n):
-            _shift(gxp, axis, i, full - n + 1).add_(gm)
-    gx = _shift(gxp, axis, half, size)
-    return gx.reshape(b, c, h, w).to(grad.dtype)
-
-
-def _grad_kernel_impl(grad: torch.Tensor, x: torch.Tensor, starts: list[int], lengths: list[int], dim: int, groups: int) -> torch.Tensor:
-    """d out / d k[g, t]: sum over the group's channels of grad * (box mean of tap t)."""
-    taps = list(zip(starts, lengths))
-    n_taps = len(taps)
-    axis = _axis(dim)
-    b, c, h, w = x.shape
-    per_group = c // groups
-    half = patch_size_of(taps) // 2
-    size = w if axis == -1 else h
-    acc = acc_dtype(x.dtype)
-    xp = F.pad(x.to(dtype=acc, memory_format=torch.contiguous_format), (half, half, 0, 0) if axis == -1 else (0, 0, half, half))
-    means = {n: m.view(b, groups, per_group, *m.shape[-2:]) for n, m in _box_means(xp, lengths, axis, size, half).items()}
-    g = grad.to(dtype=acc, memory_format=torch.contiguous_format).view(b, groups, per_group, h, w)
-    gk = torch.empty(b, groups, n_taps, h, w, dtype=acc, device=x.device)
-    rows = strip_rows(x, h, b * c * w)
-    tmp = None
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        gs = g[..., r0:r1, :]
-        if tmp is None or tmp.shape[-2] != r1 - r0:
-            tmp = torch.empty(b, groups, per_group, r1 - r0, w, dtype=acc, device=x.device)
-        for t, (lo, n) in enumerate(_taps(starts, lengths)):
-            torch.mul(gs, _tap_view(means[n], axis, lo + half, r0, r1, w), out=tmp)
-            torch.sum(tmp, dim=2, out=gk[:, :, t, r0:r1])
-    return gk.view(b, groups * n_taps, h, w).to(x.dtype)
+            gxp[..., i * g.step : i * g.step + count].add_(gm)
+    gxp = gxp.reshape(b, c, -1)
+    if g.axis == -1:
+        gx = gxp.view(b, c, h, g.row)[..., g.half : g.half + w]
+    else:
+        gx = gxp.view(b, c, h + 2 * g.half, w)[..., g.half : g.half + h, :]
+    fmt = torch.channels_last if x_channels_last else torch.contiguous_format
+    kfmt = torch.channels_last if kernel_channels_last else torch.contiguous_format
+    gx = gx.to(grad.dtype).contiguous(memory_format=fmt)
+    gkk = g.canvas_view(gk.view(b, groups * n_taps, g.canvas)).to(grad.dtype).contiguous(memory_format=kfmt)
+    return gx, gkk
 
 
 def _fwd_fake(x, kernel, starts, lengths, dim):
     _check(x, kernel, len(starts))
-    _axis(dim)
-    return _like(x)
+    b, c, h, w = x.shape
+    g = _Geometry(h, w, list(zip(starts, lengths)), _axis(dim))
+    acc = acc_dtype(x.dtype)
+    return _like(x), x.new_empty(b, c, g.padded, dtype=acc), x.new_empty(b, kernel.shape[1], g.canvas, dtype=acc)
 
 
-def _gin_fake(grad, kernel, starts, lengths, dim):
-    return grad.new_empty(grad.shape)
+def _bwd_fake(grad, xp, kc, starts, lengths, dim, x_channels_last, kernel_channels_last):
+    b, c, h, w = grad.shape
+    gx = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device,
+                     memory_format=torch.channels_last if x_channels_last else torch.contiguous_format)
+    gk = torch.empty((b, kc.shape[1], h, w), dtype=grad.dtype, device=grad.device,
+                     memory_format=torch.channels_last if kernel_channels_last else torch.contiguous_format)
+    return gx, gk
 
 
-def _gk_fake(grad, x, starts, lengths, dim, groups):
-    b, _, h, w = x.shape
-    return x.new_empty(b, groups * len(starts), h, w)
-
-
-_grad_input_op = define_op("focal_attention_grad_input", _grad_input_impl, _gin_fake)
-_grad_kernel_op = define_op("focal_attention_grad_kernel", _grad_kernel_impl, _gk_fake)
+_backward_op = define_op("focal_attention_backward", _backward_impl, _bwd_fake)
 
 
 def _setup_context(ctx, inputs, output):
     x, kernel, starts, lengths, dim = inputs
-    ctx.save_for_backward(x, kernel)
-    ctx.taps = (list(starts), list(lengths), dim)
+    _, xp, kc = output
+    ctx.mark_non_differentiable(xp, kc)
+    ctx.save_for_backward(xp, kc)
+    ctx.meta = (list(starts), list(lengths), dim, memory_format_of(x) == torch.channels_last,
+                memory_format_of(kernel) == torch.channels_last)
 
 
-def _backward(ctx, grad):
-    x, kernel = ctx.saved_tensors
-    starts, lengths, dim = ctx.taps
-    grad_x = _grad_input_op(grad, kernel, starts, lengths, dim) if ctx.needs_input_grad[0] else None
-    grad_k = None
-    if ctx.needs_input_grad[1]:
-        grad_k = _grad_kernel_op(grad, x, starts, lengths, dim, kernel.shape[1] // len(starts))
-    return grad_x, grad_k, None, None, None
+def _backward(ctx, grad, _grad_xp, _grad_kc):
+    xp, kc = ctx.saved_tensors
+    starts, lengths, dim, x_cl, k_cl = ctx.meta
+    if grad is None:
+        return None, None, None, None, None
+    gx, gk = _backward_op(grad, xp, kc, starts, lengths, dim, x_cl, k_cl)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None), (gk if need[1] else None), None, None, None
 
 
 _focal_attention_op = define_op("focal_attention", _forward_impl, _fwd_fake, _setup_context, _backward)
@@ -338,4 +391,4 @@ def focal_attention(
     lengths = [int(n) for _, n in kernel_map]
     if not starts or min(lengths) < 1:
         raise ValueError("kernel_map must hold (start, length >= 1) taps")
-    return _focal_attention_op(x, kernel, starts, lengths, int(dim))
+    return _focal_attention_op(x, kernel, starts, lengths, int(dim))[0]
