@@ -10,7 +10,7 @@ the table prints the median. ``--compare-ops`` times the reference implementatio
 operators (``lightsr.ops.use_reference_ops``) in the same process, side by side.
 
     python benchmarks/train_throughput.py                          # all models, ~1 h on 2 busy cores
-    python benchmarks/train_throughput.py --models dlgsanet_tiny lgun --iters 3 --compare-ops
+    python benchmarks/train_throughput.py --models dlgsanet_tiny --threads 1 2 --compare-ops
 """
 from __future__ import annotations
 
@@ -90,27 +90,30 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--iters", type=int, default=2, help="timed iterations per model (default 2)")
     ap.add_argument("--chunk", type=int, default=4, help="samples per forward/backward chunk (default 4)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[None],
+                    help="torch threads; several values are measured side by side (default: torch's default)")
     ap.add_argument("--compare-ops", action="store_true", help="also time the reference custom operators")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.iters, args.chunk, args.threads, args.reference)))
+        print(json.dumps(measure(args.one, args.iters, args.chunk, args.threads[0], args.reference)))
         return 0
 
     import torch
 
+    threads_desc = ", ".join(str(t or torch.get_num_threads()) for t in args.threads)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {args.threads or torch.get_num_threads()}, chunk {args.chunk}, {args.iters} timed iterations "
+          f"threads {threads_desc}, chunk {args.chunk}, {args.iters} timed iterations "
           f"(median), x2, Adam + EMA as the recipe")
     rows = []
+    variants = [(t, r) for t in args.threads for r in ((False, True) if args.compare_ops else (False,))]
     for name in args.models:
-        for reference in ((False, True) if args.compare_ops else (False,)):
+        for threads, reference in variants:
             cmd = [sys.executable, __file__, "--one", name, "--iters", str(args.iters), "--chunk", str(args.chunk)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
+            if threads:
+                cmd += ["--threads", str(threads)]
             if reference:
                 cmd.append("--reference")
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -120,23 +123,25 @@ def main() -> int:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"  measured {name}{' reference ops' if reference else ''}: {r['s_per_it']:.1f} s/it "
+            print(f"  measured {name}{' reference ops' if reference else ''}, {r['threads']} threads: {r['s_per_it']:.1f} s/it "
                   f"({', '.join(f'{t:.1f}' for t in r['times'])})", flush=True)
     print()
-    print("| model | params | batch x LR patch | ops | s / iteration | iterations / s | images / s | peak RSS (GB) | 500k iterations |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | batch x LR patch | threads | ops | s / iteration | iterations / s | images / s | peak RSS (GB) | 500k iterations |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         days = 500_000 * r["s_per_it"] / 86400
-        print(f"| {r['model']} | {r['params']:,} | {r['batch']} x {r['patch']} | "
+        print(f"| {r['model']} | {r['params']:,} | {r['batch']} x {r['patch']} | {r['threads']} | "
               f"{'reference' if r['reference_ops'] else 'fast'} | {r['s_per_it']:.2f} | {r['it_per_s']:.4f} | "
               f"{r['img_per_s']:.2f} | {r['peak_rss_gb']:.1f} | {days:,.0f} days |")
-    if args.compare_ops:
+    if len(variants) > 1:
         print()
-        by = {(r["model"], r["reference_ops"]): r for r in rows}
         for name in args.models:
-            if (name, False) in by and (name, True) in by:
-                print(f"{name}: fast ops / reference ops time ratio "
-                      f"{by[(name, False)]['s_per_it'] / by[(name, True)]['s_per_it']:.2f}")
+            ref = next((r for r in rows if r["model"] == name), None)
+            for r in rows:
+                if r["model"] == name and r is not ref and ref is not None:
+                    print(f"{name}: {r['threads']} threads{' reference ops' if r['reference_ops'] else ''} / "
+                          f"{ref['threads']} threads{' reference ops' if ref['reference_ops'] else ''}: time ratio "
+                          f"{r['s_per_it'] / ref['s_per_it']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
