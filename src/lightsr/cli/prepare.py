@@ -9,7 +9,7 @@ examples:
   lightsr prepare datasets/DIV2K/DIV2K_train_HR --scales 2 3 4
         writes datasets/DIV2K/DIV2K_train_HR_sub/0001_s001.png ... and
         datasets/DIV2K/DIV2K_train_LR_bicubic/X2_sub/0001_s001.png ... (X3_sub, X4_sub): the folders
-        the paper configs in configs/ read (BasicSR names: 32,592 sub-images for DIV2K's 800)
+        the paper configs in configs/ read (BasicSR's folder names and crop layout)
   lightsr prepare my_photos_HR -o data --scales 4 --workers 2
   lightsr prepare big_HR --crop 240 --step 120 --no-lr
         HR sub-images only (train with type: HRImageDataset; LR made and cached on the fly)
