@@ -101,7 +101,8 @@ def tlc(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int
     out = None
     for n0 in range(0, len(windows), per_call):
         chunk = windows[n0 : n0 + per_call]
-        parts = torch.cat([x[:, :, i : i + wh, j : j + ww] for i, j, _, _ in chunk], dim=0)
+        views = [x[:, :, i : i + wh, j : j + ww] for i, j, _, _ in chunk]
+        parts = views[0] if len(views) == 1 else torch.cat(views, dim=0)  # no copy for a single window
         y = fn(parts)
         y = y.view(len(chunk), b, *y.shape[1:])
         if out is None:
