@@ -59,7 +59,8 @@ def load_upscale_model(model: str | nn.Module | None = None, scale: int | None =
     """Resolve the ``model`` / ``scale`` / ``weights`` arguments of :func:`upscale` to a module.
 
     * ``weights`` given: :func:`lightsr.load_model` reads it (lightsr safetensors or BasicSR
-      ``.pth``); ``model`` and ``scale``, when given, must agree with the file
+      ``.pth``; a URL is downloaded once into the cache, see :func:`lightsr.pretrained.resolve_weights`;
+      ``"default"`` means the shipped weights); ``model`` and ``scale``, when given, must agree with the file
       (:class:`lightsr.CheckpointError` otherwise).
     * a model name without weights: the weights shipped with lightsr
       (:func:`lightsr.pretrained.default_weights`), or :class:`WeightsMissing` - lightsr never
@@ -79,8 +80,11 @@ def load_upscale_model(model: str | nn.Module | None = None, scale: int | None =
         if s is None:
             raise ValueError("scale= is needed for a module without a .scale attribute")
         return model, int(s)
-    if weights is not None:
-        net = load_model(weights, name=model, scale=scale)
+    if weights is not None and str(weights) != "default":
+        from lightsr.pretrained import resolve_weights
+
+        # a path, or an http(s)/file URL (optionally #sha256=...) fetched once into the cache
+        net = load_model(resolve_weights(weights), name=model, scale=scale)
         return net, int(net.scale)
     name = model or DEFAULT_MODEL
     s = int(scale or 4)
