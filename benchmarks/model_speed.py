@@ -14,12 +14,16 @@ On the same input and machine, in one run:
 4. ``--train``: one training step (forward + L1 loss + backward; batch 16, LR patch 48x48) fast
    vs reference, with the largest relative gradient difference;
 5. ``--profile``: the torch profiler on one fast forward; the operators with the largest share
-   of the time (the largest remaining cost per model);
+   of the time (the largest remaining cost per model) and the share of lightsr's custom ops
+   (their whole time, aten calls inside included); ``--profile-train``: the same for one fast and
+   one reference training step, with the bound on the training speed-up that even infinitely
+   fast custom ops could not beat (reference step / fast step without its custom ops);
 6. ``--compile``: ``torch.compile`` of the fast model against eager (compile time printed; a
    failure is reported and skipped).
 
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
+    python benchmarks/model_speed.py --threads 1 --models lamnet dlgsanet_light --no-inference --profile-train
 """
 from __future__ import annotations
 
@@ -143,31 +147,92 @@ def _train(names, args, rate):
         del model
 
 
+def _self_shares(prof):
+    """({op name: self CPU time}, total) of a profile: the self times add up to the profiled time."""
+    by_name = defaultdict(float)
+    for e in prof.key_averages():
+        by_name[e.key] += e.self_cpu_time_total
+    return by_name, sum(by_name.values())
+
+
+def _is_custom(name: str) -> bool:
+    # the op itself and the autograd node that calls its backward
+    return name.startswith("lightsr::") or name.startswith("GeneratedBackwardFor_lightsr_")
+
+
+def _custom_op_time(prof) -> float:
+    """Whole time (aten calls inside included) of the outermost ``lightsr::`` custom ops and their
+    autograd nodes."""
+    total = 0.0
+    for e in prof.events():
+        if not _is_custom(e.name):
+            continue
+        parent, nested = e.cpu_parent, False
+        while parent is not None:
+            if _is_custom(parent.name):
+                nested = True
+                break
+            parent = parent.cpu_parent
+        if not nested:
+            total += e.cpu_time_total
+    return total
+
+
+def _profile_train(names, args):
+    from torch.profiler import ProfilerActivity, profile
+
+    b, p = args.train_batch, args.train_patch
+    g = torch.Generator().manual_seed(1)
+    print(f"\n## Profile of one training step (forward + L1 + backward, batch {b}, LR patch {p}x{p}), fast and reference\n")
+    print("| model | fast step ms (profiled) | custom ops share | 1st (share) | 2nd (share) | 3rd (share) | "
+          "reference step ms (profiled) | speed-up (profiled) | bound: reference / (fast - custom ops) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        model = create_model(name, args.scale).train()
+        x = torch.rand(b, 3, p, p, generator=g)
+        y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
+        result = {}
+        for reference in (False, True):
+            with use_reference_ops(reference):
+                model.zero_grad(set_to_none=True)
+                F.l1_loss(model(x), y).backward()  # warm-up
+                model.zero_grad(set_to_none=True)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    F.l1_loss(model(x), y).backward()
+            by_name, total = _self_shares(prof)
+            result[reference] = (by_name, total, _custom_op_time(prof))
+        by_name, fast, custom = result[False]
+        ref = result[True][1]
+        top = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
+        cells = [f"{k} ({v / fast:.0%})" for k, v in top]
+        print(f"| {name} | {fast / 1e3:.0f} | {custom / fast:.0%} | " + " | ".join(cells) +
+              f" | {ref / 1e3:.0f} | {ref / fast:.2f}x | {ref / max(fast - custom, 1e-9):.2f}x |", flush=True)
+        del model
+
+
 def _profile(names, args):
     from torch.profiler import ProfilerActivity, profile
 
     h, w = args.size
     x = torch.rand(1, 3, h, w)
     print(f"\n## Profile of one fast forward ({w}x{h}, x{args.scale}): largest self-CPU-time shares\n")
-    print("| model | 1st (share) | 2nd (share) | 3rd (share) | largest single (op, input shapes) |")
-    print("|---|---|---|---|---|")
+    print("| model | 1st (share) | 2nd (share) | 3rd (share) | largest single (op, input shapes) | "
+          "lightsr custom ops (share, aten calls inside included) |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         model = create_model(name, args.scale).eval()
         with torch.inference_mode():
             model(x)
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 model(x)
-        by_name = defaultdict(float)
-        events = prof.key_averages()
-        for e in events:
-            by_name[e.key] += e.self_cpu_time_total
-        total = sum(by_name.values())
+        by_name, total = _self_shares(prof)
+        custom = _custom_op_time(prof)
         top = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
         shaped = max(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total)
         shapes = ", ".join(str(tuple(s)) for s in shaped.input_shapes if s)[:90]
         cells = [f"{k} ({v / total:.0%})" for k, v in top]
         print(f"| {name} | " + " | ".join(cells) + f" | {shaped.key} [{shapes}] x{shaped.count} "
-              f"({shaped.self_cpu_time_total / total:.0%}) |", flush=True)
+              f"({shaped.self_cpu_time_total / total:.0%}) | {custom / total:.0%} |", flush=True)
         del model
 
 
@@ -211,6 +276,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-patch", type=int, default=48)
     ap.add_argument("--profile", action="store_true", help="profile one fast forward per model")
+    ap.add_argument("--profile-train", action="store_true",
+                    help="profile one fast and one reference training step per model (custom-op share, speed-up bound)")
+    ap.add_argument("--no-inference", action="store_true", help="skip the inference table")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -226,11 +294,14 @@ def main(argv=None) -> int:
     print(f"measured multiply-accumulate rate at the start: {rate / 1e9:.1f} GMAC/s (float32 2048x2048 @ 2048x2048, "
           "median of 7); each table also times this product in its interleaved loop (column GMAC/s)")
     rows = []
-    _inference(names, peers, args, rate, rows)
+    if not args.no_inference:
+        _inference(names, peers, args, rate, rows)
     if args.train:
         _train(names, args, rate)
     if args.profile:
         _profile(names + peers, args)
+    if args.profile_train:
+        _profile_train(names, args)
     if args.compile:
         _compile(names, args)
     rate_end = matmul_rate()
