@@ -15,6 +15,10 @@ downscaled to the LR size with bicubic.
 
     python benchmarks/tiling_seams.py                    # all six models + mechanism rows
     python benchmarks/tiling_seams.py --size 96 --tile 48 --overlap 16 --models lamnet
+    python benchmarks/tiling_seams.py --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors
+
+``--weights FILE`` (repeatable) runs trained weights instead of the random-init rows; the tiling
+difference of a trained model with global operators is the number that matters to users.
 """
 from __future__ import annotations
 
@@ -81,17 +85,26 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=4)
     ap.add_argument("--models", nargs="*", default=None, help="labels (or model names) to run; default all rows")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--weights", action="append", default=[], metavar="FILE",
+                    help="trained weights to compare (repeatable; replaces the random-init rows)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     image = load_input(args.size)
     rows = [r for r in ROWS if not args.models or r[0] in args.models or r[1] in args.models]
-    print(f"x{args.scale}, tiles {args.tile}x{args.tile} with overlap {args.overlap}; random-init weights, seed 0; "
+    if args.weights:
+        rows = [(Path(w).name, w, None, "trained weights") for w in args.weights]
+    weights_note = "trained weights" if args.weights else "random-init weights, seed 0"
+    print(f"x{args.scale}, tiles {args.tile}x{args.tile} with overlap {args.overlap}; {weights_note}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':28s} {'PSNR dB':>8s} {'max diff':>9s} {'>1 level':>9s} {'whole s':>8s} {'tiled s':>8s}  global operator")
     for label, name, options, what in rows:
         torch.manual_seed(0)
-        model = lightsr.create_model(name, args.scale, **options).eval()
+        if options is None:  # a weights file
+            model = lightsr.load_model(name)
+            what = f"trained {model.lightsr_config['name']} x{model.scale}"
+        else:
+            model = lightsr.create_model(name, args.scale, **options).eval()
         whole_up = Upscaler(model, tile=0, device="cpu")
         tiled_up = Upscaler(model, tile=args.tile, tile_overlap=args.overlap, device="cpu")
         t0 = time.perf_counter()

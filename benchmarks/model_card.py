@@ -1,0 +1,181 @@
+"""Write the model card of a weights file: measured PSNR/SSIM next to bicubic and the paper, and how it was trained.
+
+For ``src/lightsr/pretrained/<model>_x<s>.md``. Everything in the card is measured by this script
+or read from the training runs' own logs:
+
+* the evaluation of the weights on Set5, Set14, B100, Urban100 and Manga109 (the folders in
+  ``--data``; in ``../shared`` Urban100 and Manga109 are subsets, and the card says how many images)
+  with ``lightsr.evaluate`` under the ``basicsr`` convention (the papers' own-model convention:
+  Y unrounded, border = scale), and the same for bicubic;
+* the published numbers of the paper's model (full sets, full-length paper recipe) for comparison;
+* from each ``--run`` folder (``lightsr train`` experiment dir, in training order): the config,
+  iterations, wall time (``elapsed_s`` of ``train_log.csv``), the hardware line and the best
+  validation PSNR.
+
+    python benchmarks/model_card.py --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors \\
+        --run experiments/cpu_dlgsanet_tiny_x2 --run experiments/cpu_dlgsanet_tiny_x4 \\
+        --data ../shared/datasets/benchmark --out src/lightsr/pretrained/dlgsanet_tiny_x4.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+SETS = ["Set5", "Set14", "B100", "Urban100", "Manga109"]
+
+# Published PSNR/SSIM (Y, full sets) of each paper's model, as printed in the papers
+# (DLGSANet-tiny: ../shared/design/architectures.md "paper" rows of the official README;
+#  LGUN: ../shared/papers/001_* Table 2; LAMNet: ../shared/papers/003_* Table 3).
+PAPER = {
+    ("dlgsanet_tiny", 2): ("DLGSANet paper, Table 2", ["38.16/0.9611", "33.92/0.9202", "32.26/0.9007", "32.82/0.9343", "39.14/0.9777"]),
+    ("dlgsanet_tiny", 3): ("DLGSANet paper, Table 2", ["34.63/0.9288", "30.57/0.8459", "29.21/0.8083", "28.69/0.8630", "34.10/0.9480"]),
+    ("dlgsanet_tiny", 4): ("DLGSANet paper (official README 'paper' row)", ["32.46/0.8984", "28.79/0.7861", "27.70/0.7408", "26.55/0.8002", "30.98/0.9137"]),
+    ("lgun", 2): ("LGUN paper, Table 2", ["38.24/0.9618", "33.93/0.9208", "32.34/0.9027", "32.65/0.9322", "39.38/0.9786"]),
+    ("lgun", 3): ("LGUN paper, Table 2", ["34.60/0.9292", "30.54/0.8458", "29.25/0.8102", "28.53/0.8586", "34.26/0.9480"]),
+    ("lgun", 4): ("LGUN paper, Table 2", ["32.63/0.9008", "28.94/0.7897", "27.82/0.7458", "26.88/0.8084", "31.52/0.9183"]),
+}
+# The published bicubic rows (full sets; MATLAB-script convention, see docs/evaluation.md).
+BICUBIC_PUBLISHED = {
+    2: ["33.66/0.9299", "30.24/0.8688", "29.56/0.8431", "26.88/0.8403", "30.80/0.9339"],
+    3: ["30.39/0.8682", "27.55/0.7742", "27.21/0.7385", "24.46/0.7349", "26.95/0.8556"],
+    4: ["28.42/0.8104", "26.00/0.7027", "25.96/0.6675", "23.14/0.6577", "24.89/0.7866"],
+}
+
+
+def read_run(run: Path) -> dict:
+    rows = list(csv.DictReader(open(run / "train_log.csv")))
+    vals = list(csv.DictReader(open(run / "val_log.csv"))) if (run / "val_log.csv").is_file() else []
+    cfg = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    best = max(vals, key=lambda r: float(r["psnr"])) if vals else None
+    return {
+        "name": run.name,
+        "iters": int(rows[-1]["iter"]) if rows else 0,
+        "elapsed_s": float(rows[-1]["elapsed_s"]) if rows else 0.0,
+        "best": best,
+        "last_val": vals[-1] if vals else None,
+        "config": cfg,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--run", action="append", default=[], help="training run folder (repeat, in training order)")
+    ap.add_argument("--data", default="../shared/datasets/benchmark")
+    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results", default=None, metavar="DIR",
+                    help="also write the evaluation (results.md / per_image.csv / results.json, as lightsr eval) here")
+    ap.add_argument("--hardware", default=None, help="hardware line (default: this CPU and core count)")
+    args = ap.parse_args()
+
+    import torch
+
+    import lightsr
+    from lightsr.data.benchmark import find_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = lightsr.load_model(args.weights)
+    name, scale = model.lightsr_config["name"], model.scale
+    sets = []
+    for s in args.sets:
+        try:
+            sets.append(find_benchmark(args.data, s, scale))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"skip {s}: {exc}", file=sys.stderr)
+    t0 = time.perf_counter()
+    ours = lightsr.evaluate(model, sets, label=name)
+    t_eval = time.perf_counter() - t0
+    bic = lightsr.evaluate("bicubic", sets, scale=scale)
+    if args.results:
+        ours.write(args.results)
+    names = [s.name for s in ours.sets]
+    counts = [len(s.images) for s in ours.sets]
+
+    def cells(res):
+        return [f"{s.psnr:.2f}/{s.ssim:.4f}" for s in res.sets]
+
+    head = "| | " + " | ".join(f"{n} ({c})" for n, c in zip(names, counts)) + " |"
+    rule = "|---|" + "---|" * len(names)
+    lines = [head, rule, f"| **lightsr {name} x{scale} (these weights)** | " + " | ".join(cells(ours)) + " |",
+             f"| bicubic (measured, same convention) | " + " | ".join(cells(bic)) + " |"]
+    delta = [f"{o.psnr - b.psnr:+.2f} dB" for o, b in zip(ours.sets, bic.sets)]
+    lines.append("| gain over bicubic | " + " | ".join(delta) + " |")
+    idx = [SETS.index(n) if n in SETS else None for n in names]
+    if (name, scale) in PAPER:
+        src, vals = PAPER[(name, scale)]
+        lines.append(f"| paper ({src}; full sets, full recipe) | " + " | ".join(vals[i] if i is not None else "-" for i in idx) + " |")
+    lines.append("| bicubic, published (full sets) | " + " | ".join(BICUBIC_PUBLISHED[scale][i] if i is not None else "-" for i in idx) + " |")
+
+    runs = [read_run(Path(r)) for r in args.run]
+    total_iters = sum(r["iters"] for r in runs)
+    total_s = sum(r["elapsed_s"] for r in runs)
+    hardware = args.hardware or f"{cpu_name()}, {os.cpu_count()} cores, no GPU"
+    params = lightsr.count_parameters(model)
+    wpath = Path(args.weights)
+    rel = lambda p: os.path.relpath(Path(p).resolve(), REPO)  # noqa: E731
+
+    md = [f"# {wpath.name}", "",
+          f"**{name}** x{scale} ({params:,} parameters), trained by lightsr's own `lightsr train` on this "
+          f"project's CPU machine. Weights file: `{wpath.name}` ({wpath.stat().st_size / 1e6:.1f} MB, safetensors, "
+          "architecture and options in the metadata: `lightsr.load_model(path)` rebuilds it).", "",
+          "## Measured quality", "",
+          f"PSNR/SSIM on the Y channel, border = scale, `basicsr` convention (the papers' convention for "
+          f"their own models; docs/evaluation.md), MATLAB-bicubic LR from `{args.data}`; (n) = images "
+          "in each set here. Urban100 and Manga109 in `../shared` are **subsets** (25 and 10 images): "
+          "their means are not comparable with the full-set numbers of the paper rows.", "",
+          *lines, "",
+          f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU threads). Re-create this card with:", "",
+          "```bash",
+          "python benchmarks/model_card.py --weights " + rel(wpath) + "".join(f" \\\n    --run {rel(r)}" for r in args.run)
+          + f" \\\n    --data {args.data} --out {rel(args.out)}",
+          "```", "",
+          "and the table alone with `lightsr eval --scale " + f"{scale} --weights {rel(wpath)} --data {args.data} "
+          "--sets " + " ".join(names) + "`.", "",
+          "## Training", "",
+          f"Data: `../shared/datasets/train` (T91 + BSD200 + 100 DIV2K-valid crops, HR only; LR made with "
+          f"lightsr's MATLAB-bicubic), random crops, flips and 90° rotations. Hardware: {hardware}, shared "
+          "with other jobs. In total **{:,} iterations in {:.1f} h** of wall time.".format(total_iters, total_s / 3600), "",
+          "| stage (run) | iterations | wall time | best Set5 PSNR during training (iteration) |",
+          "|---|---|---|---|"]
+    for r in runs:
+        b = r["best"]
+        best = f"{float(b['psnr']):.2f} dB ({b['iter']})" if b else "-"
+        md.append(f"| `{r['name']}` | {r['iters']:,} | {r['elapsed_s'] / 60:.0f} min | {best} |")
+    md += ["", "The configs and logs of these runs are in `docs/training_runs/` (`config.yaml`, "
+           "`train_log.csv`, `val_log.csv` per run); `lightsr plot-log` draws them.", "",
+           "## Limits", "",
+           "These weights come from a few thousand CPU iterations, not from the papers' 500k-iteration "
+           "GPU recipes: they beat bicubic clearly but stay below the paper's numbers (rows above). "
+           "Retrain with the paper configs in `configs/` on a GPU for paper-level quality."]
+    text = "\n".join(md) + "\n"
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
