@@ -145,7 +145,7 @@ def main() -> int:
           "in each set here. Urban100 and Manga109 in `../shared` are **subsets** (25 and 10 images): "
           "their means are not comparable with the full-set numbers of the paper rows.", "",
           *lines, "",
-          f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU threads). Re-create this card with:", "",
+          f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU thread(s)). Re-create this card with:", "",
           "```bash",
           "python benchmarks/model_card.py --weights " + rel(wpath) + "".join(f" \\\n    --run {rel(r)}" for r in args.run)
           + f" \\\n    --data {args.data} --out {rel(args.out)}",
