@@ -1,0 +1,41 @@
+"""The weights shipped inside the package: each loads, has its model card, and beats bicubic."""
+from __future__ import annotations
+
+import pytest
+from safetensors import safe_open
+
+import lightsr
+from lightsr.pretrained import DEFAULT_MODEL, HERE, available, default_weights
+
+SHIPPED = available()
+
+
+def test_something_ships_for_the_default_model():
+    assert any(name == DEFAULT_MODEL for name, _ in SHIPPED)
+
+
+@pytest.mark.parametrize("name,scale", SHIPPED, ids=[f"{n}_x{s}" for n, s in SHIPPED])
+def test_shipped_file_metadata_card(name, scale):
+    path = default_weights(name, scale)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert (meta["arch"], int(meta["scale"])) == (name, scale)
+    assert meta["weights"] == "params_ema" and int(meta["iteration"]) > 0
+    model = lightsr.load_model(path)
+    assert model.lightsr_config["name"] == name and model.scale == scale
+    card = (HERE / f"{name}_x{scale}.md").read_text()
+    for needed in ("Set5", "B100", "Urban100", "Manga109", "bicubic", "paper", "iterations", "benchmarks/model_card.py"):
+        assert needed in card, f"model card of {name} x{scale} lacks {needed!r}"
+
+
+@pytest.mark.parametrize("name,scale", SHIPPED, ids=[f"{n}_x{s}" for n, s in SHIPPED])
+def test_shipped_weights_beat_bicubic(name, scale):
+    from conftest import shared_path
+    from lightsr.data.benchmark import find_benchmark
+
+    root = shared_path("datasets", "benchmark")
+    bench = find_benchmark(root, "Set5", scale)
+    model = lightsr.load_model(default_weights(name, scale))
+    ours = lightsr.evaluate(model, bench, limit=1, progress=False)["Set5"].psnr
+    bic = lightsr.evaluate("bicubic", bench, scale=scale, limit=1, progress=False)["Set5"].psnr
+    assert ours > bic + 0.3, (ours, bic)
