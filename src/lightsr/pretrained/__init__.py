@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["DEFAULT_MODEL", "available", "cache_dir", "default_weights", "fetch", "resolve_weights"]
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL = "dlgsanet_tiny"  # provisional; chosen from the CPU trade-off when weights ship
+DEFAULT_MODEL = "dlgsanet_tiny"  # the CPU trade-off: README "Shipped weights" (why) and docs/bench_x4.md
 
 
 def default_weights(model: str, scale: int) -> Path | None:
