@@ -1,6 +1,6 @@
 """Which models export to ONNX, how long it takes, and how close onnxruntime is to PyTorch.
 
-Every model is built at x4 with random weights (seed 0; no trained weights ship yet - the
+Every model is built at x4 with random weights (seed 0; trained weights ship only for some models and scales - the
 operators, and so exportability, do not depend on the values), exported with dynamic
 height/width by :func:`lightsr.export.export_onnx` and run in onnxruntime on two input sizes.
 

@@ -4,11 +4,11 @@ For each model (x4 by default), the same input is upscaled once as a whole and o
 overlapping tiles (lightsr's smooth blending), both quantised to 8 bits as ``lightsr upscale``
 writes them, and compared: PSNR (RGB, no border crop) and the largest difference in 8-bit levels.
 
-Weights: no trained weights ship yet, so every model is **randomly initialised with a fixed seed**
-(``torch.manual_seed(0)``). Random-init networks have small residual branches, so their global
-operators move the output less than trained ones would: for the models with global context the
-numbers below are a lower bound on the tiling difference, not a prediction for trained weights.
-The mechanism rows (TLC off, IEM off, local-only HDTB) isolate *which* operator causes it.
+Weights: by default every model is **randomly initialised with a fixed seed**
+(``torch.manual_seed(0)``), all six at any scale. Random and trained weights use their global
+operators differently, so for the models with global context these rows are not a prediction for
+trained weights (with the shipped DLGSANet-tiny x4 weights the difference is far smaller than with
+random ones; docs/upscale.md has both). The mechanism rows (TLC off, IEM off, local-only HDTB) isolate *which* operator causes it.
 
 Input: a crop of Set14 ``comic`` from ../shared when present (else a synthetic textured image),
 downscaled to the LR size with bicubic.

@@ -1,7 +1,7 @@
 """Peak memory (RSS) and time of upscaling one large image, end to end, as ``lightsr upscale`` does it.
 
 A synthetic textured PNG of the requested size is written to a temporary folder, a model with
-random weights (seed 0; no trained weights ship yet - speed and memory do not depend on the
+random weights (seed 0; speed and memory do not depend on the
 weight values) is saved beside it, and a *child process* reads the image, upscales it with
 automatic tiling and writes the result (``read_image`` -> ``Upscaler.upscale_image`` ->
 ``write_image``, the CLI's path). The parent samples the child's RSS and reads its peak
