@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,9 +49,13 @@ BICUBIC_PUBLISHED = {
 }
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+
+
 def read_run(run: Path) -> dict:
-    rows = list(csv.DictReader(open(run / "train_log.csv")))
-    vals = list(csv.DictReader(open(run / "val_log.csv"))) if (run / "val_log.csv").is_file() else []
+    rows = _csv_rows(run / "train_log.csv")
+    vals = _csv_rows(run / "val_log.csv")
     cfg = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
     best = max(vals, key=lambda r: float(r["psnr"])) if vals else None
     return {
@@ -63,16 +66,6 @@ def read_run(run: Path) -> dict:
         "last_val": vals[-1] if vals else None,
         "config": cfg,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -130,10 +123,15 @@ def main() -> int:
     runs = [read_run(Path(r)) for r in args.run]
     total_iters = sum(r["iters"] for r in runs)
     total_s = sum(r["elapsed_s"] for r in runs)
-    hardware = args.hardware or f"{cpu_name()}, {os.cpu_count()} cores, no GPU"
+    from lightsr.bench import environment
+
+    env = environment()
+    hardware = args.hardware or f"{env['cpu']}, {env['cpus_usable']} cores, no GPU"
     params = lightsr.count_parameters(model)
     wpath = Path(args.weights)
-    rel = lambda p: os.path.relpath(Path(p).resolve(), REPO)  # noqa: E731
+
+    def rel(p) -> str:
+        return os.path.relpath(Path(p).resolve(), REPO)
 
     md = [f"# {wpath.name}", "",
           f"**{name}** x{scale} ({params:,} parameters), trained by lightsr's own `lightsr train` on this "

@@ -22,19 +22,13 @@ __all__ = ["SAMPLE", "run_demo"]
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 
 
-def _bicubic_uint8(rgb: np.ndarray, scale: int) -> np.ndarray:
-    from lightsr.data.imresize import imresize
-
-    return imresize(rgb, float(scale))
-
-
 def run_demo(outdir: str | Path = "lightsr-demo", *, model: str | None = None, scale: int = 4,
              overwrite: bool = True, device: str = "auto", threads: int | None = None) -> tuple[Path, Path]:
     """Upscale the bundled sample; returns (upscaled PNG, comparison PNG)."""
     import torch
-    from PIL import Image
 
     from lightsr.cli.compare import Panel, make_comparison, pick_box
+    from lightsr.data.imresize import imresize
     from lightsr.inference import Upscaler
     from lightsr.inference.io import read_image, write_image
 
@@ -49,9 +43,8 @@ def run_demo(outdir: str | Path = "lightsr-demo", *, model: str | None = None, s
     out_path = outdir / f"{SAMPLE.stem}_x{scale}.png"
     write_image(out_path, result, "png", overwrite=overwrite)
 
-    lr = np.asarray(Image.open(SAMPLE).convert("RGB"))
-    sr = np.asarray(Image.open(out_path).convert("RGB"))
-    bic = _bicubic_uint8(lr, scale)
+    lr, sr = data.pixels, result.pixels  # the sample is 8-bit RGB: (h, w, 3) uint8 in and out
+    bic = imresize(lr, float(scale))
     near = np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
     size = max(24, min(sr.shape[:2]) // 4)
     box = pick_box(sr, bic, size)
