@@ -34,6 +34,8 @@ from lightsr.ops import (
     dynamic_dwconv_reference,
     focal_attention,
     focal_attention_reference,
+    depthwise_conv2d,
+    depthwise_conv2d_reference,
     layer_norm_2d,
     layer_norm_2d_reference,
     tlc,
@@ -56,6 +58,7 @@ def _inputs(b, h, w, seed=0):
         "cw": r(392, 12, 1, 1) * 0.3, "cb": r(392) * 0.1,
         "x32": r(b, 32, h, w), "k52": torch.tanh(r(b, 52, h, w)), "taps": taps,
         "ln_w": r(48), "ln_b": r(48), "qkv": r(b, 144, h, w),
+        "dw_h": r(32, 1, 1, 23) * 0.2, "dw_v": r(32, 1, 23, 1) * 0.2, "dw_b": r(32),
     }
 
 
@@ -96,7 +99,18 @@ def _backward_cases(d):
         return run
 
     taps = d["taps"]
+    x32_cl = d["x32"].contiguous(memory_format=torch.channels_last)
+
+    def dw(op, pad):  # weight first: the difference column then compares the weight gradients
+        return lambda w, a, b: op(a, w, b, pad)
+
     return {
+        "depth-wise conv 1x23 (LAMNet h_kernel, 32 ch, channels-last) fwd+bwd, weight grad compared": (
+            fb(dw(depthwise_conv2d, (0, 11)), d["dw_h"], x32_cl, d["dw_b"]),
+            fb(dw(depthwise_conv2d_reference, (0, 11)), d["dw_h"], x32_cl, d["dw_b"])),
+        "depth-wise conv 23x1 (LAMNet v_kernel, 32 ch, channels-last) fwd+bwd, weight grad compared": (
+            fb(dw(depthwise_conv2d, (11, 0)), d["dw_v"], x32_cl, d["dw_b"]),
+            fb(dw(depthwise_conv2d_reference, (11, 0)), d["dw_v"], x32_cl, d["dw_b"])),
         "dynamic_dwconv fwd+bwd": (
             fb(lambda a, b: dynamic_dwconv(a, b, 7), d["x48"], d["w392"]),
             fb(lambda a, b: dynamic_dwconv_reference(a, b, 7), d["x48"], d["w392"])),

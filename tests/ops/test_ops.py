@@ -6,6 +6,8 @@ import torch
 
 from lightsr.ops import (
     build_kernel_map,
+    depthwise_conv2d,
+    depthwise_conv2d_reference,
     dynamic_dwconv,
     dynamic_dwconv_fused,
     dynamic_dwconv_fused_reference,
@@ -303,6 +305,38 @@ def test_reduced_precision_accumulates_in_float32():
     assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
 
 
+# --- static depth-wise convolution (fast 1 x K weight gradient) ----------------------------
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("b,c,kernel,bias", [(1, 8, (1, 23), True), (3, 5, (1, 7), False), (2, 6, (23, 1), True),
+                                             (2, 4, (3, 3), True), (1, 3, (1, 1), True)])
+def test_depthwise_conv2d_matches_reference(b, c, kernel, bias, h, w, layout):
+    g = torch.Generator().manual_seed(h * 100 + w)
+    x = torch.randn(b, c, h, w, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(c, 1, *kernel, generator=g)
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    inputs = [x, wt] + ([torch.randn(c, generator=g)] if bias else [])
+
+    def call(op):
+        return lambda a, ww, *bb: op(a, ww, bb[0] if bb else None, pad)
+
+    _compare(call(depthwise_conv2d), call(depthwise_conv2d_reference), inputs)
+
+
+def test_depthwise_conv2d_gradcheck_and_layout():
+    x = torch.randn(2, 3, 5, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(3, 1, 1, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, ww, bb: depthwise_conv2d(a, ww, bb, (0, 2)), (x, w, b))
+    y = depthwise_conv2d(x, w, b, (0, 2))
+    y.sum().backward()
+    assert y.is_contiguous(memory_format=torch.channels_last) and w.grad.shape == w.shape
+    with pytest.raises(ValueError, match="depth-wise"):
+        depthwise_conv2d(x, torch.randn(3, 2, 1, 5, dtype=torch.float64), None, (0, 2))
+
+
 # --- LayerNorm -----------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_layer_norm_2d_matches_reference(layout):
@@ -317,7 +351,8 @@ def test_layer_norm_2d_matches_reference(layout):
 def test_get_op_switches_every_op():
     from lightsr.ops import OPS, get_op, use_reference_ops
 
-    assert set(OPS) >= {"dynamic_dwconv", "dynamic_dwconv_fused", "focal_attention", "tlc", "layer_norm_2d"}
+    assert set(OPS) >= {"dynamic_dwconv", "dynamic_dwconv_fused", "focal_attention", "tlc", "layer_norm_2d",
+                        "depthwise_conv2d"}
     fast = {n: get_op(n) for n in OPS}
     with use_reference_ops():
         ref = {n: get_op(n) for n in OPS}

@@ -3,7 +3,8 @@
 * channels-first LayerNorm (Restormer's "WithBias" LayerNorm, used by all three papers),
 * the gated depth-wise-conv feed-forward networks: Restormer's GDFN (DLGSANet) and LAMNet's
   dual-gated DGFN, plus a plain conv FFN for ablations,
-* the one-step pixel-shuffle reconstruction head and the RGB mean shift.
+* the one-step pixel-shuffle reconstruction head and the RGB mean shift,
+* a depth-wise ``nn.Conv2d`` that routes through the selected depth-wise op (faster 1 x K backward).
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ class LayerNorm2d(nn.Module):
         return get_op("layer_norm_2d")(x, self.weight, self.bias, self.eps)
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(c, c, k, padding=p, groups=c)`` (same parameters and keys) computed with
+    ``get_op("depthwise_conv2d")``: the fast op has a faster weight gradient for 1 x K kernels."""
+
+    def __init__(self, channels: int, kernel_size, padding, bias: bool = True):
+        super().__init__(channels, channels, kernel_size, padding=padding, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return get_op("depthwise_conv2d")(x, self.weight, self.bias, self.padding)
+
+
 class GatedDconvFFN(nn.Module):
     """Gated depth-wise-conv feed-forward network.
 
@@ -51,8 +63,12 @@ class GatedDconvFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
         g = F.gelu(x1)
-        y = torch.cat([g * x1, g * x2], dim=1) if self.dual_gate else g * x2
-        return self.project_out(y)
+        if not self.dual_gate:
+            return self.project_out(g * x2)
+        # project_out(concat[g * x1, g * x2]) as the sum of two 1x1 convolutions with the halves of
+        # its weight: the same products without the concat copy (forward and backward).
+        w, h = self.project_out.weight, x1.shape[1]
+        return F.conv2d(g * x1, w[:, :h], self.project_out.bias) + F.conv2d(g * x2, w[:, h:])
 
 
 class ConvFFN(nn.Module):

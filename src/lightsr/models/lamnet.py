@@ -34,8 +34,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from lightsr.models.blocks import ConvFFN, GatedDconvFFN, MeanShift, pixel_shuffle_head, trunc_normal_init_
+from lightsr.models.blocks import ConvFFN, DepthwiseConv2d, GatedDconvFFN, MeanShift, pixel_shuffle_head, trunc_normal_init_
 from lightsr.ops import build_kernel_map, get_op, patch_size_of, preferred_memory_format
 
 __all__ = ["LAMNet", "UnifiedLinearMixer"]
@@ -67,7 +68,7 @@ class PreNormResidual(nn.Module):
         self.fn = fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.norm(x)) * self.alpha + x
+        return torch.addcmul(x, self.fn(self.norm(x)), self.alpha)  # fn(LN(x)) * alpha + x in one pass
 
 
 def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,12 +111,12 @@ class UnifiedLinearMixer(nn.Module):
         self.register_buffer("kernel_map", torch.tensor(self.taps, dtype=torch.int32))
         self.proj_in = nn.Conv2d(dim, dim, 1)
         self.h_kernel = nn.Sequential(
-            nn.Conv2d(half, half, (1, patch), padding=(0, patch // 2), groups=half),
+            DepthwiseConv2d(half, (1, patch), padding=(0, patch // 2)),
             nn.Conv2d(half, num_heads * n_taps, 1),
             nn.Tanh(),
         )
         self.v_kernel = nn.Sequential(
-            nn.Conv2d(half, half, (patch, 1), padding=(patch // 2, 0), groups=half),
+            DepthwiseConv2d(half, (patch, 1), padding=(patch // 2, 0)),
             nn.Conv2d(half, num_heads * n_taps, 1),
             nn.Tanh(),
         )
@@ -145,7 +146,10 @@ class UnifiedLinearMixer(nn.Module):
         x_s = fsa(a, self.v_kernel(a), self.taps, dim=-2)  # vertical FSA, kernel predicted from it
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
-        return self.proj_out(torch.cat([x_c, x_s], dim=1))
+        # proj_out(concat[x_c, x_s]) as the sum of two 1x1 convolutions with the halves of its
+        # weight: the same products without the concat copy (forward and backward).
+        w, half = self.proj_out.weight, x_c.shape[1]
+        return F.conv2d(x_c, w[:, :half], self.proj_out.bias) + F.conv2d(x_s, w[:, half:])
 
 
 class LAMBlock(nn.Module):
@@ -160,7 +164,7 @@ class LAMBlock(nn.Module):
         self.mixers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixers(x) * self.alpha + x
+        return torch.addcmul(x, self.mixers(x), self.alpha)  # mixers(x) * alpha + x
 
 
 class LAMNet(nn.Module):
@@ -224,5 +228,5 @@ class LAMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mean_shift.sub(x.contiguous(memory_format=preferred_memory_format(x)))
         f0 = self.shallow_feature_extraction(x)
-        f = self.deep_feature_extraction(f0) * self.alpha + f0
+        f = torch.addcmul(f0, self.deep_feature_extraction(f0), self.alpha)  # deep(X_0) * alpha + X_0
         return self.mean_shift.add(self.upsample(f)).contiguous()

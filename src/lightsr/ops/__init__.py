@@ -8,6 +8,7 @@ dynamic depth-wise conv          :func:`dynamic_dwconv`                :func:`dy
 focal separable attention        :func:`focal_attention`               :func:`focal_attention_reference`
 test-time local converter        :func:`tlc`                           :func:`tlc_reference`
 channels-first LayerNorm         :func:`layer_norm_2d`                 :func:`layer_norm_2d_reference`
+depth-wise conv (1 x K backward) :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
 ===============================  ====================================  ======================================
 
 All are pure PyTorch (no CuPy, no compiled extension), run on CPU and CUDA, in float32,
@@ -31,6 +32,7 @@ import contextlib
 import torch
 
 from lightsr.ops._common import exporting
+from lightsr.ops.depthwise_conv import depthwise_conv2d, depthwise_conv2d_reference
 from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv,
     dynamic_dwconv_composite,
@@ -51,6 +53,8 @@ from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 __all__ = [
     "OPS",
     "build_kernel_map",
+    "depthwise_conv2d",
+    "depthwise_conv2d_reference",
     "dynamic_dwconv",
     "dynamic_dwconv_composite",
     "dynamic_dwconv_fused",
@@ -77,6 +81,7 @@ _FAST = {
     "focal_attention": focal_attention,
     "tlc": tlc,
     "layer_norm_2d": layer_norm_2d,
+    "depthwise_conv2d": depthwise_conv2d,
 }
 _REFERENCE = {
     "dynamic_dwconv": dynamic_dwconv_reference,
@@ -84,6 +89,7 @@ _REFERENCE = {
     "focal_attention": focal_attention_reference,
     "tlc": tlc_reference,
     "layer_norm_2d": layer_norm_2d_reference,
+    "depthwise_conv2d": depthwise_conv2d_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}
