@@ -2,9 +2,10 @@
 
 LAMNet predicts each focal-attention kernel with a depth-wise ``1 x 23`` (horizontal) or
 ``23 x 1`` (vertical) convolution. On CPU in the channels-last layout, oneDNN computes the
-*weight gradient* of the ``1 x K`` case about 9x slower than that of the ``K x 1`` case
-(29 ms vs 3.3 ms for 16 x 32 x 48 x 48, ``benchmarks/ops_speed.py``), while the forward and the
-input gradient are fast for both. Transposing height and width turns one into the other:
+*weight gradient* of the ``1 x K`` case several times slower than that of the ``K x 1`` case
+(forward + backward of 16 x 32 x 48 x 48 with ``F.conv2d``: 46 ms vs 6.5 ms in
+``benchmarks/ops_speed.py --backward``, docs/speed.md), while the forward and the input
+gradient are fast for both. Transposing height and width turns one into the other:
 
     dL/dw[c, 0, k] (1 x K, on x, g)  =  dL/dw[c, k, 0] (K x 1, on x^T, g^T)
 
