@@ -84,6 +84,7 @@ def main() -> int:
     import torch
 
     import lightsr
+    from lightsr.bench import environment
     from lightsr.data.benchmark import find_benchmark
 
     if args.threads:
@@ -123,8 +124,6 @@ def main() -> int:
     runs = [read_run(Path(r)) for r in args.run]
     total_iters = sum(r["iters"] for r in runs)
     total_s = sum(r["elapsed_s"] for r in runs)
-    from lightsr.bench import environment
-
     env = environment()
     hardware = args.hardware or f"{env['cpu']}, {env['cpus_usable']} cores, no GPU"
     params = lightsr.count_parameters(model)

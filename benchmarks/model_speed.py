@@ -24,6 +24,7 @@ On the same input and machine, in one run:
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
     python benchmarks/model_speed.py --threads 1 --models lamnet dlgsanet_light --no-inference --profile-train
+    python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def _train(names, args, rate):
             "MAC floor ms | fast / floor |")
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
+    usage = []
     for name in names:
         model = create_model(name, args.scale).train()
         x = torch.rand(b, 3, p, p, generator=g)
@@ -154,7 +156,25 @@ def _train(names, args, rate):
               f"{_rate(t['matmul']) / 1e9:.1f} | "
               f"{floor * 1e3:.0f} | {f.median / floor:.2f} |",
               flush=True)
+        if args.rusage:
+            usage += [(name, path, *_rusage(step(reference))) for path, reference in (("fast", False), ("reference", True))]
         del model
+    if usage:
+        print("\n### Page faults and CPU time of one more step each (`getrusage`, this process)\n")
+        print("| model | path | wall ms | user CPU ms | system CPU ms | minor page faults |")
+        print("|---|---|---|---|---|---|")
+        for name, path, wall, user, system, faults in usage:
+            print(f"| {name} | {path} | {wall * 1e3:.0f} | {user * 1e3:.0f} | {system * 1e3:.0f} | {faults:,} |")
+
+
+def _rusage(fn):
+    """(wall s, user CPU s, system CPU s, minor page faults) of one call of ``fn``."""
+    import resource
+
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    return wall, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
 
 
 def _self_shares(prof):
@@ -283,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-reference", action="store_true", help="time the fast path only (floors, profile)")
     ap.add_argument("--train", action="store_true", help="also time a training step")
+    ap.add_argument("--rusage", action="store_true",
+                    help="with --train: user/system CPU time and page faults of one more step per path")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-patch", type=int, default=48)
     ap.add_argument("--profile", action="store_true", help="profile one fast forward per model")

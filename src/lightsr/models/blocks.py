@@ -42,6 +42,13 @@ class DepthwiseConv2d(nn.Conv2d):
         return get_op("depthwise_conv2d")(x, self.weight, self.bias, self.padding)
 
 
+def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``conv(concat[a, b], dim=1)`` for a 1x1 ``conv``, as ``conv(a, W[:, :Ca]) + conv(b, W[:, Ca:])``:
+    the same products without the concat copy (forward and backward)."""
+    w, ca = conv.weight, a.shape[1]
+    return F.conv2d(a, w[:, :ca], conv.bias) + F.conv2d(b, w[:, ca:])
+
+
 class GatedDconvFFN(nn.Module):
     """Gated depth-wise-conv feed-forward network.
 
@@ -65,10 +72,7 @@ class GatedDconvFFN(nn.Module):
         g = F.gelu(x1)
         if not self.dual_gate:
             return self.project_out(g * x2)
-        # project_out(concat[g * x1, g * x2]) as the sum of two 1x1 convolutions with the halves of
-        # its weight: the same products without the concat copy (forward and backward).
-        w, h = self.project_out.weight, x1.shape[1]
-        return F.conv2d(g * x1, w[:, :h], self.project_out.bias) + F.conv2d(g * x2, w[:, h:])
+        return conv1x1_of_concat(self.project_out, g * x1, g * x2)  # project_out(concat[g*x1, g*x2])
 
 
 class ConvFFN(nn.Module):

@@ -34,9 +34,16 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from lightsr.models.blocks import ConvFFN, DepthwiseConv2d, GatedDconvFFN, MeanShift, pixel_shuffle_head, trunc_normal_init_
+from lightsr.models.blocks import (
+    ConvFFN,
+    DepthwiseConv2d,
+    GatedDconvFFN,
+    MeanShift,
+    conv1x1_of_concat,
+    pixel_shuffle_head,
+    trunc_normal_init_,
+)
 from lightsr.ops import build_kernel_map, get_op, patch_size_of, preferred_memory_format
 
 __all__ = ["LAMNet", "UnifiedLinearMixer"]
@@ -146,10 +153,7 @@ class UnifiedLinearMixer(nn.Module):
         x_s = fsa(a, self.v_kernel(a), self.taps, dim=-2)  # vertical FSA, kernel predicted from it
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
-        # proj_out(concat[x_c, x_s]) as the sum of two 1x1 convolutions with the halves of its
-        # weight: the same products without the concat copy (forward and backward).
-        w, half = self.proj_out.weight, x_c.shape[1]
-        return F.conv2d(x_c, w[:, :half], self.proj_out.bias) + F.conv2d(x_s, w[:, half:])
+        return conv1x1_of_concat(self.proj_out, x_c, x_s)  # proj_out(concat[x_c, x_s])
 
 
 class LAMBlock(nn.Module):
