@@ -16,6 +16,7 @@ from lightsr.train.checkpoint import (
     find_checkpoints,
     latest_checkpoint,
     prune_checkpoints,
+    remove_stale_temp_files,
     restore_rng,
 )
 from lightsr.train.config import OptimConfig, PixelLossConfig, SchedulerConfig
@@ -131,6 +132,25 @@ def test_find_and_prune_checkpoints(tmp_path):
     assert not (tmp_path / "models" / "net_g_5.pth").exists()
     assert prune_checkpoints(tmp_path, 0) == []
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    _fake_set(tmp_path, 5)
+    stale = [tmp_path / "models" / ".net_g_latest.safetensors.uceba8am.tmp",
+             tmp_path / "training_states" / ".10.state.k2_9abcd.tmp",
+             tmp_path / ".train_log.csv.a1b2c3d4.tmp"]
+    keep = [tmp_path / "models" / "net_g_latest.safetensors", tmp_path / "models" / ".notes.tmp",
+            tmp_path / "visualization" / ".img.png.a1b2c3d4.tmp", tmp_path / "models" / "x.a1b2c3d4.tmp"]
+    for p in stale + keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+    assert [c.iteration for c in find_checkpoints(tmp_path)] == [5]
+    # pruning after a save clears them too
+    stale[0].write_bytes(b"partial")
+    prune_checkpoints(tmp_path, 2)
+    assert not stale[0].exists()
 
 
 def test_ema_warmup_decay():

@@ -58,6 +58,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     assert main(["train", str(cfg)]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
 
+    # a kill in the middle of an atomic write leaves its temporary file (here made sure of): resuming removes it
+    (root / "models" / ".net_g_latest.safetensors.zz9_zz9z.tmp").write_bytes(b"partial")
     resumed = run_lightsr("train", str(cfg), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at iteration" in resumed.stderr

@@ -36,6 +36,7 @@ __all__ = [
     "latest_checkpoint",
     "load_state",
     "prune_checkpoints",
+    "remove_stale_temp_files",
     "restore_rng",
 ]
 
@@ -44,6 +45,8 @@ log = logging.getLogger("lightsr.train")
 STATE_FORMAT = "lightsr-train-state"
 STATE_VERSION = 1
 _STATE_RE = re.compile(r"^(\d+)\.state$")
+# the temporary names of atomic writes in a run folder: tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|part)$")
 
 
 def atomic_torch_save(obj, path: Path) -> Path:
@@ -164,6 +167,32 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> list[int]:
                 except FileNotFoundError:
                     pass
             removed.append(cs.iteration)
+    remove_stale_temp_files(root)
+    return removed
+
+
+def remove_stale_temp_files(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a run killed mid-write (SIGKILL, power loss) left behind.
+
+    Only the run folder, ``models/`` and ``training_states/`` are looked at, and only names of the
+    form the atomic writers use (``.<file>.<8 random chars>.tmp``). Safe while no other process
+    writes into the same run folder, which the trainer assumes anyway.
+    """
+    root = Path(root)
+    removed = []
+    for folder in (root, root / "models", root / "training_states"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if _TEMP_RE.match(p.name) and p.is_file():
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    pass
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
+                 ", ".join(str(p.relative_to(root)) for p in removed))
     return removed
 
 

@@ -39,6 +39,7 @@ from lightsr.train.checkpoint import (
     find_checkpoints,
     load_state,
     prune_checkpoints,
+    remove_stale_temp_files,
     restore_rng,
 )
 from lightsr.train.config import Config, ConfigError, dump_config
@@ -487,6 +488,7 @@ class Trainer:
             if is_main:
                 self.start_set = resolve_resume(cfg, self.resume_arg)
                 if self.start_set is not None:
+                    remove_stale_temp_files(self.start_set.root)
                     self.start_set, self._payload = self._load_with_fallback(self.start_set)
             self.start_set = D.broadcast_object(self.start_set)
             self.start_iter = self.start_set.iteration if self.start_set else 0
