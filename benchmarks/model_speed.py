@@ -25,6 +25,7 @@ On the same input and machine, in one run:
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
     python benchmarks/model_speed.py --threads 1 --models lamnet dlgsanet_light --no-inference --profile-train
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers
+    python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers --malloc-tuning
 """
 from __future__ import annotations
 
@@ -305,6 +306,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train", action="store_true", help="also time a training step")
     ap.add_argument("--rusage", action="store_true",
                     help="with --train: user/system CPU time and page faults of one more step per path")
+    ap.add_argument("--malloc-tuning", action="store_true",
+                    help="apply lightsr.allocator.tune_malloc() first (what `lightsr train` does on CPU): both paths "
+                         "then reuse freed memory instead of page-faulting")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-patch", type=int, default=48)
     ap.add_argument("--profile", action="store_true", help="profile one fast forward per model")
@@ -315,6 +319,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = "glibc malloc defaults"
+    if args.malloc_tuning:
+        from lightsr.allocator import tune_malloc
+
+        malloc = "tuned (lightsr.allocator.tune_malloc)" if tune_malloc() else "tuning unavailable (not glibc)"
     from lightsr.complexity import lr_size_for_hd
 
     args.size = tuple(args.size) if args.size else lr_size_for_hd(args.scale)
@@ -322,6 +331,7 @@ def main(argv=None) -> int:
     peers = [p for p in (args.peers if args.peers is not None else ["imdn", "pan"]) if p in list_models()]
     print("command: python benchmarks/model_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(format_environment(environment()))
+    print(f"malloc: {malloc}")
     rate = matmul_rate()
     print(f"measured multiply-accumulate rate at the start: {rate / 1e9:.1f} GMAC/s (float32 2048x2048 @ 2048x2048, "
           "median of 7); each table also times this product in its interleaved loop (column GMAC/s)")

@@ -307,10 +307,12 @@ def test_reduced_precision_accumulates_in_float32():
 
 # --- static depth-wise convolution (fast 1 x K weight gradient) ----------------------------
 @pytest.mark.parametrize("h,w", SIZES)
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
 @pytest.mark.parametrize("b,c,kernel,bias", [(1, 8, (1, 23), True), (3, 5, (1, 7), False), (2, 6, (23, 1), True),
                                              (2, 4, (3, 3), True), (1, 3, (1, 1), True)])
 def test_depthwise_conv2d_matches_reference(b, c, kernel, bias, h, w, layout):
+    """``channel_slice``: the input is the second half of a channels-last tensor's channels (LAMNet's
+    ``proj_in(x).chunk(2)``), not dense but taking the fast transposed weight-gradient path too."""
     g = torch.Generator().manual_seed(h * 100 + w)
     x = torch.randn(b, c, h, w, generator=g)
     if layout == "channels_last":
@@ -320,6 +322,13 @@ def test_depthwise_conv2d_matches_reference(b, c, kernel, bias, h, w, layout):
     inputs = [x, wt] + ([torch.randn(c, generator=g)] if bias else [])
 
     def call(op):
+        if layout == "channel_slice":  # the op sees x as a channel slice of a twice-as-wide tensor
+            def sliced(a, ww, *bb):
+                wide = torch.cat([torch.zeros_like(a), a], 1).contiguous(memory_format=torch.channels_last)
+                view = wide[:, c:]
+                assert view.stride(1) == 1 and (h * w == 1 or not view.is_contiguous(memory_format=torch.channels_last))
+                return op(view, ww, bb[0] if bb else None, pad)
+            return sliced
         return lambda a, ww, *bb: op(a, ww, bb[0] if bb else None, pad)
 
     _compare(call(depthwise_conv2d), call(depthwise_conv2d_reference), inputs)

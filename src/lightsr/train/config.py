@@ -161,6 +161,7 @@ class TrainConfig:
     compile: Union[bool, str] = False  # False, True or a torch.compile mode
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process (CPU); default: cores / local ranks
+    malloc_tuning: bool = True  # CPU: keep freed memory for reuse instead of page-faulting every step (lightsr.allocator)
 
 
 @dataclass

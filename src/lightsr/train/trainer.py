@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lightsr.allocator import tune_malloc
 from lightsr.train import distributed as D
 from lightsr.train.checkpoint import (
     STATE_FORMAT,
@@ -172,8 +173,10 @@ class Trainer:
         self.dist = D.init(use_cuda=want_cuda)
         self.device = self.dist.device
         self.cuda = self.device.type == "cuda"
+        self.malloc_tuned = False
         if not self.cuda:
             torch.set_num_threads(cfg.train.num_threads or _default_threads(self.dist.local_world_size))
+            self.malloc_tuned = bool(cfg.train.malloc_tuning) and tune_malloc()
         elif cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
@@ -538,7 +541,9 @@ class Trainer:
             ds = self.train_set
             log.info("run %s: %s x%d (%s parameters) on %s x %d process(es)%s", cfg.name, cfg.network_g.type,
                      cfg.scale, f"{self.n_params:,}", self.device.type, self.dist.world_size,
-                     f", {torch.get_num_threads()} threads each" if not self.cuda else "")
+                     (f", {torch.get_num_threads()} threads each" + (", malloc tuned (lightsr.allocator)"
+                                                                      if self.malloc_tuned else ""))
+                     if not self.cuda else "")
             log.info("data: %d training images x%d (%s), LR patch %d, batch %d per process = %d effective, "
                      "%d iterations per epoch, %d workers", len(ds.items), ds.enlarge_ratio,
                      "in memory" if ds.preloaded is not None else "from disk", cfg.lq_patch, self.batch,
