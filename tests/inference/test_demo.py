@@ -66,3 +66,27 @@ def test_demo_with_the_shipped_default(tmp_path):
 
     bic = imresize(np.asarray(Image.open(SAMPLE).convert("RGB")), 4.0).astype(np.float64)
     assert np.abs(sr - bic).mean() < 8
+
+
+def test_demo_passes_tiling_precision_and_weights_on(tmp_path, shipped, capsys):
+    """--demo honours the upscaling options (tile, overlap, precision, --weights) like any other input."""
+    whole, tiled = tmp_path / "whole", tmp_path / "tiled"
+    assert main(["upscale", "--demo", "--scale", "2", "--tile", "0", "-o", str(whole)]) == 0
+    assert main(["upscale", "--demo", "--scale", "2", "--tile", "48", "--tile-overlap", "0", "-o", str(tiled)]) == 0
+    a = np.asarray(Image.open(whole / "chelsea_x2.png")).astype(int)
+    b = np.asarray(Image.open(tiled / "chelsea_x2.png")).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() > 0  # no overlap: seams show, so it was tiled
+    assert np.abs(a - b).mean() < 1
+
+    # the scale of --weights (here x2) is used when --scale is not given
+    weights = shipped / "lamnet_x2.safetensors"
+    out = tmp_path / "w"
+    assert main(["upscale", "--demo", "--model", "lamnet", "--weights", str(weights), "-o", str(out)]) == 0
+    assert (out / "chelsea_x2.png").is_file() and "chelsea_x2.png" in capsys.readouterr().out
+
+    assert main(["upscale", "--demo", "--tile", "8", "-o", str(tmp_path / "bad")]) == 2
+    assert "--tile must be" in capsys.readouterr().err
+    bf16 = tmp_path / "bf16"
+    assert main(["upscale", "--demo", "--scale", "2", "--tile", "0", "--precision", "bf16", "-o", str(bf16)]) == 0
+    c = np.asarray(Image.open(bf16 / "chelsea_x2.png")).astype(int)
+    assert 0 < np.abs(a - c).max() and np.abs(a - c).mean() < 2  # bf16 autocast ran: close, not identical

@@ -148,9 +148,7 @@ def run(args) -> int:
     from lightsr.inference.io import DEFAULT_MAX_PIXELS, FORMATS, ImageError, normalise_format, read_image, write_image
 
     quiet = args.quiet
-    if args.demo:
-        return _run_demo(args)
-    if not args.inputs:
+    if not args.inputs and not args.demo:
         print("lightsr upscale: error: give INPUT files, folders or globs (or --demo)", file=sys.stderr)
         return 2
     if not args.output:
@@ -182,6 +180,8 @@ def run(args) -> int:
         return usage_error("--tile-overlap must be >= 0")
     if not 1 <= args.quality <= 100:
         return usage_error("--quality must be between 1 and 100")
+    if args.demo:
+        return _run_demo(args, tile)
     max_pixels = int(args.max_pixels) if args.max_pixels else DEFAULT_MAX_PIXELS
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
@@ -334,7 +334,7 @@ def run(args) -> int:
     return 1 if failures else 0
 
 
-def _run_demo(args) -> int:
+def _run_demo(args, tile) -> int:
     if args.inputs:
         print("lightsr upscale: error: --demo takes no INPUT (it upscales the bundled sample)", file=sys.stderr)
         return 2
@@ -343,14 +343,17 @@ def _run_demo(args) -> int:
     from lightsr.inference.demo import SAMPLE, run_demo
 
     outdir = Path(args.output or "lightsr-demo")
-    scale = args.scale or 4
     t0 = time.perf_counter()
     try:
-        image, figure = run_demo(outdir, model=args.model, scale=scale, device=args.device, threads=args.threads)
+        image, figure = run_demo(
+            outdir, model=args.model, scale=args.scale, device=args.device, threads=args.threads,
+            weights=args.weights, tile=tile, tile_overlap=args.tile_overlap, precision=args.precision,
+            max_memory=int(args.max_memory * (1 << 30)) if args.max_memory else None,
+        )
     except (CheckpointError, WeightsMissing, ValueError, KeyError, OSError) as exc:
         print(f"lightsr upscale: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"lightsr upscale --demo: {SAMPLE.name} x{scale} in {time.perf_counter() - t0:.1f} s")
+    print(f"lightsr upscale --demo: {SAMPLE.name} -> {image.name} in {time.perf_counter() - t0:.1f} s")
     print(f"  upscaled image:        {image}")
     print(f"  side-by-side figure:   {figure}")
     return 0

@@ -22,9 +22,13 @@ __all__ = ["SAMPLE", "run_demo"]
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 
 
-def run_demo(outdir: str | Path = "lightsr-demo", *, model: str | None = None, scale: int = 4,
-             overwrite: bool = True, device: str = "auto", threads: int | None = None) -> tuple[Path, Path]:
-    """Upscale the bundled sample; returns (upscaled PNG, comparison PNG)."""
+def run_demo(outdir: str | Path = "lightsr-demo", *, model: str | None = None, scale: int | None = 4,
+             overwrite: bool = True, device: str = "auto", threads: int | None = None,
+             **upscaler_options) -> tuple[Path, Path]:
+    """Upscale the bundled sample; returns (upscaled PNG, comparison PNG).
+
+    ``scale=None`` takes the scale of ``weights=``; ``upscaler_options`` (``weights``, ``tile``,
+    ``tile_overlap``, ``precision``, ``max_memory``) go to :class:`lightsr.inference.Upscaler`."""
     import torch
 
     from lightsr.cli.compare import Panel, make_comparison, pick_box
@@ -36,7 +40,10 @@ def run_demo(outdir: str | Path = "lightsr-demo", *, model: str | None = None, s
         torch.set_num_threads(threads)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    upscaler = Upscaler(model, scale, device=device)
+    if scale is None and upscaler_options.get("weights") is None:
+        scale = 4
+    upscaler = Upscaler(model, scale, device=device, **upscaler_options)
+    scale = upscaler.scale
     name = upscaler.model.lightsr_config["name"]
     data = read_image(SAMPLE)
     result = upscaler.upscale_image(data)

@@ -10,7 +10,8 @@ gradient are fast for both. Transposing height and width turns one into the othe
     dL/dw[c, 0, k] (1 x K, on x, g)  =  dL/dw[c, k, 0] (K x 1, on x^T, g^T)
 
 * :func:`depthwise_conv2d_reference` - ``F.conv2d(..., groups=C)``: the test oracle.
-* :func:`depthwise_conv2d` - the same forward; the backward asks aten for the input gradient
+* :func:`depthwise_conv2d` - the same forward (in float32 for 1 x K kernels that would run in
+  bfloat16/float16 on the CPU, where oneDNN hangs); the backward asks aten for the input gradient
   alone, computes the weight gradient of a ``1 x K`` kernel on CPU channels-last tensors through
   the transposed ``K x 1`` problem (two transposing copies of the size of the input), and the
   bias gradient as a plain sum. Everything else (other kernels, other layouts, GPUs) uses aten's
@@ -88,11 +89,31 @@ class _DepthwiseConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def _reduced_precision_line_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A 1 x K kernel on CPU that would run in bfloat16/float16 (input dtype or CPU autocast).
+
+    oneDNN's bfloat16 depth-wise 1 x 23 convolution on channels-last CPU tensors does not return
+    (minutes and counting for a 1 x 8 x 32 x 32 input; 1 x 13, 23 x 1 and float32 are fine;
+    torch 2.13.0+cpu on this machine's AVX-512 EPYC): such calls run in float32 instead.
+    """
+    return (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] > 1
+            and (x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")))
+
+
+def _conv_in_float32(x, weight, bias, padding) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        y = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding=tuple(padding),
+                     groups=x.shape[1])
+    return y if torch.is_autocast_enabled("cpu") else y.to(x.dtype)
+
+
 def depthwise_conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
 ) -> torch.Tensor:
     """Depth-wise convolution (same result as the reference) with the faster 1 x K weight gradient."""
     _check(x, weight)
+    if _reduced_precision_line_on_cpu(x, weight):
+        return _conv_in_float32(x, weight, bias, padding)
     if exporting() or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad
                                            or (bias is not None and bias.requires_grad)):
         return F.conv2d(x, weight, bias, padding=tuple(padding), groups=x.shape[1])
