@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="model name (default: what --weights holds)")
     p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4), help="scale (default: the weights')")
-    p.add_argument("--weights", default=None, metavar="FILE", help="lightsr .safetensors or BasicSR .pth (default: shipped weights)")
+    p.add_argument("--weights", default=None, metavar="FILE", help="lightsr .safetensors or BasicSR .pth, or an http(s):// URL (downloaded once, cached; append #sha256=<hex> to verify) (default: shipped weights)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .onnx file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; the dynamo exporter uses >= 18)")

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="upscale the bundled sample image (CC0) and write a side-by-side comparison with bicubic")
     p.add_argument("--model", default=None, help="model name (default: lightsr.pretrained.DEFAULT_MODEL; with --weights: what the file holds)")
     p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4), help="upscaling factor (default 4, or the weights' scale)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="weights file: lightsr .safetensors or a BasicSR .pth (params / params_ema)")
+    p.add_argument("--weights", default=None, metavar="FILE", help="weights file: lightsr .safetensors or a BasicSR .pth (params / params_ema), or an http(s):// URL (downloaded once, cached; append #sha256=<hex> to verify)")
     p.add_argument("--tile", default="auto", help="tile size in input pixels, 'auto' (from free memory) or 0 (whole image); default auto")
     p.add_argument("--tile-overlap", type=int, default=32, metavar="PIXELS", help="minimum overlap of neighbouring tiles (default 32)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="fp32 (default), bf16 (CPU, CUDA) or fp16 (CUDA only)")
