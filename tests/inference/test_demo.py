@@ -45,6 +45,14 @@ def test_demo_writes_result_and_figure(tmp_path, shipped, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["chelsea_x2.png", "chelsea_x2_compare.png"]  # no temp files
 
 
+def test_demo_default_output_folder(tmp_path, shipped, capsys, monkeypatch):
+    """The README's first command: `lightsr upscale --demo` with no -o writes to ./lightsr-demo."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["upscale", "--demo", "--scale", "2"]) == 0
+    assert (tmp_path / "lightsr-demo" / "chelsea_x2.png").is_file()
+    assert "lightsr-demo" in capsys.readouterr().out
+
+
 def test_demo_usage_errors(tmp_path, shipped, capsys):
     assert main(["upscale", "--demo", "x.png", "-o", str(tmp_path)]) == 2
     assert "--demo takes no INPUT" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def run(args) -> int:
     if not args.inputs and not args.demo:
         print("lightsr upscale: error: give INPUT files, folders or globs (or --demo)", file=sys.stderr)
         return 2
-    if not args.output:
+    if not args.output and not args.demo:
         print("lightsr upscale: error: -o OUTDIR is required", file=sys.stderr)
         return 2
 
