@@ -100,6 +100,8 @@ def _backward_cases(d):
 
     taps = d["taps"]
     x32_cl = d["x32"].contiguous(memory_format=torch.channels_last)
+    # LAMNet's input to the 1x23 conv: the second half of proj_in's channels-last output (a strided slice)
+    x32_slice = torch.cat([d["x32"], d["x32"]], 1).contiguous(memory_format=torch.channels_last)[:, 32:]
 
     def dw(op, pad):  # weight first: the difference column then compares the weight gradients
         return lambda w, a, b: op(a, w, b, pad)
@@ -108,6 +110,9 @@ def _backward_cases(d):
         "depth-wise conv 1x23 (LAMNet h_kernel, 32 ch, channels-last) fwd+bwd, weight grad compared": (
             fb(dw(depthwise_conv2d, (0, 11)), d["dw_h"], x32_cl, d["dw_b"]),
             fb(dw(depthwise_conv2d_reference, (0, 11)), d["dw_h"], x32_cl, d["dw_b"])),
+        "depth-wise conv 1x23 on a channel slice of a channels-last tensor (as in LAMNet) fwd+bwd, weight grad compared": (
+            fb(dw(depthwise_conv2d, (0, 11)), d["dw_h"], x32_slice, d["dw_b"]),
+            fb(dw(depthwise_conv2d_reference, (0, 11)), d["dw_h"], x32_slice, d["dw_b"])),
         "depth-wise conv 23x1 (LAMNet v_kernel, 32 ch, channels-last) fwd+bwd, weight grad compared": (
             fb(dw(depthwise_conv2d, (11, 0)), d["dw_v"], x32_cl, d["dw_b"]),
             fb(dw(depthwise_conv2d_reference, (11, 0)), d["dw_v"], x32_cl, d["dw_b"])),

@@ -98,6 +98,11 @@ def measure(model_name: str, iters: int, chunk: int, threads: int | None, refere
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def _describe(r: dict) -> str:
+    """'1 threads reference ops, malloc tuned' for one measured variant."""
+    return f"{r['threads']} threads{' reference ops' if r['reference_ops'] else ''}, malloc {r['malloc']}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
@@ -147,8 +152,7 @@ def main() -> int:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"  measured {name}{' reference ops' if reference else ''}, {r['threads']} threads, malloc {r['malloc']}: "
-                  f"{r['s_per_it']:.1f} s/it "
+            print(f"  measured {name} {_describe(r)}: {r['s_per_it']:.1f} s/it "
                   f"({', '.join(f'{t:.1f}' for t in r['times'])})", flush=True)
     print()
     print("| model | params | batch x LR patch | threads | ops | malloc | s / iteration | iterations / s | images / s "
@@ -166,10 +170,7 @@ def main() -> int:
             ref = next((r for r in rows if r["model"] == name), None)
             for r in rows:
                 if r["model"] == name and r is not ref and ref is not None:
-                    def desc(x):
-                        return (f"{x['threads']} threads{' reference ops' if x['reference_ops'] else ''}"
-                                f", malloc {x['malloc']}")
-                    print(f"{name}: {desc(r)} / {desc(ref)}: time ratio "
+                    print(f"{name}: {_describe(r)} / {_describe(ref)}: time ratio "
                           f"{r['s_per_it'] / ref['s_per_it']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

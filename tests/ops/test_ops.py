@@ -410,23 +410,25 @@ def test_tracing_records_plain_aten_ops():
 
 def test_depthwise_conv2d_1xk_in_bf16_on_cpu_returns():
     """oneDNN's bf16 depth-wise 1x23 conv on channels-last CPU tensors does not return (torch 2.13):
-    the op computes it in float32. Checked in a child process so that a regression fails, not hangs."""
+    both the op and its reference compute it in float32. Checked in a child process so that a regression fails, not hangs."""
     import subprocess
     import sys
 
     code = r"""
 import torch
-from lightsr.ops import depthwise_conv2d
+from lightsr.ops import depthwise_conv2d, depthwise_conv2d_reference
 torch.set_num_threads(1)
 x = torch.randn(1, 8, 40, 40).contiguous(memory_format=torch.channels_last)
 w, b = torch.randn(8, 1, 1, 23), torch.randn(8)
 ref = depthwise_conv2d(x, w, b, (0, 11))
-with torch.autocast("cpu", dtype=torch.bfloat16):
-    y = depthwise_conv2d(x, w, b, (0, 11))
-z = depthwise_conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), (0, 11))
-assert z.dtype == torch.bfloat16
-err = max((y.float() - ref).abs().max().item(), (z.float() - ref).abs().max().item())
-print(err / ref.abs().max().item())
+errs = []
+for op in (depthwise_conv2d, depthwise_conv2d_reference):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, w, b, (0, 11))
+    z = op(x.bfloat16(), w.bfloat16(), b.bfloat16(), (0, 11))
+    assert z.dtype == torch.bfloat16
+    errs += [(y.float() - ref).abs().max().item(), (z.float() - ref).abs().max().item()]
+print(max(errs) / ref.abs().max().item())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

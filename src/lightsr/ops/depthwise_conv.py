@@ -10,12 +10,14 @@ gradient are fast for both. Transposing height and width turns one into the othe
     dL/dw[c, 0, k] (1 x K, on x, g)  =  dL/dw[c, k, 0] (K x 1, on x^T, g^T)
 
 * :func:`depthwise_conv2d_reference` - ``F.conv2d(..., groups=C)``: the test oracle.
-* :func:`depthwise_conv2d` - the same forward (in float32 for 1 x K kernels that would run in
-  bfloat16/float16 on the CPU, where oneDNN hangs); the backward asks aten for the input gradient
+* :func:`depthwise_conv2d` - the same forward; the backward asks aten for the input gradient
   alone, computes the weight gradient of a ``1 x K`` kernel on CPU channels-last tensors through
   the transposed ``K x 1`` problem (two transposing copies of the size of the input), and the
   bias gradient as a plain sum. Everything else (other kernels, other layouts, GPUs) uses aten's
   own weight gradient.
+
+Both share one forward convolution (``_conv``), which runs a 1 x K kernel that would be computed
+in bfloat16/float16 on the CPU in float32: oneDNN's bfloat16 1 x 23 depth-wise convolution hangs.
 
 It is an ``autograd.Function`` around aten convolutions, not an opaque custom op: the MAC
 counter sees the same convolutions (forward and backward) as for ``nn.Conv2d``.
@@ -38,12 +40,34 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
         )
 
 
+def _reduced_precision_line_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A 1 x K kernel on CPU that would run in bfloat16/float16 (input dtype or CPU autocast).
+
+    oneDNN's bfloat16 depth-wise 1 x 23 convolution on channels-last CPU tensors does not return
+    (minutes and counting for a 1 x 8 x 32 x 32 input; 1 x 13, 23 x 1 and float32 are fine;
+    torch 2.13.0+cpu on this machine's AVX-512 EPYC): such calls run in float32 instead.
+    """
+    return (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] > 1
+            and (x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")))
+
+
+def _conv(x, weight, bias, padding) -> torch.Tensor:
+    """``F.conv2d(..., groups=C)``; a 1 x K kernel that would run in reduced precision on the CPU runs
+    in float32 (output float32 under autocast, else cast back to the input dtype)."""
+    if not _reduced_precision_line_on_cpu(x, weight):
+        return F.conv2d(x, weight, bias, padding=tuple(padding), groups=x.shape[1])
+    with torch.autocast("cpu", enabled=False):
+        y = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding=tuple(padding),
+                     groups=x.shape[1])
+    return y if torch.is_autocast_enabled("cpu") else y.to(x.dtype)
+
+
 def depthwise_conv2d_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
 ) -> torch.Tensor:
-    """Depth-wise convolution, stride 1, zero padding ``(ph, pw)``: plain ``F.conv2d``."""
+    """Depth-wise convolution, stride 1, zero padding ``(ph, pw)``: plain ``F.conv2d`` (autograd's backward)."""
     _check(x, weight)
-    return F.conv2d(x, weight, bias, padding=tuple(padding), groups=x.shape[1])
+    return _conv(x, weight, bias, padding)
 
 
 def _transposed_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding) -> torch.Tensor:
@@ -74,7 +98,7 @@ class _DepthwiseConv(torch.autograd.Function):
         c, pad = x.shape[1], list(ctx.padding)
         line = weight.shape[2] == 1 and weight.shape[3] > 1
         # channels-last includes channel slices of a channels-last tensor (LAMNet's x2 = chunk of proj_in):
-        # aten's own weight gradient is slow for those too (32 ms vs 4 ms in a LAMNet training step)
+        # aten's own weight gradient is slow for those too (benchmarks/ops_speed.py --backward, 'channel slice' row)
         fast_w = (need_w and line and x.device.type == "cpu" and memory_format_of(x) == torch.channels_last)
         mask = [need_x, need_w and not fast_w, False]
         gx = gw = gb = None
@@ -89,32 +113,12 @@ class _DepthwiseConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _reduced_precision_line_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A 1 x K kernel on CPU that would run in bfloat16/float16 (input dtype or CPU autocast).
-
-    oneDNN's bfloat16 depth-wise 1 x 23 convolution on channels-last CPU tensors does not return
-    (minutes and counting for a 1 x 8 x 32 x 32 input; 1 x 13, 23 x 1 and float32 are fine;
-    torch 2.13.0+cpu on this machine's AVX-512 EPYC): such calls run in float32 instead.
-    """
-    return (x.device.type == "cpu" and weight.shape[2] == 1 and weight.shape[3] > 1
-            and (x.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")))
-
-
-def _conv_in_float32(x, weight, bias, padding) -> torch.Tensor:
-    with torch.autocast("cpu", enabled=False):
-        y = F.conv2d(x.float(), weight.float(), None if bias is None else bias.float(), padding=tuple(padding),
-                     groups=x.shape[1])
-    return y if torch.is_autocast_enabled("cpu") else y.to(x.dtype)
-
-
 def depthwise_conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
 ) -> torch.Tensor:
     """Depth-wise convolution (same result as the reference) with the faster 1 x K weight gradient."""
     _check(x, weight)
-    if _reduced_precision_line_on_cpu(x, weight):
-        return _conv_in_float32(x, weight, bias, padding)
-    if exporting() or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad
-                                           or (bias is not None and bias.requires_grad)):
-        return F.conv2d(x, weight, bias, padding=tuple(padding), groups=x.shape[1])
+    if (exporting() or _reduced_precision_line_on_cpu(x, weight) or not torch.is_grad_enabled()
+            or not (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))):
+        return _conv(x, weight, bias, padding)
     return _DepthwiseConv.apply(x, weight, bias, tuple(padding))

@@ -46,7 +46,7 @@ STATE_FORMAT = "lightsr-train-state"
 STATE_VERSION = 1
 _STATE_RE = re.compile(r"^(\d+)\.state$")
 # the temporary names of atomic writes in a run folder: tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
-_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|part)$")
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_torch_save(obj, path: Path) -> Path:
