@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import time
@@ -92,15 +93,23 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, target):
+    """SIGTERM to the main process, or to its whole process group, DataLoader worker included
+    (``kill -- -PGID``, systemd, SLURM): the worker must not die first and take the run down."""
     cfg = tiny_config(tmp_path, "term", total_iter=100000)
     cfg["logger"]["save_checkpoint_freq"] = 100000
+    assert cfg["datasets"]["train"]["num_worker_per_gpu"] >= 1
     path = write_config(cfg, tmp_path / "term.yaml")
     root = tmp_path / "runs" / "term"
     proc = subprocess.Popen(lightsr_cmd("train", str(path)), env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for(root / "train_log.csv", proc)  # training has started
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # a few more iterations: the worker is busy making batches
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "--resume auto" in err
@@ -109,3 +118,12 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     it = int(states[0].stem)
     assert 0 < it < 100000
     assert (root / "models" / f"net_g_{it}.safetensors").is_file()
+    # the workers, which ignore SIGTERM, are shut down with the run: nothing is left in its group
+    deadline = time.time() + 20
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < deadline, "a DataLoader worker outlived the stopped run"
+        time.sleep(0.1)

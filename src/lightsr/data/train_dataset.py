@@ -498,7 +498,15 @@ class TrainBatchSampler:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader worker set-up: leave Ctrl-C to the main process (it writes the checkpoint),
-    and use one thread per worker (the main process does the heavy lifting)."""
+    """DataLoader worker set-up: leave Ctrl-C and SIGTERM to the main process (it finishes the
+    iteration, writes the checkpoint, then shuts the workers down), and use one thread per worker
+    (the main process does the heavy lifting).
+
+    Both signals often reach the whole process group (Ctrl-C in a terminal, ``kill -- -PGID``,
+    systemd's default ``KillMode=control-group``, SLURM at a time limit). A worker killed by them
+    made PyTorch's SIGCHLD handler raise in the main process at any point of the step, so the run
+    stopped without its checkpoint. Ignored here, a worker still exits when the loader shuts it
+    down, when the main process dies (PyTorch's parent watchdog), or on SIGKILL."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
