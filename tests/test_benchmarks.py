@@ -1,0 +1,35 @@
+"""Smoke tests of benchmark scripts whose printed tables are quoted in docs/ (tiny sizes, one run)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_speed_profile_train_bound(capsys):
+    pytest.importorskip("torch.profiler")
+    ms = _load("model_speed")
+    ms.main(["--threads", "1", "--models", "dlgsanet_tiny", "--no-inference", "--profile-train",
+             "--train-batch", "1", "--train-patch", "12", "--repeats", "1", "--warmup", "0"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| dlgsanet_tiny |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    share = float(cells[1].rstrip("%")) / 100
+    fast, ref = float(cells[5]), float(cells[6])
+    speedup, bound = float(cells[7].rstrip("x")), float(cells[8].rstrip("x"))
+    assert 0 < share < 1  # dlgsanet_tiny's dynamic convolution is a custom op
+    assert speedup == pytest.approx(ref / fast, rel=0.02, abs=0.01)
+    # free custom ops can only help: the bound is at least the measured speed-up
+    assert bound >= speedup
+    assert re.fullmatch(r"\d+ / (\d+|none \(impossible\))", cells[9])
