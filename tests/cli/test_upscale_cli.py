@@ -185,3 +185,22 @@ def test_alpha_to_jpeg_writes_png_instead(tmp_path, weights, capsys):
     assert run(src, "-o", tmp_path / "o", "--weights", weights, "--format", "jpg") == 0
     assert (tmp_path / "o" / "a_x2.png").is_file()
     assert "no alpha" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_inputs_with_the_same_output_name(tmp_path, weights, capsys, overwrite):
+    """cat.png and cat.jpg both map to cat_x2.png with --format png: the first is written, the
+    second is an error (not a silent "exists" skip of the file this run just wrote, nor a
+    replacement of it with --overwrite), and the batch exits non-zero."""
+    src = tmp_path / "in"
+    src.mkdir()
+    png = RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    Image.fromarray(png).save(src / "cat.png")
+    Image.fromarray(RNG.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).save(src / "cat.jpg", quality=95)
+    out = tmp_path / "out"
+    argv = [src / "cat.png", src / "cat.jpg", "-o", out, "--weights", weights, "--format", "png"]
+    assert run(*argv, *(["--overwrite"] if overwrite else [])) == 1
+    err = capsys.readouterr().err
+    assert "same output name" in err and "cat.jpg" in err
+    assert read_image(out / "cat_x2.png").size == (16, 16)  # the first input's result, kept
+    assert [p.name for p in out.iterdir()] == ["cat_x2.png"]

@@ -237,15 +237,23 @@ def run(args) -> int:
             failures += 1
             say(f"error: {src}: {reason}", err=True)
 
+        def unusable(out_path: Path) -> bool:
+            """True (and reported) when ``out_path`` must not be written: an input, taken, or existing."""
+            nonlocal skipped
+            if out_path.resolve() in inputs_resolved:
+                fail(f"output {out_path} would overwrite an input file (choose another -o or --suffix)")
+            elif out_path in claimed:
+                fail(f"same output name {out_path} as {claimed[out_path]} (rename one or use --suffix)")
+            elif out_path.exists() and not args.overwrite:
+                skipped += 1
+                if not quiet:
+                    say(f"skip: {out_path} exists (use --overwrite to replace it)")
+            else:
+                return False
+            return True
+
         fmt = fmt_arg or _auto_format(src)
-        out_path = _output_path(outdir, job, suffix, fmt)
-        if out_path.resolve() in inputs_resolved:
-            fail(f"output {out_path} would overwrite an input file (choose another -o or --suffix)")
-            continue
-        if out_path.exists() and not args.overwrite:
-            skipped += 1
-            if not quiet:
-                say(f"skip: {out_path} exists (use --overwrite to replace it)")
+        if unusable(_output_path(outdir, job, suffix, fmt)):  # checked before reading, and again below
             continue
         t0 = time.perf_counter()
         try:
@@ -262,17 +270,8 @@ def run(args) -> int:
             fmt = "png"
         elif data.bits > 8 and not deep_ok:
             say(f"note: {src}: {fmt.upper()} holds 8 bits per sample: the {data.bits}-bit result is reduced to 8 bits", err=True)
-        out_path = _output_path(outdir, job, suffix, fmt)
-        if out_path.resolve() in inputs_resolved:
-            fail(f"output {out_path} would overwrite an input file (choose another -o or --suffix)")
-            continue
-        if out_path in claimed:
-            fail(f"same output name {out_path} as {claimed[out_path]} (rename one or use --suffix)")
-            continue
-        if out_path.exists() and not args.overwrite:
-            skipped += 1
-            if not quiet:
-                say(f"skip: {out_path} exists (use --overwrite to replace it)")
+        out_path = _output_path(outdir, job, suffix, fmt)  # the format may have changed
+        if unusable(out_path):
             continue
         h, w = data.pixels.shape[:2]
         need = h * w * scale * scale * data.pixels.shape[2] * data.pixels.itemsize
