@@ -106,6 +106,17 @@ def _inference(names, peers, args, rate, rows):
         del model
 
 
+def _step_factory(model, x, y):
+    """``step(reference)`` -> a function running one training step (forward + L1 + backward) of that path."""
+    def step(reference):
+        def fn():
+            model.zero_grad(set_to_none=True)
+            with use_reference_ops(reference):
+                F.l1_loss(model(x), y).backward()
+        return fn
+    return step
+
+
 def _train(names, args, rate):
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
@@ -122,12 +133,7 @@ def _train(names, args, rate):
         y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
         macs = count_model_macs(name, args.scale, (p, p), batch=b, backward=True).macs
 
-        def step(reference):
-            def fn():
-                model.zero_grad(set_to_none=True)
-                with use_reference_ops(reference):
-                    F.l1_loss(model(x), y).backward()
-            return fn
+        step = _step_factory(model, x, y)
 
         # Gradients compared for one fixed output gradient: the L1 loss's own, sign(out - y) / N, taken
         # from the reference output. (Backpropagating each path's own L1 loss would compare sign()
@@ -226,12 +232,7 @@ def _profile_train(names, args):
         x = torch.rand(b, 3, p, p, generator=g)
         y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
 
-        def step(reference):
-            def fn():
-                model.zero_grad(set_to_none=True)
-                with use_reference_ops(reference):
-                    F.l1_loss(model(x), y).backward()
-            return fn
+        step = _step_factory(model, x, y)
 
         step(False)()  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -199,6 +199,25 @@ class _Item:
     gt_size: tuple[int, int] | None = None  # (h, w) from a BasicSR meta-info line, saves a header read
 
 
+def _load_pair(it: _Item, scale: int, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(HR, LR) of one item: a given LR with its GT cropped to ``scale`` x its size (as BasicSR),
+    or, for HR-only data, the mod-cropped HR and its cached MATLAB-bicubic LR."""
+    hr = read_image(it.gt)
+    if it.lq is not None:
+        lr = read_image(it.lq)
+        h, w = lr.shape[0] * scale, lr.shape[1] * scale
+        if hr.shape[0] < h or hr.shape[1] < w:
+            raise DataError(
+                f"{it.gt}: HR {hr.shape[1]}x{hr.shape[0]} is smaller than x{scale} its LR "
+                f"{lr.shape[1]}x{lr.shape[0]} ({it.lq.name}); wrong scale or mismatched pair"
+            )
+        return np.ascontiguousarray(hr[:h, :w]), lr
+    from lightsr.data.imresize import modcrop
+
+    hr = np.ascontiguousarray(modcrop(hr, scale))
+    return hr, cached_lr(it.gt, hr, scale, cache_dir)
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -340,22 +359,7 @@ class SRTrainDataset(Dataset):
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        it = self.items[i]
-        hr = read_image(it.gt)
-        if it.lq is not None:
-            lr = read_image(it.lq)
-            h, w = lr.shape[0] * self.scale, lr.shape[1] * self.scale
-            if hr.shape[0] < h or hr.shape[1] < w:
-                raise DataError(
-                    f"{it.gt}: HR {hr.shape[1]}x{hr.shape[0]} is smaller than x{self.scale} its LR "
-                    f"{lr.shape[1]}x{lr.shape[0]} ({it.lq.name}); wrong scale or mismatched pair"
-                )
-            hr = np.ascontiguousarray(hr[:h, :w])  # crop the unmatched GT, as BasicSR
-        else:
-            from lightsr.data.imresize import modcrop
-
-            hr = np.ascontiguousarray(modcrop(hr, self.scale))
-            lr = cached_lr(it.gt, hr, self.scale, self.cache_dir)
+        hr, lr = _load_pair(self.items[i], self.scale, self.cache_dir)
         if self.small_images == "pad":
             p = self.lq_size
             if lr.shape[0] < p or lr.shape[1] < p:
@@ -422,18 +426,7 @@ class SRValDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         it = self.items[i]
-        hr = read_image(it.gt)
-        if it.lq is not None:
-            lr = read_image(it.lq)
-            h, w = lr.shape[0] * self.scale, lr.shape[1] * self.scale
-            if hr.shape[0] < h or hr.shape[1] < w:
-                raise DataError(f"{it.gt}: HR smaller than x{self.scale} its LR {it.lq.name}")
-            hr = np.ascontiguousarray(hr[:h, :w])
-        else:
-            from lightsr.data.imresize import modcrop
-
-            hr = np.ascontiguousarray(modcrop(hr, self.scale))
-            lr = cached_lr(it.gt, hr, self.scale, self.cache_dir)
+        hr, lr = _load_pair(it, self.scale, self.cache_dir)
         out = (it.gt.stem, lr, hr)
         self._cache[i] = out  # validation sets are small and revisited every val_freq iterations
         return out
