@@ -433,3 +433,78 @@ print(max(errs) / ref.abs().max().item())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout) < 2e-2  # bf16 inputs rounded (rel. 2^-8 each)
+
+
+class _SeenOps:
+    """A pass-through dispatch mode recording the lightsr custom ops it sees (as FlopCounterMode would)."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.lightsr = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.namespace == "lightsr":
+                    self.lightsr.add(func.__name__.split(".")[0])
+                return func(*args, **(kwargs or {}))
+
+        return Mode()
+
+
+def _direct_cases():
+    g = torch.Generator().manual_seed(5)
+    x, wt = torch.randn(2, 12, 9, 11, generator=g), torch.randn(2, 98, 9, 11, generator=g)
+    hid, cw, cb = torch.randn(2, 3, 9, 11, generator=g), torch.randn(98, 3, 1, 1, generator=g), torch.randn(98, generator=g)
+    x2, k2 = torch.randn(2, 8, 9, 30, generator=g), torch.randn(2, 26, 9, 30, generator=g)
+    taps = build_kernel_map()
+    return [
+        ("dynamic_dwconv", lambda a, b: dynamic_dwconv(a, b, 7), (x, wt)),
+        ("dynamic_dwconv_fused", lambda a, b, c, d: dynamic_dwconv_fused(a, b, c, d, 7), (x, hid, cw, cb)),
+        ("focal_attention", lambda a, b: focal_attention(a, b, taps, -1), (x2, k2)),
+        ("focal_attention", lambda a, b: focal_attention(a, b, taps, -2), (x2, k2)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_direct_eager_path_equals_the_custom_op(case):
+    """In plain eager mode the fast ops call their implementation directly (no custom-op machinery);
+    under a dispatch mode they go through the registered custom op. Same values and gradients."""
+    name, fn, inputs = _direct_cases()[case]
+
+    def run():
+        xs = [t.clone().requires_grad_(True) for t in inputs]
+        out = fn(*xs)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        return out.detach(), [t.grad for t in xs]
+
+    out_d, grads_d = run()
+    with _SeenOps() as mode:
+        out_c, grads_c = run()
+    assert name in mode.lightsr  # the forward went through the custom op, and so did its backward
+    assert any(n.endswith("backward") or "grad" in n for n in mode.lightsr)
+    assert torch.equal(out_d, out_c)
+    for a, b in zip(grads_d, grads_c):  # the same code; float32 rounding of aten calls under the mode
+        assert _rel_err(a, b) < 1e-6
+
+
+def test_eager_models_do_not_import_dynamo():
+    """The custom ops' first call imports torch._dynamo (2-3 s); plain eager inference and training
+    steps must not pay it (a fresh process: other tests may have imported it here)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, lightsr\n"
+        "for name in ('dlgsanet_tiny', 'lamnet'):\n"
+        "    m = lightsr.create_model(name, 2, **({'num_groups': 1, 'num_blocks': 1} if name == 'lamnet' else {}))\n"
+        "    with torch.inference_mode():\n"
+        "        m.eval()(torch.rand(1, 3, 12, 13))\n"
+        "    m.train()(torch.rand(2, 3, 12, 13)).mean().backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -14,6 +14,9 @@ fake (meta) implementation and a hand-written backward. That gives three things:
   counted twice);
 * MACs can be counted on the ``meta`` device without computing anything;
 * autograd uses the hand-written backward (in-place accumulation, no K*K-times temporaries).
+
+In plain eager execution :func:`define_op`'s wrapper skips the custom op and calls the same
+implementation (and backward) directly: see its docstring.
 """
 from __future__ import annotations
 
@@ -71,6 +74,40 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional, ...) take the custom op
+
+
+def _plain_eager(args) -> bool:
+    """True when a call can skip the custom-op machinery: eager mode, no dispatch mode active (such as
+    ``FlopCounterMode`` or fake-tensor tracing), not compiling, and only plain tensors on a real device."""
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSORS or a.device.type == "meta"):
+            return False
+    return True
+
+
+def _autograd_function(name: str, forward: Callable, setup_context: Callable, backward: Callable):
+    """The same forward / setup_context / backward as an ``autograd.Function``."""
+
+    def _forward(*args):
+        return forward(*args)
+
+    def _setup(ctx, inputs, output):
+        setup_context(ctx, inputs, output)
+
+    def _backward(ctx, *grads):
+        return backward(ctx, *grads)
+
+    cls = type(f"{name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(_forward), "setup_context": staticmethod(_setup), "backward": staticmethod(_backward)})
+    return cls.apply
+
+
 def define_op(
     name: str,
     schema_fn: Callable,
@@ -78,30 +115,36 @@ def define_op(
     setup_context: Callable | None = None,
     backward: Callable | None = None,
 ):
-    """Register ``schema_fn`` as ``torch.ops.lightsr.<name>`` (a custom op with fake + autograd).
+    """``torch.ops.lightsr.<name>``: ``schema_fn`` registered as a custom op with fake + autograd.
 
-    On torch builds without ``torch.library.custom_op`` (< 2.4) the plain function is returned
-    wrapped in an ``autograd.Function`` so that the ops still work (MAC counting of the custom
-    ops then needs a newer torch).
+    The returned function calls the custom op whenever something looks at operators: a dispatch
+    mode (``FlopCounterMode``, fake / meta tensors, tracing) or ``torch.compile``. In plain eager
+    execution it calls the same implementation directly (through an ``autograd.Function`` with the
+    same backward when gradients are needed): the same numbers, without the custom op's first-call
+    cost (it imports ``torch._dynamo``, about 2-3 s per process) and its per-call overhead.
+    ``call.custom_op`` is the registered op.
+
+    On torch builds without ``torch.library.custom_op`` (< 2.4) only the direct path exists (MAC
+    counting of the custom ops then needs a newer torch).
     """
-    if HAS_CUSTOM_OP:
-        op = torch.library.custom_op(f"lightsr::{name}", mutates_args=())(schema_fn)
-        op.register_fake(fake_fn)
-        if backward is not None:
-            op.register_autograd(backward, setup_context=setup_context)
-        return op
-    if backward is None:  # pragma: no cover - old torch only
-        return schema_fn
+    direct = schema_fn if backward is None else _autograd_function(name, schema_fn, setup_context, backward)
+    if not HAS_CUSTOM_OP:  # pragma: no cover - old torch only
+        return direct
+    op = torch.library.custom_op(f"lightsr::{name}", mutates_args=())(schema_fn)
+    op.register_fake(fake_fn)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
 
-    class _Fn(torch.autograd.Function):  # pragma: no cover - old torch only
-        @staticmethod
-        def forward(ctx, *args):
-            out = schema_fn(*args)
-            setup_context(ctx, args, out)
-            return out
+    def call(*args):
+        if _plain_eager(args) and (
+            backward is not None  # autograd handled by the Function
+            or not torch.is_grad_enabled()
+            or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        ):
+            return direct(*args)
+        return op(*args)
 
-        @staticmethod
-        def backward(ctx, *grads):
-            return backward(ctx, *grads)
-
-    return _Fn.apply
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = schema_fn.__doc__
+    call.custom_op = op
+    return call
