@@ -92,20 +92,10 @@ def _plain_eager(args) -> bool:
 
 
 def _autograd_function(name: str, forward: Callable, setup_context: Callable, backward: Callable):
-    """The same forward / setup_context / backward as an ``autograd.Function``."""
-
-    def _forward(*args):
-        return forward(*args)
-
-    def _setup(ctx, inputs, output):
-        setup_context(ctx, inputs, output)
-
-    def _backward(ctx, *grads):
-        return backward(ctx, *grads)
-
-    cls = type(f"{name}_function", (torch.autograd.Function,), {
-        "forward": staticmethod(_forward), "setup_context": staticmethod(_setup), "backward": staticmethod(_backward)})
-    return cls.apply
+    """The same forward / setup_context / backward as an ``autograd.Function`` (its ``apply``)."""
+    attrs = {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+             "backward": staticmethod(backward)}
+    return type(f"{name}_function", (torch.autograd.Function,), attrs).apply
 
 
 def define_op(
