@@ -508,3 +508,16 @@ def test_eager_models_do_not_import_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_profiles_name_the_custom_ops():
+    """Under the torch profiler the fast ops go through the custom op, so profiles (benchmarks/
+    model_speed.py --profile, --profile-train) can attribute time to ``lightsr::`` ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, fn, inputs = _direct_cases()[2]
+    xs = [t.clone().requires_grad_(True) for t in inputs]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(*xs).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "lightsr::focal_attention" in names and "lightsr::focal_attention_backward" in names

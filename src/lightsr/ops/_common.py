@@ -79,8 +79,11 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functio
 
 def _plain_eager(args) -> bool:
     """True when a call can skip the custom-op machinery: eager mode, no dispatch mode active (such as
-    ``FlopCounterMode`` or fake-tensor tracing), not compiling, and only plain tensors on a real device."""
+    ``FlopCounterMode`` or fake-tensor tracing), no profiler (profiles name the ``lightsr::`` ops), not
+    compiling, and only plain tensors on a real device."""
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch.autograd._profiler_enabled():
         return False
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and compiler.is_compiling():
@@ -108,7 +111,7 @@ def define_op(
     """``torch.ops.lightsr.<name>``: ``schema_fn`` registered as a custom op with fake + autograd.
 
     The returned function calls the custom op whenever something looks at operators: a dispatch
-    mode (``FlopCounterMode``, fake / meta tensors, tracing) or ``torch.compile``. In plain eager
+    mode (``FlopCounterMode``, fake / meta tensors, tracing), the profiler or ``torch.compile``. In plain eager
     execution it calls the same implementation directly (through an ``autograd.Function`` with the
     same backward when gradients are needed): the same numbers, without the custom op's first-call
     cost (it imports ``torch._dynamo``, about 2-3 s per process) and its per-call overhead.
