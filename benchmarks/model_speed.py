@@ -165,7 +165,7 @@ def _train(names, args, rate):
               f"{floor * 1e3:.0f} | {f.median / floor:.2f} |",
               flush=True)
         if args.rusage:
-            usage += [(name, path, *_rusage(step(reference))) for path, reference in (("fast", False), ("reference", True))]
+            usage += _usage_rows(name, step)
         del model
     _print_usage(usage)
 
@@ -249,9 +249,14 @@ def _profile_train(names, args):
               f"{ref / fast:.2f}x | {ref / rest:.2f}x | {fast * share * 1e3:.0f} / "
               f"{'none (impossible)' if allowed <= 0 else f'{allowed * 1e3:.0f}'} |", flush=True)
         if args.rusage:
-            usage += [(name, path, *_rusage(step(reference))) for path, reference in (("fast", False), ("reference", True))]
+            usage += _usage_rows(name, step)
         del model
     _print_usage(usage)
+
+
+def _usage_rows(name, step) -> list[tuple]:
+    """(model, path, wall, user, system, faults) of one more step of each path (``--rusage``)."""
+    return [(name, path, *_rusage(step(reference))) for path, reference in (("fast", False), ("reference", True))]
 
 
 def _print_usage(usage) -> None:

@@ -15,10 +15,10 @@ All are pure PyTorch (no CuPy, no compiled extension), run on CPU and CUDA, in f
 bfloat16 and float16, and support autograd. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
-``meta`` device. In plain eager execution (no dispatch mode, not compiling) the wrappers call
-the same implementation directly, which spares the custom op's first-call import of
-``torch._dynamo`` (2-3 s per process). While an exporter traces a model (``torch.jit.trace``, ``torch.onnx.export``,
-``torch.export``) the wrappers record plain-aten composites instead
+``meta`` device. In plain eager execution (no dispatch mode, no profiler, not compiling) the
+wrappers call the same implementation directly, which spares the custom op's first-call import
+of ``torch._dynamo`` (about 2 s of every ``lightsr upscale``). While an exporter traces a model
+(``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``) the wrappers record plain-aten composites instead
 (:func:`dynamic_dwconv_composite`, :func:`focal_attention_composite`), which exporters know.
 
 :func:`use_reference_ops` switches every model to the reference versions (the benchmarks time
