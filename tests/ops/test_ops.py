@@ -217,6 +217,38 @@ def test_dynamic_dwconv_fused_small_strips(monkeypatch):
         _compare(lambda a, b: focal_attention(a, b, taps, dim), lambda a, b: focal_attention_reference(a, b, taps, dim), [x, k2])
 
 
+@pytest.mark.parametrize("b,h,w", [(1, 1, 1), (4, 3, 2), (8, 9, 11), (3, 1, 17)])
+def test_dynamic_dwconv_batch_side_by_side(b, h, w):
+    """The batch shares one padded canvas: images must not leak into their neighbours (values and
+    gradients equal the reference, also for images narrower than the kernel), and other images
+    beside one change nothing of its output (up to the summation order of the 1x1 products)."""
+    x = torch.randn(b, 12, h, w, dtype=torch.float64)
+    hid, cw, cb = torch.randn(b, 3, h, w, dtype=torch.float64), torch.randn(98, 3, 1, 1, dtype=torch.float64), torch.randn(98, dtype=torch.float64)
+    _compare(lambda *a: dynamic_dwconv_fused(*a, 7), lambda *a: dynamic_dwconv_fused_reference(*a, 7), [x, hid, cw, cb])
+    _compare(lambda a, c: dynamic_dwconv(a, c, 7), lambda a, c: dynamic_dwconv_reference(a, c, 7),
+             [x, torch.randn(b, 98, h, w, dtype=torch.float64)])
+    alone = dynamic_dwconv_fused(x[:1], hid[:1], cw, cb, 7)
+    together = dynamic_dwconv_fused(torch.cat([x[:1], 10 * x]), torch.cat([hid[:1], hid]), cw, cb, 7)
+    torch.testing.assert_close(alone[0], together[0], rtol=1e-12, atol=1e-12)
+
+
+def test_dynamic_dwconv_gradients_keep_the_input_layout():
+    """Gradients come back in the memory format of the inputs they belong to (a channels-last
+    model gets channels-last gradients: mixed-layout convolution backwards are 2x slower)."""
+    cl = torch.channels_last
+    x = torch.randn(3, 12, 9, 10).contiguous(memory_format=cl).requires_grad_(True)
+    hid = torch.randn(3, 3, 9, 10).contiguous(memory_format=cl).requires_grad_(True)
+    wt = torch.randn(3, 98, 9, 10).contiguous(memory_format=cl).requires_grad_(True)
+    cw = torch.randn(98, 3, 1, 1, requires_grad=True)
+    gx, gh = torch.autograd.grad(dynamic_dwconv_fused(x, hid, cw, None, 7).sum(), [x, hid])
+    assert gx.is_contiguous(memory_format=cl) and gh.is_contiguous(memory_format=cl)
+    gx, gw = torch.autograd.grad(dynamic_dwconv(x, wt, 7).sum(), [x, wt])
+    assert gx.is_contiguous(memory_format=cl) and gw.is_contiguous(memory_format=cl)
+    x_nchw = x.detach().contiguous().requires_grad_(True)
+    (gx,) = torch.autograd.grad(dynamic_dwconv(x_nchw, wt.detach().contiguous(), 7).sum(), [x_nchw])
+    assert gx.is_contiguous()
+
+
 def test_dynamic_dwconv_fused_rejects_bad_shapes():
     x = torch.randn(1, 12, 5, 5)
     with pytest.raises(ValueError):
@@ -276,6 +308,19 @@ def test_custom_ops_pass_opcheck():
     ]
     for op, args in cases:
         opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    # the backward ops, whose outputs follow the inputs' memory format: fake and real strides agree
+    cl = torch.channels_last
+    xb, gb = torch.randn(2, 12, 6, 7).contiguous(memory_format=cl), torch.randn(2, 12, 6, 7).contiguous(memory_format=cl)
+    hb, wb = torch.randn(2, 3, 6, 7).contiguous(memory_format=cl), torch.randn(2, 98, 6, 7).contiguous(memory_format=cl)
+    backward_cases = [
+        (torch.ops.lightsr.dynamic_dwconv_fused_backward.default, (gb, xb, hb, torch.randn(98, 3, 1, 1), torch.randn(98), 7)),
+        (torch.ops.lightsr.dynamic_dwconv_grad_input.default, (gb, wb, 7)),
+        (torch.ops.lightsr.dynamic_dwconv_grad_weight.default, (gb, xb, 7, 2)),
+    ]
+    for op, args in backward_cases:
+        for layout in (cl, torch.contiguous_format):
+            args = tuple(a.contiguous(memory_format=layout) if isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[-1] > 1 else a for a in args)
+            opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_ops_run_on_meta_device():

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.models.blocks import GatedDconvFFN, LayerNorm2d, MeanShift, pixel_shuffle_head
+from lightsr.models.blocks import GatedDconvFFN, LayerNorm2d, MeanShift, pixel_shuffle_head, relayout
 from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["DLGSANet", "SparseGSA", "MHDLSA", "collect_attention_sparsity"]
@@ -152,11 +152,18 @@ class SparseGSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_dwconv(self.qkv(x))
+        if self.training:
+            # the attention works on rows of h*w pixels: NCHW makes them contiguous (no copies in
+            # the normalisation and the products), and the gradient returns in the convs' layout
+            # (forward + backward of this layer 1.25x faster at batch 8 x 32 x 32 on one core)
+            qkv = relayout(qkv, torch.contiguous_format)
         if self.tlc and not self.training:
             out = get_op("tlc")(self.attend, qkv, self.tlc_kernel)
         else:
             out = self.attend(qkv)
-        return self.project_out(out)
+        # attn @ v gives NCHW; project_out (and its backward, which hands the gradient on to
+        # qkv_dwconv) runs about 2x faster with both operands in the model's layout
+        return self.project_out(out.contiguous(memory_format=preferred_memory_format(x)))
 
 
 class LocalLayer(nn.Module):

@@ -13,10 +13,10 @@ Two implementations with identical semantics:
 
 * :func:`dynamic_dwconv_reference` - the obvious ``unfold`` formulation. It materialises a
   ``K*K``-times larger tensor (49x for K=7); kept as the oracle for tests.
-* :func:`dynamic_dwconv` - the custom op ``lightsr::dynamic_dwconv``: accumulates one shifted
-  product per tap *in place* on cache-sized row strips (no tensor larger than the output is
-  allocated), with a hand-written backward built the same way. float16/bfloat16 accumulate in
-  float32. Pure PyTorch, any device, autograd-friendly.
+* :func:`dynamic_dwconv` - the custom op ``lightsr::dynamic_dwconv``: the batch side by side on
+  one zero-padded canvas, one shifted product per tap accumulated *in place* on cache-sized row
+  strips (no tensor larger than the output is allocated), with a hand-written backward built the
+  same way. float16/bfloat16 accumulate in float32. Pure PyTorch, any device, autograd-friendly.
 """
 from __future__ import annotations
 
@@ -101,92 +101,140 @@ def dynamic_dwconv_composite(x: torch.Tensor, weight: torch.Tensor, kernel_size:
 
 
 # --- fast implementation -------------------------------------------------------------------
-# x is padded once; the output is built strip by strip (rows r0:r1) with one in-place
-# multiply-add of a shifted view of the padded input and the tap's weight plane per tap. The
-# largest temporary is the padded input (the reference allocates K*K times the input).
+# The batch is laid out side by side on one zero-padded "canvas" per channel,
+#
+#     canvas[c, row, b * (W + 2p) + col] = padded image b, channel c,
+#
+# so every tap is one in-place multiply-add of a shifted (C, rows, B*(W+2p) - 2p) view of the
+# padded canvas and the tap's weight plane, over the whole batch at once. Rows are long even
+# for small training patches (32 px wide images at batch 8 give 304-element rows instead of
+# 32: 2.7x faster taps on one EPYC core), and all 1x1 products are single 2-D matrix products.
+# The 2p columns between two images are computed and thrown away (their output gradient is
+# zero, so they contribute nothing to any gradient). The output is built strip by strip (rows
+# r0:r1) so that the accumulator and its inputs stay in the L2 cache for large images; at
+# batch 1 the canvas is the padded image itself. The largest temporary is the padded canvas
+# (the reference allocates K*K times the input).
 
 
-def _pad_groups(x: torch.Tensor, groups: int, p: int) -> torch.Tensor:
-    """Zero-padded NCHW copy in the accumulation dtype, viewed as (B, G, C/G, H + 2p, W + 2p)."""
-    b, c, h, w = x.shape
-    xp = F.pad(x.to(acc_dtype(x.dtype)).contiguous(), (p, p, p, p))
-    return xp.view(b, groups, c // groups, h + 2 * p, w + 2 * p)
+def _to_canvas(t: torch.Tensor, pad_rows: int, pad_left: int, pad_right: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, C, H, W) -> zero-padded (C, H + 2 pad_rows, B * (W + pad_left + pad_right)) copy."""
+    b, c, h, w = t.shape
+    block = w + pad_left + pad_right
+    canvas = torch.zeros(c, h + 2 * pad_rows, b, block, dtype=dtype, device=t.device)
+    canvas[:, pad_rows : pad_rows + h, :, pad_left : pad_left + w] = t.permute(1, 2, 0, 3)
+    return canvas.view(c, h + 2 * pad_rows, b * block)
+
+
+def _from_canvas(canvas: torch.Tensor, shape, block: int, row0: int, col0: int, dtype, layout: torch.Tensor) -> torch.Tensor:
+    """The (B, C, H, W) images at (row0, col0) of each ``block``-wide slot of a (C, rows, B*block)
+    canvas, as a ``dtype`` tensor in the memory format of ``layout``."""
+    b, c, h, w = shape
+    images = canvas.reshape(c, canvas.shape[-2], b, block)[:, row0 : row0 + h, :, col0 : col0 + w]
+    return images.permute(2, 0, 1, 3).to(dtype).contiguous(memory_format=memory_format_of(layout))
 
 
 def _apply_strip(o, xp, wt, r0: int, r1: int, k: int) -> None:
-    """o[rows r0:r1] = sum_t wt[t] * (xp shifted by tap t);  o (B,G,Cg,R,W), wt (B,G,K*K,1,R,W)."""
+    """o (G,Cg,R,L) = sum_t wt[:, t] * (xp shifted by tap t);  xp (G,Cg,H+2p,*), wt (G,K*K,1,R,L)."""
     w = o.shape[-1]
     for t in range(k * k):
         i, j = divmod(t, k)
         xs = xp[..., r0 + i : r1 + i, j : j + w]
         if t == 0:
-            torch.mul(xs, wt[:, :, t], out=o)
+            torch.mul(xs, wt[:, t], out=o)
         else:
-            o.addcmul_(xs, wt[:, :, t])
+            o.addcmul_(xs, wt[:, t])
 
 
 def _scatter_strip(gp, gs, wt, r0: int, r1: int, k: int) -> None:
-    """Adjoint of :func:`_apply_strip` w.r.t. x: gp (padded) += wt[t] * gs at tap t's shift."""
+    """Adjoint of :func:`_apply_strip` w.r.t. x: gp (padded) += wt[:, t] * gs at tap t's shift."""
     w = gs.shape[-1]
     for t in range(k * k):
         i, j = divmod(t, k)
-        gp[..., r0 + i : r1 + i, j : j + w].addcmul_(gs, wt[:, :, t])
+        gp[..., r0 + i : r1 + i, j : j + w].addcmul_(gs, wt[:, t])
 
 
-def _weight_grad_strip(gw, gs, xp, r0: int, r1: int, k: int, tmp) -> None:
-    """gw (B,G,K*K,R,W)[t] = sum over the group's channels of gs * (xp shifted by tap t)."""
+def _weight_grad_strip(gw, gs, xp, r0: int, r1: int, k: int) -> None:
+    """gw (G,K*K,R,L)[:, t] = sum over the group's channels of gs (G,Cg,R,L) * (xp shifted by tap t).
+
+    One multiply-add per channel of the group into the tap's plane (no product temporary; 1.3x
+    faster than a product followed by a sum over the channels at batch 8 x 32 x 32)."""
     w = gs.shape[-1]
     for t in range(k * k):
         i, j = divmod(t, k)
-        torch.mul(gs, xp[..., r0 + i : r1 + i, j : j + w], out=tmp)
-        torch.sum(tmp, dim=2, out=gw[:, :, t])
+        xs, out = xp[..., r0 + i : r1 + i, j : j + w], gw[:, t]
+        torch.mul(gs[:, 0], xs[:, 0], out=out)
+        for c in range(1, gs.shape[1]):
+            out.addcmul_(gs[:, c], xs[:, c])
+
+
+class _Canvas:
+    """Geometry of the side-by-side layout for ``x`` (B, C, H, W) and a K x K kernel."""
+
+    def __init__(self, x: torch.Tensor, kernel_size: int, groups: int, extra_row_elements: int = 0):
+        self.b, self.c, self.h, self.w = x.shape
+        self.k, self.p = kernel_size, kernel_size // 2
+        self.groups, self.per_group = groups, self.c // groups
+        self.block = self.w + 2 * self.p
+        self.width = self.b * self.block  # canvas width
+        self.valid = self.width - 2 * self.p  # columns computed: the last image's right padding is not
+        self.acc = acc_dtype(x.dtype)
+        self.rows = strip_rows(x, self.h, max(self.c, extra_row_elements) * self.width)
+
+    def strips(self):
+        for r0 in range(0, self.h, self.rows):
+            yield r0, min(self.h, r0 + self.rows)
+
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """x zero-padded by p on all sides: (G, C/G, H + 2p, width)."""
+        p = self.p
+        return _to_canvas(x, p, p, p, self.acc).view(self.groups, self.per_group, self.h + 2 * p, self.width)
+
+    def plain(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B, C', H, W) on the canvas without row padding, zeros between images: (C', H, width)."""
+        return _to_canvas(t, 0, 0, 2 * self.p, self.acc)
+
+    def taps(self, wc: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """Rows r0:r1 of a (G*K*K, R, width) kernel canvas as the (G, K*K, 1, R, valid) tap planes."""
+        kk = self.k * self.k
+        return wc.view(self.groups, kk, 1, r1 - r0, self.width)[..., : self.valid]
 
 
 def _forward_impl(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    groups, per_group = _check(x, weight, kernel_size)
-    b, c, h, w = x.shape
-    k = kernel_size
-    xp = _pad_groups(x, groups, k // 2)
-    wt = weight.to(xp.dtype).contiguous().view(b, groups, k * k, 1, h, w)
-    out = torch.empty(b, groups, per_group, h, w, dtype=xp.dtype, device=x.device)
-    rows = strip_rows(x, h, b * c * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        _apply_strip(out[..., r0:r1, :], xp, wt[..., r0:r1, :], r0, r1, k)
-    return out.view(b, c, h, w).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    groups, _ = _check(x, weight, kernel_size)
+    cv = _Canvas(x, kernel_size, groups)
+    xp = cv.padded(x)
+    wc = cv.plain(weight)  # (G*K*K, H, width)
+    out = torch.empty(groups, cv.per_group, cv.h, cv.width, dtype=cv.acc, device=x.device)
+    for r0, r1 in cv.strips():
+        _apply_strip(out[..., r0:r1, : cv.valid], xp, cv.taps(wc[:, r0:r1], r0, r1), r0, r1, cv.k)
+    return _from_canvas(out.view(cv.c, cv.h, cv.width), x.shape, cv.block, 0, 0, x.dtype, x)
 
 
 def _grad_input_impl(grad: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """d out / d x: every output scatters ``w_t * grad`` back to the pixel tap ``t`` read."""
-    b, c, h, w = grad.shape
-    k, p = kernel_size, kernel_size // 2
-    groups, per_group = _check(grad, weight, k)
-    acc = acc_dtype(grad.dtype)
-    gp = torch.zeros(b, groups, per_group, h + 2 * p, w + 2 * p, dtype=acc, device=grad.device)
-    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
-    wt = weight.to(acc).contiguous().view(b, groups, k * k, 1, h, w)
-    rows = strip_rows(grad, h, b * c * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        _scatter_strip(gp, g[..., r0:r1, :], wt[..., r0:r1, :], r0, r1, k)
-    return gp[..., p : p + h, p : p + w].reshape(b, c, h, w).to(grad.dtype)
+    groups, _ = _check(grad, weight, kernel_size)
+    cv = _Canvas(grad, kernel_size, groups)
+    p = cv.p
+    gc = cv.plain(grad).view(groups, cv.per_group, cv.h, cv.width)
+    wc = cv.plain(weight)
+    gp = torch.zeros(groups, cv.per_group, cv.h + 2 * p, cv.width, dtype=cv.acc, device=grad.device)
+    for r0, r1 in cv.strips():
+        _scatter_strip(gp, gc[..., r0:r1, : cv.valid], cv.taps(wc[:, r0:r1], r0, r1), r0, r1, cv.k)
+    # in the memory format of the weight, which is x's (``grad`` may be an expanded tensor, e.g. of a sum)
+    return _from_canvas(gp.view(cv.c, cv.h + 2 * p, cv.width), grad.shape, cv.block, p, p, grad.dtype, weight)
 
 
 def _grad_weight_impl(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, groups: int) -> torch.Tensor:
     """d out / d weight[g, t]: the sum over the group's channels of grad * (x shifted by tap t)."""
-    b, c, h, w = x.shape
-    k = kernel_size
-    per_group = c // groups
-    acc = acc_dtype(x.dtype)
-    xp = _pad_groups(x, groups, k // 2)
-    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
-    gw = torch.empty(b, groups, k * k, h, w, dtype=acc, device=x.device)
-    rows = strip_rows(x, h, b * c * w)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        tmp = torch.empty(b, groups, per_group, r1 - r0, w, dtype=acc, device=x.device)
-        _weight_grad_strip(gw[..., r0:r1, :], g[..., r0:r1, :], xp, r0, r1, k, tmp)
-    return gw.view(b, groups * k * k, h, w).to(x.dtype)
+    cv = _Canvas(x, kernel_size, groups)
+    kk = cv.k * cv.k
+    xp = cv.padded(x)
+    gc = cv.plain(grad).view(groups, cv.per_group, cv.h, cv.width)
+    gw = torch.empty(groups, kk, cv.h, cv.width, dtype=cv.acc, device=x.device)
+    for r0, r1 in cv.strips():
+        _weight_grad_strip(gw[..., r0:r1, : cv.valid], gc[..., r0:r1, : cv.valid], xp, r0, r1, cv.k)
+    b, _, h, w = x.shape
+    return _from_canvas(gw.view(groups * kk, h, cv.width), (b, groups * kk, h, w), cv.block, 0, 0, x.dtype, x)
 
 
 def _fwd_fake(x, weight, kernel_size):
@@ -195,12 +243,13 @@ def _fwd_fake(x, weight, kernel_size):
 
 
 def _gin_fake(grad, weight, kernel_size):
-    return grad.new_empty(grad.shape)
+    return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format_of(weight))
 
 
 def _gw_fake(grad, x, kernel_size, groups):
     b, _, h, w = x.shape
-    return x.new_empty(b, groups * kernel_size * kernel_size, h, w)
+    shape = (b, groups * kernel_size * kernel_size, h, w)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 _grad_input_op = define_op("dynamic_dwconv_grad_input", _grad_input_impl, _gin_fake)
@@ -239,49 +288,37 @@ def dynamic_dwconv(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> t
 # DLGSANet predicts the per-pixel kernels with a 1x1 convolution (C/4 -> G*K*K channels: 392
 # for C = 48), a tensor 8x larger than the features (90 MB at 320x180 in float32). Making it,
 # converting its layout in channels-last pipelines and reading it back dominated the layer.
-# The fused op computes the kernels strip by strip right before they are used and never
-# materialises them - neither in the forward nor in the backward, which recomputes them.
+# The fused op computes the kernels strip by strip right before they are used (one matrix
+# product on the canvas) and never materialises them - neither in the forward nor in the
+# backward, which recomputes them.
 
 
-def _kernel_strip(hidden, conv_weight, conv_bias, r0: int, r1: int) -> torch.Tensor:
-    """The 1x1 convolution on rows r0:r1 of ``hidden`` (contiguous): (B, G*K*K, (r1-r0)*W)."""
-    b, ch, _, w = hidden.shape
-    nk = conv_weight.shape[0]
-    hs = hidden[:, :, r0:r1, :].reshape(b, ch, (r1 - r0) * w)
-    wk = conv_weight.reshape(nk, ch)
-    if b == 1:
-        if conv_bias is None:
-            return torch.mm(wk, hs[0]).unsqueeze(0)
-        return torch.addmm(conv_bias.view(nk, 1), wk, hs[0]).unsqueeze(0)
-    out = torch.bmm(wk.expand(b, nk, ch), hs)
-    if conv_bias is not None:
-        out += conv_bias.view(1, nk, 1)
-    return out
+def _kernel_strip(hc, wk, conv_bias, r0: int, r1: int, width: int) -> torch.Tensor:
+    """The 1x1 convolution on rows r0:r1 of the (C_h, H * width) hidden canvas: (G*K*K, R * width)."""
+    hs = hc[:, r0 * width : r1 * width]
+    if conv_bias is None:
+        return torch.mm(wk, hs)
+    return torch.addmm(conv_bias.view(-1, 1), wk, hs)
 
 
-def _fused_rows(x: torch.Tensor, n_kernel_channels: int) -> int:
-    b, c, h, w = x.shape
-    return strip_rows(x, h, b * max(c, n_kernel_channels // 4) * w)
+def _fused_setup(x, hidden, conv_weight, conv_bias, kernel_size):
+    groups, _ = _check_fused(x, hidden, conv_weight, conv_bias, kernel_size)
+    cv = _Canvas(x, kernel_size, groups, extra_row_elements=conv_weight.shape[0] // 4)
+    hc = cv.plain(hidden).view(hidden.shape[1], -1)  # (C_h, H * width)
+    wk = conv_weight.to(cv.acc).reshape(conv_weight.shape[0], -1)
+    bias = conv_bias.to(cv.acc) if conv_bias is not None else None
+    return cv, cv.padded(x), hc, wk, bias
 
 
 def _fused_forward_impl(
     x: torch.Tensor, hidden: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, kernel_size: int
 ) -> torch.Tensor:
-    groups, per_group = _check_fused(x, hidden, conv_weight, conv_bias, kernel_size)
-    b, c, h, w = x.shape
-    k = kernel_size
-    acc = acc_dtype(x.dtype)
-    xp = _pad_groups(x, groups, k // 2)
-    hidden = hidden.to(acc).contiguous()
-    conv_weight = conv_weight.to(acc)
-    conv_bias = conv_bias.to(acc) if conv_bias is not None else None
-    out = torch.empty(b, groups, per_group, h, w, dtype=acc, device=x.device)
-    rows = _fused_rows(x, conv_weight.shape[0])
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        wt = _kernel_strip(hidden, conv_weight, conv_bias, r0, r1).view(b, groups, k * k, 1, r1 - r0, w)
-        _apply_strip(out[..., r0:r1, :], xp, wt, r0, r1, k)
-    return out.view(b, c, h, w).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+    cv, xp, hc, wk, bias = _fused_setup(x, hidden, conv_weight, conv_bias, kernel_size)
+    out = torch.empty(cv.groups, cv.per_group, cv.h, cv.width, dtype=cv.acc, device=x.device)
+    for r0, r1 in cv.strips():
+        wt = cv.taps(_kernel_strip(hc, wk, bias, r0, r1, cv.width), r0, r1)
+        _apply_strip(out[..., r0:r1, : cv.valid], xp, wt, r0, r1, cv.k)
+    return _from_canvas(out.view(cv.c, cv.h, cv.width), x.shape, cv.block, 0, 0, x.dtype, x)
 
 
 def _fused_backward_impl(
@@ -293,40 +330,30 @@ def _fused_backward_impl(
     kernel_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. (x, hidden, conv_weight, conv_bias); conv_bias' is empty when there is none."""
-    groups, per_group = _check_fused(x, hidden, conv_weight, conv_bias, kernel_size)
-    b, c, h, w = x.shape
-    k, p = kernel_size, kernel_size // 2
-    nk, ch = conv_weight.shape[0], hidden.shape[1]
-    acc = acc_dtype(x.dtype)
-    out_dtype, hidden_dtype, param_dtype = x.dtype, hidden.dtype, conv_weight.dtype
-    xp = _pad_groups(x, groups, p)
-    hidden = hidden.to(acc).contiguous()
-    conv_weight = conv_weight.to(acc)
-    conv_bias = conv_bias.to(acc) if conv_bias is not None else None
-    g = grad.to(acc).contiguous().view(b, groups, per_group, h, w)
-    wk = conv_weight.reshape(nk, ch)
-    gp = torch.zeros(b, groups, per_group, h + 2 * p, w + 2 * p, dtype=acc, device=x.device)
-    g_hidden = torch.empty(b, ch, h, w, dtype=acc, device=x.device)
-    g_cw = torch.zeros(nk, ch, dtype=acc, device=x.device)
-    g_cb = torch.zeros(nk if conv_bias is not None else 0, dtype=acc, device=x.device)
-    rows = _fused_rows(x, nk)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        n = (r1 - r0) * w
-        wt = _kernel_strip(hidden, conv_weight, conv_bias, r0, r1).view(b, groups, k * k, 1, r1 - r0, w)
-        gs = g[..., r0:r1, :]
-        _scatter_strip(gp, gs, wt, r0, r1, k)
-        gw = torch.empty(b, groups, k * k, r1 - r0, w, dtype=acc, device=x.device)
-        tmp = torch.empty(b, groups, per_group, r1 - r0, w, dtype=acc, device=x.device)
-        _weight_grad_strip(gw, gs, xp, r0, r1, k, tmp)
-        gw = gw.view(b, nk, n)
-        hs = hidden[:, :, r0:r1, :].reshape(b, ch, n)
-        g_hidden[:, :, r0:r1, :] = torch.matmul(wk.t(), gw).view(b, ch, r1 - r0, w)
-        g_cw += torch.matmul(gw, hs.transpose(1, 2)).sum(0)
+    cv, xp, hc, wk, bias = _fused_setup(x, hidden, conv_weight, conv_bias, kernel_size)
+    p, width, valid = cv.p, cv.width, cv.valid
+    nk, ch = wk.shape
+    gc = cv.plain(grad).view(cv.groups, cv.per_group, cv.h, width)  # zero between the images
+    gp = torch.zeros(cv.groups, cv.per_group, cv.h + 2 * p, width, dtype=cv.acc, device=x.device)
+    g_hc = torch.empty(ch, cv.h * width, dtype=cv.acc, device=x.device)
+    g_cw = torch.zeros(nk, ch, dtype=cv.acc, device=x.device)
+    g_cb = torch.zeros(nk if conv_bias is not None else 0, dtype=cv.acc, device=x.device)
+    for r0, r1 in cv.strips():
+        cols = slice(r0 * width, r1 * width)
+        wt = cv.taps(_kernel_strip(hc, wk, bias, r0, r1, width), r0, r1)
+        gs = gc[..., r0:r1, :valid]
+        _scatter_strip(gp, gs, wt, r0, r1, cv.k)
+        gw = torch.empty(nk, r1 - r0, width, dtype=cv.acc, device=x.device)
+        gw[..., valid:] = 0  # the last image's right padding: no output there
+        _weight_grad_strip(gw.view(cv.groups, -1, r1 - r0, width)[..., :valid], gs, xp, r0, r1, cv.k)
+        gw = gw.view(nk, -1)
+        g_hc[:, cols] = wk.t() @ gw
+        g_cw.addmm_(gw, hc[:, cols].t())
         if conv_bias is not None:
-            g_cb += gw.sum(dim=(0, 2))
-    grad_x = gp[..., p : p + h, p : p + w].reshape(b, c, h, w).to(out_dtype)
-    return grad_x, g_hidden.to(hidden_dtype), g_cw.view_as(conv_weight).to(param_dtype), g_cb.to(param_dtype)
+            g_cb += gw.sum(dim=1)
+    grad_x = _from_canvas(gp.view(cv.c, cv.h + 2 * p, width), x.shape, cv.block, p, p, x.dtype, x)
+    g_hidden = _from_canvas(g_hc.view(ch, cv.h, width), hidden.shape, cv.block, 0, 0, hidden.dtype, hidden)
+    return grad_x, g_hidden, g_cw.view_as(conv_weight).to(conv_weight.dtype), g_cb.to(conv_weight.dtype)
 
 
 def _fused_fwd_fake(x, hidden, conv_weight, conv_bias, kernel_size):
@@ -336,7 +363,7 @@ def _fused_fwd_fake(x, hidden, conv_weight, conv_bias, kernel_size):
 
 def _fused_bwd_fake(grad, x, hidden, conv_weight, conv_bias, kernel_size):
     nb = conv_weight.shape[0] if conv_bias is not None else 0
-    return x.new_empty(x.shape), hidden.new_empty(hidden.shape), conv_weight.new_empty(conv_weight.shape), conv_weight.new_empty(nb)
+    return _like(x), _like(hidden), conv_weight.new_empty(conv_weight.shape), conv_weight.new_empty(nb)
 
 
 _fused_backward_op = define_op("dynamic_dwconv_fused_backward", _fused_backward_impl, _fused_bwd_fake)
