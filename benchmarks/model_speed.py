@@ -20,13 +20,20 @@ On the same input and machine, in one run:
    could not beat: reference step / (fast step x (1 - custom-op share)), from un-profiled
    interleaved timings (the profiler inflates the reference step's many large temporaries);
 6. ``--compile``: ``torch.compile`` of the fast model against eager (compile time printed; a
-   failure is reported and skipped).
+   failure is reported and skipped);
+7. ``--op-times``: one fast training step with every operator call timed on its own (a
+   ``TorchDispatchMode``: wall time around each aten / lightsr op, a custom op including the aten
+   calls inside it). Unlike the profiler, which adds a fixed cost to every call and so inflates
+   the many small element-wise calls of small training patches, this leaves each call's cost
+   as it is; the sum is within a few percent of an untimed step. Grouped by operator and by
+   operator + input shapes / strides (mixed memory layouts show up there).
 
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
     python benchmarks/model_speed.py --threads 1 --models lamnet dlgsanet_light --no-inference --profile-train
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers --malloc-tuning
+    python benchmarks/model_speed.py --threads 1 --models dlgsanet_tiny --no-inference --op-times --train-batch 8 --train-patch 32
 """
 from __future__ import annotations
 
@@ -294,6 +301,53 @@ def _profile(names, args):
         del model
 
 
+def _op_times(names, args, rows: int = 12):
+    """Every operator call of one fast training step timed on its own (see the module docstring)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def describe(xs):
+        return ", ".join(f"{tuple(a.shape)}{'' if a.is_contiguous() else ' CL' if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else ' strided'}"
+                         for a in xs if isinstance(a, torch.Tensor))
+
+    class Timer(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = defaultdict(lambda: [0, 0.0])
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            entry = self.calls[(func.name(), describe(args[:3]))]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+            return out
+
+    b, p = args.train_batch, args.train_patch
+    g = torch.Generator().manual_seed(1)
+    for name in names:
+        model = create_model(name, args.scale).train()
+        x = torch.rand(b, 3, p, p, generator=g)
+        y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
+        step = _step_factory(model, x, y)(False)
+        plain = interleaved_timings({"step": step}, warmup=args.warmup, repeats=args.repeats)["step"].median
+        timer = Timer()
+        with timer:
+            step()
+        total = sum(t for _, t in timer.calls.values())
+        by_op = defaultdict(float)
+        for (op, _), (_, t) in timer.calls.items():
+            by_op[op] += t
+        print(f"\n## Operator times of one fast training step: {name}, batch {b}, LR patch {p}x{p} "
+              f"(sum of the timed calls {total * 1e3:.0f} ms; untimed step, median of {args.repeats}: {plain * 1e3:.0f} ms)\n")
+        print("| operator | ms | share |\n|---|---|---|")
+        for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[:rows]:
+            print(f"| {op} | {t * 1e3:.1f} | {t / total:.1%} |")
+        print("\n| operator | inputs (CL: channels-last) | calls | ms | share |\n|---|---|---|---|---|")
+        for (op, shapes), (n, t) in sorted(timer.calls.items(), key=lambda kv: -kv[1][1])[:rows]:
+            print(f"| {op} | {shapes} | {n} | {t * 1e3:.1f} | {t / total:.1%} |", flush=True)
+        del model
+
+
 def _compile(names, args):
     h, w = args.size
     x = torch.rand(1, 3, h, w)
@@ -343,6 +397,8 @@ def main(argv=None) -> int:
                     help="profile one fast training step per model: custom-op share, and the speed-up bound if they were free")
     ap.add_argument("--no-inference", action="store_true", help="skip the inference table")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    ap.add_argument("--op-times", action="store_true",
+                    help="time every operator call of one fast training step (largest first, by shapes and layouts)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -373,6 +429,8 @@ def main(argv=None) -> int:
         _profile_train(names, args)
     if args.compile:
         _compile(names, args)
+    if args.op_times:
+        _op_times(names, args)
     rate_end = matmul_rate()
     print(f"\nmultiply-accumulate rate at the end: {rate_end / 1e9:.1f} GMAC/s; load average (1/5/15 min): {load_average()}")
     return 0

@@ -33,3 +33,17 @@ def test_model_speed_profile_train_bound(capsys):
     # free custom ops can only help: the bound is at least the measured speed-up
     assert bound >= speedup
     assert re.fullmatch(r"\d+ / (\d+|none \(impossible\))", cells[9])
+
+
+def test_model_speed_op_times(capsys):
+    """--op-times: every operator call of a step is timed; the custom op appears as one operator
+    with its layouts, and the shares of the by-operator table add up to at most 100%."""
+    ms = _load("model_speed")
+    ms.main(["--threads", "1", "--models", "dlgsanet_tiny", "--no-inference", "--op-times",
+             "--train-batch", "2", "--train-patch", "12", "--repeats", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "## Operator times of one fast training step: dlgsanet_tiny, batch 2, LR patch 12x12" in out
+    by_op = [line for line in out.splitlines() if line.count("|") == 4 and line.startswith("| ") and "%" in line]
+    shares = [float(line.strip("|").split("|")[2].strip().rstrip("%")) for line in by_op]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
+    assert any("lightsr::dynamic_dwconv_fused_backward | (2, 48, 12, 12) CL" in line for line in out.splitlines())
