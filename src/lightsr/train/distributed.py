@@ -107,3 +107,16 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def no_buffer_sync_kwargs() -> dict:
+    """DistributedDataParallel keyword that skips re-broadcasting buffers before every forward.
+
+    The models' buffers are constants (RGB mean, LAMNet's tap map), identical on every rank.
+    torch 2.13 deprecates ``broadcast_buffers`` for ``forward_sync_buffers`` (which still syncs
+    once at construction: harmless for constants); older versions only know the former.
+    """
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}

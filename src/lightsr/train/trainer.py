@@ -552,7 +552,7 @@ class Trainer:
         model = self.model
         if self.dist.distributed:
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.cuda else None, broadcast_buffers=False)
+                model, device_ids=[self.device.index] if self.cuda else None, **D.no_buffer_sync_kwargs())
         if cfg.train.compile:
             model = torch.compile(model, mode=None if cfg.train.compile is True else cfg.train.compile)
         self.train_model = model
