@@ -45,6 +45,16 @@ def test_bicubic_writes_table_csv_json(tmp_path, capsys, monkeypatch):
     assert len(list((out / "sr" / "Set5").glob("*.png"))) == 2
 
 
+def test_default_output_folder_is_model_x_scale(tmp_path, capsys, monkeypatch):
+    # docs/complexity.md's plot commands read results/eval/bicubic_x4/results.json
+    monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
+    data = _data(tmp_path, n=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(data), "--quiet"]) == 0
+    assert (tmp_path / "results" / "eval" / "bicubic_x2" / "results.json").is_file()
+    assert "| Bicubic | x2 |" in capsys.readouterr().out  # the table keeps its label
+
+
 def test_weights_file_model_detected(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
     data = _data(tmp_path, n=1)

@@ -212,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"lightsr eval: {msg}", file=sys.stderr)
     if not sets:
         return _fail("no benchmark set to evaluate")
-    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{label}_x{scale}"
+    # <model>_x<s> as --help says: "bicubic_x4" for --model bicubic (its table label is "Bicubic")
+    stem = "bicubic" if label == "Bicubic" and not args.label else label
+    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{stem}_x{scale}"
     if not args.quiet:
         print(f"{label} x{scale} on {len(sets)} set(s), device {device}", file=sys.stderr)
         for s in sets:
