@@ -117,7 +117,10 @@ def _fail(msg: str) -> int:
 
 
 def _load(args):
-    """Build the model to evaluate: (model, label, scale) or raise ValueError with a one-line message."""
+    """Build the model to evaluate: (model, name, scale) or raise ValueError with a one-line message.
+
+    name is the identifier ("bicubic" or the registry name) that names the output folder; the table
+    label defaults in :func:`lightsr.evaluation.evaluate` ("Bicubic" / the registry name)."""
     import lightsr
     from lightsr.evaluation import Bicubic
     from lightsr.models import get_spec
@@ -128,7 +131,7 @@ def _load(args):
             raise ValueError("bicubic has no weights; drop --weights")
         if not args.scale:
             raise ValueError("--scale is required with --model bicubic")
-        return Bicubic(args.scale), args.label or "Bicubic", args.scale
+        return Bicubic(args.scale), "bicubic", args.scale
     if args.model:
         try:
             get_spec(args.model)
@@ -154,8 +157,7 @@ def _load(args):
     if args.tlc_kernel:
         options["tlc_kernel"] = args.tlc_kernel
     model = lightsr.load_model(weights, name=args.model, scale=args.scale, key=args.key, **options)
-    name = model.lightsr_config["name"]
-    return model, args.label or name, int(model.scale)
+    return model, model.lightsr_config["name"], int(model.scale)
 
 
 def _resolve_sets(args, scale: int):
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.data).expanduser().is_dir():
         return _fail(f"data folder not found: {args.data}")
     try:
-        model, label, scale = _load(args)
+        model, name, scale = _load(args)
     except (ValueError, CheckpointError) as exc:
         return _fail(str(exc))
     if args.scale and args.scale != scale:
@@ -212,11 +214,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"lightsr eval: {msg}", file=sys.stderr)
     if not sets:
         return _fail("no benchmark set to evaluate")
-    # <model>_x<s> as --help says: "bicubic_x4" for --model bicubic (its table label is "Bicubic")
-    stem = "bicubic" if label == "Bicubic" and not args.label else label
-    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{stem}_x{scale}"
+    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{args.label or name}_x{scale}"
     if not args.quiet:
-        print(f"{label} x{scale} on {len(sets)} set(s), device {device}", file=sys.stderr)
+        print(f"{args.label or name} x{scale} on {len(sets)} set(s), device {device}", file=sys.stderr)
         for s in sets:
             print(f"  {s.describe()}", file=sys.stderr)
     round_y = None if args.round_y is None else args.round_y == "yes"
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             self_ensemble=args.self_ensemble, tile=args.tile, tile_overlap=args.tile_overlap,
             tlc=None if args.tlc is None else args.tlc == "on", device=device,
             save_dir=out_dir / "sr" if args.save_images else None, attention_stats=args.attention_stats,
-            label=label, progress=not args.quiet, limit=args.limit,
+            label=args.label, progress=not args.quiet, limit=args.limit,
         )
     except ValueError as exc:
         return _fail(str(exc))

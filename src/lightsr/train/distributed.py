@@ -7,6 +7,7 @@ binds the process to ``cuda:LOCAL_RANK``. Without those variables everything run
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -116,7 +117,5 @@ def no_buffer_sync_kwargs() -> dict:
     torch 2.13 deprecates ``broadcast_buffers`` for ``forward_sync_buffers`` (which still syncs
     once at construction: harmless for constants); older versions only know the former.
     """
-    import inspect
-
     params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
