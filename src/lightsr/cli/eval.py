@@ -214,9 +214,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"lightsr eval: {msg}", file=sys.stderr)
     if not sets:
         return _fail("no benchmark set to evaluate")
-    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{args.label or name}_x{scale}"
+    shown = args.label or name  # the folder and progress name; the table label stays evaluate()'s default
+    out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{shown}_x{scale}"
     if not args.quiet:
-        print(f"{args.label or name} x{scale} on {len(sets)} set(s), device {device}", file=sys.stderr)
+        print(f"{shown} x{scale} on {len(sets)} set(s), device {device}", file=sys.stderr)
         for s in sets:
             print(f"  {s.describe()}", file=sys.stderr)
     round_y = None if args.round_y is None else args.round_y == "yes"
