@@ -50,6 +50,7 @@ from lightsr.bench import environment, format_environment, interleaved_timings, 
 from lightsr.complexity import count_model_macs
 from lightsr.models import create_model, get_spec, list_models
 from lightsr.ops import use_reference_ops
+from lightsr.ops._native import use_native
 
 OURS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
 
@@ -124,6 +125,14 @@ def _step_factory(model, x, y):
     return step
 
 
+def _without_native(fn):
+    """``fn`` with the native focal-attention kernel off: the pure-PyTorch fast path."""
+    def run():
+        with use_native(False):
+            return fn()
+    return run
+
+
 def _train(names, args, rate):
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
@@ -133,7 +142,7 @@ def _train(names, args, rate):
             "MAC floor ms | fast / floor |")
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
-    usage = []
+    usage, ab = [], []
     for name in names:
         model = create_model(name, args.scale).train()
         x = torch.rand(b, 3, p, p, generator=g)
@@ -162,9 +171,13 @@ def _train(names, args, rate):
         per = [(((a - r).abs().max() / r.abs().max().clamp_min(1e-12)).item(), n)
                for a, r, (n, _) in zip(fast_grads, ref_grads, model.named_parameters())]
         worst, worst_name = max(per)
-        t = interleaved_timings({"fast": step(False), "reference": step(True), "matmul": _matmul},
-                                warmup=args.warmup, repeats=args.repeats)
+        variants = {"fast": step(False), "reference": step(True), "matmul": _matmul}
+        if args.native_ab:
+            variants["fast_pytorch"] = _without_native(step(False))
+        t = interleaved_timings(variants, warmup=args.warmup, repeats=args.repeats)
         f, r = t["fast"], t["reference"]
+        if args.native_ab:
+            ab.append((name, f, t["fast_pytorch"], r))
         floor = macs / _rate(t["matmul"])
         print(f"| {name} | {macs / 1e9:.2f} | {f.median * 1e3:.0f} | {f.p90 * 1e3:.0f} | {r.median * 1e3:.0f} | "
               f"{r.p90 * 1e3:.0f} | {r.median / f.median:.2f}x | {l2:.1e} ({worst:.0e}: {worst_name}) | "
@@ -174,6 +187,15 @@ def _train(names, args, rate):
         if args.rusage:
             usage += _usage_rows(name, step)
         del model
+    if ab:
+        print("\n### The same steps with the native focal-attention kernel off (pure-PyTorch fast path, "
+              "LIGHTSR_NATIVE=0), timed in the same interleaved loop\n")
+        print("| model | fast, native FSA: median ms | fast, PyTorch FSA: median ms | native gain | "
+              "reference median ms | speed-up vs reference: native / PyTorch FSA |")
+        print("|---|---|---|---|---|---|")
+        for name, f, fp, r in ab:
+            print(f"| {name} | {f.median * 1e3:.0f} | {fp.median * 1e3:.0f} | {fp.median / f.median:.2f}x | "
+                  f"{r.median * 1e3:.0f} | {r.median / f.median:.2f}x / {r.median / fp.median:.2f}x |")
     _print_usage(usage)
 
 
@@ -233,7 +255,7 @@ def _profile_train(names, args):
           "fast median ms | reference median ms | speed-up | bound: reference / (fast x (1 - share)) | "
           "custom ops ms now / allowed for 2x |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    usage = []
+    usage, ab = [], []
     for name in names:
         model = create_model(name, args.scale).train()
         x = torch.rand(b, 3, p, p, generator=g)
@@ -258,6 +280,15 @@ def _profile_train(names, args):
         if args.rusage:
             usage += _usage_rows(name, step)
         del model
+    if ab:
+        print("\n### The same steps with the native focal-attention kernel off (pure-PyTorch fast path, "
+              "LIGHTSR_NATIVE=0), timed in the same interleaved loop\n")
+        print("| model | fast, native FSA: median ms | fast, PyTorch FSA: median ms | native gain | "
+              "reference median ms | speed-up vs reference: native / PyTorch FSA |")
+        print("|---|---|---|---|---|---|")
+        for name, f, fp, r in ab:
+            print(f"| {name} | {f.median * 1e3:.0f} | {fp.median * 1e3:.0f} | {fp.median / f.median:.2f}x | "
+                  f"{r.median * 1e3:.0f} | {r.median / f.median:.2f}x / {r.median / fp.median:.2f}x |")
     _print_usage(usage)
 
 
@@ -390,6 +421,8 @@ def main(argv=None) -> int:
     ap.add_argument("--malloc-tuning", action="store_true",
                     help="apply lightsr.allocator.tune_malloc() first (what `lightsr train` does on CPU): both paths "
                          "then reuse freed memory instead of page-faulting")
+    ap.add_argument("--native-ab", action="store_true",
+                    help="with --train: also time the fast step with the native focal-attention kernel off")
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-patch", type=int, default=48)
     ap.add_argument("--profile", action="store_true", help="profile one fast forward per model")

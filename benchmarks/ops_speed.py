@@ -3,7 +3,7 @@
 Shapes are those of the x4 models at the 1280x720-output LR size (320x180): DLGSANet-light's
 dynamic depth-wise conv (48 channels, 8 kernel groups, 7x7; alone and fused with its 1x1 kernel
 generator 12 -> 392), LAMNet's focal separable attention (32 channels, 4 groups, 13 taps,
-horizontal and vertical), the channels-first LayerNorm (48 channels, NCHW and channels-last
+horizontal and vertical; the native C kernel and, in rows so marked, the pure-PyTorch fast path), the channels-first LayerNorm (48 channels, NCHW and channels-last
 input) and DLGSANet's TLC windows (48-pixel windows over the 144-channel qkv map).
 
 Every repetition times each variant once, in alternating order (a load change hits both);
@@ -44,6 +44,7 @@ from lightsr.ops import (
 
 common = importlib.import_module("lightsr.ops._common")
 tlc_module = importlib.import_module("lightsr.ops.tlc")
+native = importlib.import_module("lightsr.ops._native")
 
 
 def _inputs(b, h, w, seed=0):
@@ -78,6 +79,12 @@ def _cases(d):
         "focal_attention vertical (32 ch, 13 taps)": (
             lambda: focal_attention(d["x32"], d["k52"], d["taps"], -2),
             lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -2)),
+        "focal_attention horizontal, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(lambda: focal_attention(d["x32"], d["k52"], d["taps"], -1)),
+            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -1)),
+        "focal_attention vertical, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(lambda: focal_attention(d["x32"], d["k52"], d["taps"], -2)),
+            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -2)),
         "layer_norm_2d (48 ch, NCHW input)": (
             lambda: layer_norm_2d(d["x48"], d["ln_w"], d["ln_b"]), lambda: layer_norm_2d_reference(d["x48"], d["ln_w"], d["ln_b"])),
         "layer_norm_2d (48 ch, channels-last input)": (
@@ -85,6 +92,14 @@ def _cases(d):
         "tlc, SparseGSA attention in 48-px windows": (
             lambda: tlc(gsa.attend, qkv_cl, 48), lambda: tlc_reference(gsa.attend, qkv_cl, 48)),
     }
+
+
+def _pytorch_path(fn):
+    """``fn`` with the native focal-attention kernel switched off (the pure-PyTorch fast path)."""
+    def run():
+        with native.use_native(False):
+            return fn()
+    return run
 
 
 def _backward_cases(d):
@@ -102,6 +117,7 @@ def _backward_cases(d):
     x32_cl = d["x32"].contiguous(memory_format=torch.channels_last)
     # LAMNet's input to the 1x23 conv: the second half of proj_in's channels-last output (a strided slice)
     x32_slice = torch.cat([d["x32"], d["x32"]], 1).contiguous(memory_format=torch.channels_last)[:, 32:]
+    k52_cl = d["k52"].contiguous(memory_format=torch.channels_last)
 
     def dw(op, pad):  # weight first: the difference column then compares the weight gradients
         return lambda w, a, b: op(a, w, b, pad)
@@ -128,6 +144,18 @@ def _backward_cases(d):
         "focal_attention vertical fwd+bwd": (
             fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"]),
             fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
+        "focal_attention horizontal fwd+bwd, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(fb(lambda a, b: focal_attention(a, b, taps, -1), d["x32"], d["k52"])),
+            fb(lambda a, b: focal_attention_reference(a, b, taps, -1), d["x32"], d["k52"])),
+        "focal_attention vertical fwd+bwd, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"])),
+            fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
+        "focal_attention h + v fwd+bwd on channels-last slices (as in LAMNet's ULM)": (
+            fb(lambda a, b: focal_attention(focal_attention(a, b, taps, -1), b, taps, -2), x32_slice, k52_cl),
+            fb(lambda a, b: focal_attention_reference(focal_attention_reference(a, b, taps, -1), b, taps, -2), x32_slice, k52_cl)),
+        "focal_attention h + v fwd+bwd on channels-last slices, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(fb(lambda a, b: focal_attention(focal_attention(a, b, taps, -1), b, taps, -2), x32_slice, k52_cl)),
+            fb(lambda a, b: focal_attention_reference(focal_attention_reference(a, b, taps, -1), b, taps, -2), x32_slice, k52_cl)),
     }
 
 

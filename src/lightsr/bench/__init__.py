@@ -89,6 +89,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "load_average": load_average(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "native_ops": _native_status(),
     }
     try:
         from lightsr import __version__
@@ -105,6 +106,16 @@ def environment(device: str | torch.device = "cpu") -> dict:
     return env
 
 
+def _native_status() -> str:
+    from lightsr.ops import _native
+
+    if not _native.enabled():
+        return "off (LIGHTSR_NATIVE=0)"
+    if _native.available():
+        return f"on ({_native.library_path().name})"
+    return f"unavailable ({_native.build_error()})"
+
+
 def format_environment(env: Mapping) -> str:
     parts = [
         f"torch {env['torch']} (python {env['python']})",
@@ -113,6 +124,8 @@ def format_environment(env: Mapping) -> str:
         f"threads: {env['torch_threads']} intra-op, {env['torch_interop_threads']} inter-op",
         f"load average (1/5/15 min): {env.get('load_average')}",
     ]
+    if "native_ops" in env:
+        parts.insert(3, f"native focal-attention kernel (CPU float32): {env['native_ops']}")
     if "gpu" in env:
         parts.append(f"GPU: {env['gpu']} (CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, benchmark={env.get('cudnn_benchmark')})")
     return "\n".join(parts)

@@ -11,8 +11,10 @@ channels-first LayerNorm         :func:`layer_norm_2d`                 :func:`la
 depth-wise conv (1 x K backward) :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
 ===============================  ====================================  ======================================
 
-All are pure PyTorch (no CuPy, no compiled extension), run on CPU and CUDA, in float32,
-bfloat16 and float16, and support autograd. The dynamic convolution and the focal attention
+All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. They are pure
+PyTorch except one optional native kernel: on CPU in float32 the focal attention runs a small C
+file compiled on first use with the system compiler (:mod:`lightsr.ops._native`; no compiler or
+``LIGHTSR_NATIVE=0``: the PyTorch implementation, tested equal). The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
 ``meta`` device. In plain eager execution (no dispatch mode, no profiler, not compiling) the

@@ -14,7 +14,10 @@ kernel channels are ordered group-major, tap-minor.
 
 * :func:`focal_attention_reference` - a fixed bank of ``K`` box filters applied depth-wise
   (materialises a ``K``-times larger tensor); the test oracle.
-* :func:`focal_attention` - the custom op ``lightsr::focal_attention``: box sums once per
+* :func:`focal_attention` - the custom op ``lightsr::focal_attention``. On CPU in float32 it runs
+  the native kernel (``native/focal_attention.c``, compiled on first use, :mod:`lightsr.ops._native`):
+  forward and backward each one pass over every row / column, nothing padded or copied. Otherwise
+  (other devices and dtypes, no C compiler, ``LIGHTSR_NATIVE=0``) PyTorch: box sums once per
   distinct tap length (built by doubling: the 4-pixel sums from the 2-pixel sums), then one
   in-place multiply-add of a shifted view per tap on cache-sized row strips; no ``K``-times
   tensor; hand-written backward. float16/bfloat16 accumulate in float32. Any device.
@@ -26,6 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from lightsr.ops import _native
 from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
 
 __all__ = [
@@ -268,10 +272,15 @@ def _strips(g: _Geometry, elements_per_position: int, x: torch.Tensor):
 def _forward_impl(
     x: torch.Tensor, kernel: torch.Tensor, starts: list[int], lengths: list[int], dim: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (output, padded input, kernel on the canvas); the last two are kept for backward."""
+    """Returns (output, padded input, kernel on the canvas); the last two are kept for backward.
+
+    The native path returns two empty tensors instead: its backward reads ``x`` and ``kernel``."""
     taps = list(zip(starts, lengths))
     n_taps = len(taps)
     groups, per_group = _check(x, kernel, n_taps)
+    if _use_native(x, kernel):
+        y = _native.fsa_forward(x, kernel, starts, lengths, _axis(dim))
+        return y.contiguous(memory_format=memory_format_of(x)), x.new_empty(0), x.new_empty(0)
     b, c, h, w = x.shape
     g = _Geometry(h, w, taps, _axis(dim))
     acc = acc_dtype(x.dtype)
@@ -292,11 +301,23 @@ def _forward_impl(
     return y, xp, kc
 
 
+def _use_native(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """The native kernel takes float32 CPU tensors (when it could be built)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and kernel.dtype == torch.float32
+            and _native.available())
+
+
 def _backward_impl(
     grad: torch.Tensor, xp: torch.Tensor, kc: torch.Tensor, starts: list[int], lengths: list[int], dim: int,
     x_channels_last: bool, kernel_channels_last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad input, grad kernel) from the saved padded input and canvas kernel."""
+    """(grad input, grad kernel) from the saved padded input and canvas kernel, or (native path,
+    4-D ``xp`` / ``kc``) from the op's own inputs ``x`` and ``kernel``."""
+    if xp.dim() == 4:
+        gx, gk = _native.fsa_backward(grad, xp, kc, starts, lengths, _axis(dim))
+        fmt = torch.channels_last if x_channels_last else torch.contiguous_format
+        kfmt = torch.channels_last if kernel_channels_last else torch.contiguous_format
+        return gx.to(grad.dtype).contiguous(memory_format=fmt), gk.to(grad.dtype).contiguous(memory_format=kfmt)
     taps = list(zip(starts, lengths))
     n_taps = len(taps)
     b, c, h, w = grad.shape
@@ -339,6 +360,8 @@ def _backward_impl(
 def _fwd_fake(x, kernel, starts, lengths, dim):
     _check(x, kernel, len(starts))
     b, c, h, w = x.shape
+    if _use_native(x, kernel):
+        return _like(x), x.new_empty(0), x.new_empty(0)
     g = _Geometry(h, w, list(zip(starts, lengths)), _axis(dim))
     acc = acc_dtype(x.dtype)
     return _like(x), x.new_empty(b, c, g.padded, dtype=acc), x.new_empty(b, kernel.shape[1], g.canvas, dtype=acc)
@@ -360,6 +383,8 @@ def _setup_context(ctx, inputs, output):
     x, kernel, starts, lengths, dim = inputs
     _, xp, kc = output
     ctx.mark_non_differentiable(xp, kc)
+    if xp.dim() == 1:  # native path (empty placeholders): its backward reads the inputs themselves
+        xp, kc = x, kernel
     ctx.save_for_backward(xp, kc)
     ctx.meta = (list(starts), list(lengths), dim, memory_format_of(x) == torch.channels_last,
                 memory_format_of(kernel) == torch.channels_last)

@@ -1,0 +1,355 @@
+/* Focal separable attention (FSA), float32 forward and backward on CPU, one pass per line.
+ *
+ * The Python op (lightsr/ops/focal_attention.py) documents the semantics; this file computes the
+ * same numbers (up to float32 rounding) without tensor-sized temporaries. FSA is a 1-D dynamic
+ * filter, so the tensor is seen as "lines" along the filtered axis (rows for the horizontal FSA,
+ * columns for the vertical one), each of L pixels; every pixel holds C channels at unit stride
+ * (channels-last, or a channel slice of it). Tap t of kernel group g at pixel i averages the
+ * n[t] samples starting at offset lo[t] (zeros outside the line, counted in the mean):
+ *
+ *   M_n[q]       = 1/n * sum_{m < n} x[q + m]                          (box mean, zero padded)
+ *   forward      out[i, c]        = sum_t k[i, g*K + t] * M_{n[t]}[i + lo[t], c]       (c in group g)
+ *   grad kernel  gk[i, g*K + t]   = sum_{c in g} gout[i, c] * M_{n[t]}[i + lo[t], c]
+ *   grad mean    gM_n[i + lo[t], c] += k[i, g*K + t] * gout[i, c]
+ *   grad x       gx[q, c]         = sum_n 1/n * sum_{m < n} gM_n[q - m, c]   (adjoint of the box mean)
+ *
+ * Fast path (channels per group a multiple of 8, LAMNet's 32 channels in 4 groups): per line, the
+ * box means of every distinct tap length are built once into small dense buffers (a line of
+ * 48-320 pixels: L2-resident), so each tap is one vector load and one multiply-add per 8
+ * channels, with no edge tests; the backward accumulates gM in buffers of the same shape and
+ * applies the box-mean adjoint once per line. Dense buffers also keep the vertical FSA's column
+ * walk (pixels a whole image row apart in memory) out of the cache-set conflicts it would hit.
+ * Other group widths use a plain per-tap loop. Lines are independent, so callers may split
+ * [line0, line1) across threads. Vector code uses GCC / clang vector extensions (AVX with
+ * -mavx2 -mfma where the CPU has it, SSE otherwise).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TAPS 256
+#define MAX_GROUP 512   /* channels per kernel group, generic path */
+#define MAX_VECTORS 512 /* 8-channel vectors per pixel (4096 channels), fast path */
+
+typedef long long i64;
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads and stores */
+
+static inline float hsum8(v8 v)
+{
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* The four sums of a, b, c, d in elements 0-3 (three shuffle + add rounds instead of four
+ * separate horizontal sums); plain hsum8 where __builtin_shufflevector is missing (GCC < 12). */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HAVE_SHUFFLE 1
+static inline v8 hsum8x4(v8 a, v8 b, v8 c, v8 d)
+{
+    const v8 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+    const v8 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(c, d, 4, 5, 6, 7, 12, 13, 14, 15);
+    const v8 e = __builtin_shufflevector(ab, cd, 0, 1, 4, 5, 8, 9, 12, 13) + __builtin_shufflevector(ab, cd, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(e, e, 0, 2, 4, 6, 0, 2, 4, 6) + __builtin_shufflevector(e, e, 1, 3, 5, 7, 1, 3, 5, 7);
+}
+#else
+#define HAVE_SHUFFLE 0
+#endif
+
+/* ---- geometry shared by both paths ------------------------------------------------------- */
+
+typedef struct {
+    i64 J, L, C, G, K, P;      /* lines per image, pixels per line, channels, groups, taps, channels per group */
+    const i64 *lo, *n;         /* taps: first offset (relative to the pixel), length */
+    i64 dmin, dmax;            /* smallest / largest offset any tap reaches */
+    float inv[MAX_TAPS];       /* 1 / n[t] */
+    i64 slot[MAX_TAPS];        /* index of tap t's length among the distinct lengths */
+    i64 lens[MAX_TAPS];        /* the distinct lengths */
+    i64 nslots;
+    i64 Lp;                    /* buffer positions per line: q in [dmin, L - 1 + dmax] */
+    i64 off[MAX_TAPS];         /* tap t's mean for pixel i: M + off[t] + i * C (fast path buffers) */
+} Geo;
+
+static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax)
+{
+    if (K > MAX_TAPS || G <= 0 || C % G)
+        return 1;
+    g->J = J, g->L = L, g->C = C, g->G = G, g->K = K, g->P = C / G;
+    g->lo = lo, g->n = n, g->dmin = dmin, g->dmax = dmax;
+    g->nslots = 0;
+    for (i64 t = 0; t < K; ++t) {
+        if (n[t] < 1)
+            return 1;
+        g->inv[t] = 1.0f / (float)n[t];
+        i64 s = 0;
+        while (s < g->nslots && g->lens[s] != n[t])
+            ++s;
+        if (s == g->nslots)
+            g->lens[g->nslots++] = n[t];
+        g->slot[t] = s;
+    }
+    g->Lp = L + dmax - dmin;
+    for (i64 t = 0; t < K; ++t)
+        g->off[t] = g->slot[t] * g->Lp * C + (lo[t] - dmin) * C;
+    return 0;
+}
+
+/* ---- fast path: box-mean line buffers, 8-channel vectors ------------------------------------- */
+
+/* M[s][(q - dmin) * C + c] = box mean of length lens[s] starting at q, for q in [dmin, L-1+dmax]. */
+static void build_means(const Geo *g, const float *xl, i64 xi, float *M)
+{
+    const i64 C = g->C, V = C / 8, Lp = g->Lp, L = g->L;
+    for (i64 s = 0; s < g->nslots; ++s) {
+        const i64 len = g->lens[s];
+        const float w = 1.0f / (float)len;
+        float *Ms = M + s * Lp * C;
+        for (i64 e = 0; e < Lp; ++e) {
+            const i64 q = e + g->dmin;
+            const i64 m0 = q < 0 ? -q : 0, m1 = q + len > L ? L - q : len;
+            for (i64 v = 0; v < V; ++v) {
+                v8 acc = {0};
+                for (i64 m = m0; m < m1; ++m)
+                    acc += *(const v8u *)(xl + (q + m) * xi + 8 * v);
+                *(v8u *)(Ms + e * C + 8 * v) = acc * w;
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void fast_forward_lines(
+    const Geo *g, i64 G, i64 VG, const float *x, const float *k, float *out,
+    i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1, float *M)
+{
+    /* G groups of VG vectors each (compile-time constants in the specialised calls): all G * VG
+     * accumulators of a pixel live in registers while the taps stream through */
+    const i64 C = g->C, K = g->K, L = g->L, V = G * VG;
+    v8 acc[MAX_VECTORS];
+    for (i64 l = line0; l < line1; ++l) {
+        const i64 b = l / g->J, j = l % g->J;
+        build_means(g, x + b * xb + j * xj, xi, M);
+        const float *kl = k + b * kb + j * kj;
+        float *ol = out + b * ob + j * oj;
+        for (i64 i = 0; i < L; ++i) {
+            const float *kp = kl + i * ki;
+            const float *Mi = M + i * C;
+            for (i64 v = 0; v < V; ++v)
+                acc[v] = (v8){0};
+            for (i64 t = 0; t < K; ++t) {
+                const float *m = Mi + g->off[t];
+                for (i64 gg = 0; gg < G; ++gg) {
+                    const float w = kp[gg * K + t];
+                    for (i64 v = 0; v < VG; ++v)
+                        acc[gg * VG + v] += w * *(const v8u *)(m + (gg * VG + v) * 8);
+                }
+            }
+            for (i64 v = 0; v < V; ++v)
+                *(v8u *)(ol + i * oi + 8 * v) = acc[v];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void fast_backward_lines(
+    const Geo *g, i64 G, i64 VG, const float *gout, const float *x, const float *k, float *gx, float *gk,
+    i64 gb, i64 gj, i64 gi, i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki,
+    i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1, float *M, float *gM)
+{
+    const i64 C = g->C, K = g->K, L = g->L, Lp = g->Lp, dmin = g->dmin;
+    v8 gv[MAX_VECTORS];
+    for (i64 l = line0; l < line1; ++l) {
+        const i64 b = l / g->J, j = l % g->J;
+        build_means(g, x + b * xb + j * xj, xi, M);
+        memset(gM, 0, sizeof(float) * (size_t)(g->nslots * Lp * C));
+        const float *gl = gout + b * gb + j * gj;
+        const float *kl = k + b * kb + j * kj;
+        float *bl = gk + b * bb + j * bj;
+        for (i64 i = 0; i < L; ++i) {
+            const float *kp = kl + i * ki;
+            float *bp = bl + i * bi;
+            const float *gp = gl + i * gi;
+            const i64 Ci = i * C;
+            for (i64 v = 0; v < G * VG; ++v)
+                gv[v] = *(const v8u *)(gp + 8 * v);
+            for (i64 t = 0; t < K; ++t) {
+                const float *m = M + Ci + g->off[t];
+                float *gm = gM + Ci + g->off[t];
+#if HAVE_SHUFFLE
+                if (G == 4 && VG == 1) {
+                    v8 dot[4];
+                    for (i64 gg = 0; gg < 4; ++gg) {
+                        dot[gg] = gv[gg] * *(const v8u *)(m + 8 * gg);
+                        *(v8u *)(gm + 8 * gg) += kp[gg * K + t] * gv[gg];
+                    }
+                    const v8 sums = hsum8x4(dot[0], dot[1], dot[2], dot[3]);
+                    for (i64 gg = 0; gg < 4; ++gg)
+                        bp[gg * K + t] = sums[gg];
+                    continue;
+                }
+#endif
+                for (i64 gg = 0; gg < G; ++gg) {
+                    const float w = kp[gg * K + t];
+                    v8 dot = {0};
+                    for (i64 v = 0; v < VG; ++v) {
+                        const i64 c = (gg * VG + v) * 8;
+                        dot += gv[gg * VG + v] * *(const v8u *)(m + c);
+                        *(v8u *)(gm + c) += w * gv[gg * VG + v];
+                    }
+                    bp[gg * K + t] = hsum8(dot);
+                }
+            }
+        }
+        /* adjoint of the box means: gx[q] = sum_s 1/len * sum_{m < len} gM_s[q - m] */
+        float *al = gx + b * ab + j * aj;
+        const i64 V = C / 8;
+        for (i64 q = 0; q < L; ++q) {
+            for (i64 v = 0; v < V; ++v) {
+                v8 acc = {0};
+                for (i64 s = 0; s < g->nslots; ++s) {
+                    const i64 len = g->lens[s];
+                    const float *gs = gM + s * Lp * C;
+                    v8 part = {0};
+                    for (i64 m = 0; m < len; ++m) {
+                        const i64 e = q - m - dmin; /* start q - m; starts outside the buffer are never used */
+                        if (e >= 0 && e < Lp)
+                            part += *(const v8u *)(gs + e * C + 8 * v);
+                    }
+                    acc += part * (1.0f / (float)len);
+                }
+                *(v8u *)(al + q * ai + 8 * v) = acc;
+            }
+        }
+    }
+}
+
+/* ---- generic path: any channels per group, one tap at a time --------------------------------- */
+
+static void generic_forward_lines(
+    const Geo *g, const float *x, const float *k, float *out,
+    i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1)
+{
+    const i64 L = g->L, K = g->K, P = g->P;
+    float acc[MAX_GROUP];
+    for (i64 l = line0; l < line1; ++l) {
+        const i64 b = l / g->J, j = l % g->J;
+        const float *xl = x + b * xb + j * xj;
+        const float *kl = k + b * kb + j * kj;
+        float *ol = out + b * ob + j * oj;
+        for (i64 i = 0; i < L; ++i) {
+            for (i64 gg = 0; gg < g->G; ++gg) {
+                for (i64 p = 0; p < P; ++p)
+                    acc[p] = 0.0f;
+                for (i64 t = 0; t < K; ++t) {
+                    const i64 q0 = i + g->lo[t];
+                    const i64 m0 = q0 < 0 ? -q0 : 0, m1 = q0 + g->n[t] > L ? L - q0 : g->n[t];
+                    const float w = kl[i * ki + gg * K + t] * g->inv[t];
+                    for (i64 m = m0; m < m1; ++m) {
+                        const float *xr = xl + (q0 + m) * xi + gg * P;
+                        for (i64 p = 0; p < P; ++p)
+                            acc[p] += w * xr[p];
+                    }
+                }
+                for (i64 p = 0; p < P; ++p)
+                    ol[i * oi + gg * P + p] = acc[p];
+            }
+        }
+    }
+}
+
+static void generic_backward_lines(
+    const Geo *g, const float *gout, const float *x, const float *k, float *gx, float *gk,
+    i64 gb, i64 gj, i64 gi, i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki,
+    i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1)
+{
+    const i64 L = g->L, K = g->K, P = g->P;
+    for (i64 l = line0; l < line1; ++l) {
+        const i64 b = l / g->J, j = l % g->J;
+        const float *gl = gout + b * gb + j * gj;
+        const float *xl = x + b * xb + j * xj;
+        const float *kl = k + b * kb + j * kj;
+        float *al = gx + b * ab + j * aj;
+        float *bl = gk + b * bb + j * bj;
+        for (i64 i = 0; i < L; ++i)
+            for (i64 c = 0; c < g->C; ++c)
+                al[i * ai + c] = 0.0f;
+        for (i64 i = 0; i < L; ++i) {
+            for (i64 gg = 0; gg < g->G; ++gg) {
+                const float *go = gl + i * gi + gg * P;
+                for (i64 t = 0; t < K; ++t) {
+                    const i64 q0 = i + g->lo[t];
+                    const i64 m0 = q0 < 0 ? -q0 : 0, m1 = q0 + g->n[t] > L ? L - q0 : g->n[t];
+                    const float w = kl[i * ki + gg * K + t] * g->inv[t];
+                    float s = 0.0f;
+                    for (i64 m = m0; m < m1; ++m) {
+                        const float *xr = xl + (q0 + m) * xi + gg * P;
+                        float *ar = al + (q0 + m) * ai + gg * P;
+                        for (i64 p = 0; p < P; ++p) {
+                            s += go[p] * xr[p];
+                            ar[p] += w * go[p];
+                        }
+                    }
+                    bl[i * bi + gg * K + t] = s * g->inv[t];
+                }
+            }
+        }
+    }
+}
+
+/* ---- entry points (ctypes) ------------------------------------------------------------------- */
+
+/* Returns 0 on success, 1 for unsupported taps / groups, 2 if a line buffer cannot be allocated. */
+int lightsr_fsa_forward(
+    const float *x, const float *k, float *out, i64 J, i64 L, i64 C, i64 G, i64 K,
+    const i64 *lo, const i64 *n, i64 dmin, i64 dmax,
+    i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1)
+{
+    Geo g;
+    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax))
+        return 1;
+    if (g.P % 8) {
+        if (g.P > MAX_GROUP)
+            return 1;
+        generic_forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
+        return 0;
+    }
+    if (C / 8 > MAX_VECTORS)
+        return 1;
+    float *M = malloc(sizeof(float) * (size_t)(g.nslots * g.Lp * C));
+    if (!M)
+        return 2;
+    if (G == 4 && g.P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
+        fast_forward_lines(&g, 4, 1, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    else
+        fast_forward_lines(&g, G, g.P / 8, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    free(M);
+    return 0;
+}
+
+int lightsr_fsa_backward(
+    const float *gout, const float *x, const float *k, float *gx, float *gk,
+    i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax,
+    i64 gb, i64 gj, i64 gi, i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki,
+    i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1)
+{
+    Geo g;
+    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax))
+        return 1;
+    if (g.P % 8) {
+        if (g.P > MAX_GROUP)
+            return 1;
+        generic_backward_lines(&g, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
+                               line0, line1);
+        return 0;
+    }
+    if (C / 8 > MAX_VECTORS)
+        return 1;
+    float *M = malloc(sizeof(float) * (size_t)(2 * g.nslots * g.Lp * C));
+    if (!M)
+        return 2;
+    float *gM = M + g.nslots * g.Lp * C;
+    if (G == 4 && g.P == 8)
+        fast_backward_lines(&g, 4, 1, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
+                            line0, line1, M, gM);
+    else
+        fast_backward_lines(&g, G, g.P / 8, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj,
+                            bi, line0, line1, M, gM);
+    free(M);
+    return 0;
+}

@@ -1,0 +1,147 @@
+"""The native (C) focal attention against the reference op: values and gradients in float32, odd
+sizes, batch > 1, every group width path, layouts, threads; building, caching and falling back."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightsr.ops import _native, build_kernel_map, focal_attention, focal_attention_reference
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernel not built: {_native.build_error()}")
+
+SIZES = [(1, 1), (1, 23), (17, 23), (40, 31), (8, 8), (48, 48)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def _check_against_reference(x, k, taps, dim, tol=2e-6):
+    """Native (float32) forward and both gradients vs the float64 reference op."""
+    x64, k64 = x.detach().double().requires_grad_(True), k.detach().double().requires_grad_(True)
+    ref = focal_attention_reference(x64, k64, taps, dim)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(g)
+    xf, kf = x.detach().clone().requires_grad_(True), k.detach().clone().requires_grad_(True)
+    out = focal_attention(xf, kf, taps, dim)
+    out.backward(g.float())
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert _rel(out, ref) < tol
+    assert _rel(xf.grad, x64.grad) < tol
+    assert _rel(kf.grad, k64.grad) < tol
+    return out, xf.grad, kf.grad
+
+
+@needs_native
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("dim", [-1, -2])
+@pytest.mark.parametrize("c,groups", [(32, 4), (16, 2), (32, 2), (9, 3), (8, 1)])  # 8-wide x 4 / x G, 16-wide, generic
+def test_native_matches_reference(h, w, dim, c, groups):
+    taps = build_kernel_map()
+    x = torch.randn(2, c, h, w)
+    k = torch.randn(2, groups * len(taps), h, w)
+    _check_against_reference(x, k, taps, dim)
+
+
+@needs_native
+@pytest.mark.parametrize("taps", [build_kernel_map((1, 2), (3, 3)), build_kernel_map((1,), (6,)),
+                                  [(-4, 3), (-1, 1), (0, 1), (1, 3), (4, 5)], [(0, 2), (1, 2)]])
+def test_native_general_taps(taps):
+    """Other tap tables of the paper's Table 4, lengths not built by doubling, overlapping taps."""
+    for dim in (-1, -2):
+        _check_against_reference(torch.randn(3, 16, 11, 26), torch.randn(3, 2 * len(taps), 11, 26), taps, dim)
+
+
+@needs_native
+def test_native_equals_pytorch_path_and_keeps_layouts():
+    """The same numbers as the PyTorch implementation, channel slices of channels-last tensors (as in
+    LAMNet) and NCHW inputs alike; outputs and gradients come back in the inputs' layouts."""
+    taps = build_kernel_map()
+    cl = torch.channels_last
+    base = torch.randn(3, 64, 13, 21).contiguous(memory_format=cl)
+    for x, k in [(base[:, 32:], torch.randn(3, 52, 13, 21).contiguous(memory_format=cl)),
+                 (torch.randn(3, 32, 13, 21), torch.randn(3, 52, 13, 21))]:
+        for dim in (-1, -2):
+            out, gx, gk = _check_against_reference(x, k, taps, dim)
+            with _native.use_native(False):
+                xs, ks = x.clone().requires_grad_(True), k.clone().requires_grad_(True)
+                slow = focal_attention(xs, ks, taps, dim)
+            torch.autograd.grad(slow, [xs, ks], torch.ones_like(slow))
+            assert torch.allclose(out, slow, rtol=1e-5, atol=1e-5)
+            layout = cl if x.stride(1) == 1 else torch.contiguous_format
+            assert out.is_contiguous(memory_format=layout) and gx.is_contiguous(memory_format=layout)
+            assert gk.is_contiguous(memory_format=cl if k.stride(1) == 1 else torch.contiguous_format)
+
+
+@needs_native
+def test_native_threads_split_lines_identically():
+    taps = build_kernel_map()
+    x, k = torch.randn(4, 32, 19, 33), torch.randn(4, 52, 19, 33)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            xs, ks = x.clone().requires_grad_(True), k.clone().requires_grad_(True)
+            out = focal_attention(xs, ks, taps, -2)
+            out.backward(torch.ones_like(out))
+            results.append((out, xs.grad, ks.grad))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)  # each line is computed by one thread in the same order
+
+
+@needs_native
+def test_native_path_passes_opcheck_and_saves_no_copies():
+    """Fake (meta) kernel, schema and autograd registration agree on the native path too; the
+    forward keeps no padded copies (its backward reads the inputs)."""
+    from torch.library import opcheck
+
+    taps = build_kernel_map()
+    starts, lengths = [s for s, _ in taps], [n for _, n in taps]
+    x, k = torch.randn(2, 8, 6, 7, requires_grad=True), torch.randn(2, 26, 6, 7, requires_grad=True)
+    for dim in (-1, -2):
+        opcheck(torch.ops.lightsr.focal_attention.default, (x, k, starts, lengths, dim),
+                test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        _, xp, kc = torch.ops.lightsr.focal_attention.default(x, k, starts, lengths, dim)
+        assert xp.numel() == 0 and kc.numel() == 0
+
+
+def _child(code: str, **env) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+_PROBE = (
+    "import torch\n"
+    "from lightsr.ops import _native, focal_attention, focal_attention_reference, build_kernel_map\n"
+    "t = build_kernel_map(); x, k = torch.randn(1, 8, 5, 6), torch.randn(1, 26, 5, 6)\n"
+    "ok = torch.allclose(focal_attention(x, k, t, -1), focal_attention_reference(x, k, t, -1), atol=1e-5)\n"
+    "print(_native.available(), ok, _native.library_path(), _native.build_error())\n"
+)
+
+
+def test_disabled_or_without_compiler_falls_back_to_pytorch(tmp_path):
+    """LIGHTSR_NATIVE=0, or no C compiler on PATH: the PyTorch implementation, same results."""
+    assert _child(_PROBE, LIGHTSR_NATIVE="0", LIGHTSR_CACHE=str(tmp_path)).startswith("False True None None")
+    out = _child(_PROBE, PATH="", CC="", LIGHTSR_CACHE=str(tmp_path / "c"))
+    assert out.startswith("False True None RuntimeError: no C compiler"), out
+    assert not (tmp_path / "c" / "native").exists() or not list((tmp_path / "c" / "native").glob("*.so"))
+
+
+@needs_native
+def test_library_is_built_once_into_the_cache(tmp_path):
+    first = _child(_PROBE, LIGHTSR_CACHE=str(tmp_path))
+    assert first.startswith("True True ")
+    built = sorted((tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("focal_attention-") and built[0].suffix == ".so"
+    mtime = built[0].stat().st_mtime_ns
+    assert _child(_PROBE, LIGHTSR_CACHE=str(tmp_path)).startswith("True True ")
+    assert sorted((tmp_path / "native").iterdir()) == built and built[0].stat().st_mtime_ns == mtime
