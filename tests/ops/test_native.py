@@ -20,14 +20,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
-def _check_against_reference(x, k, taps, dim, tol=2e-6):
+def _check_against_reference(x, k, taps, dim, tol=2e-6, activation=None):
     """Native (float32) forward and both gradients vs the float64 reference op."""
     x64, k64 = x.detach().double().requires_grad_(True), k.detach().double().requires_grad_(True)
-    ref = focal_attention_reference(x64, k64, taps, dim)
+    ref = focal_attention_reference(x64, k64, taps, dim, activation)
     g = torch.randn(ref.shape, dtype=torch.float64)
     ref.backward(g)
     xf, kf = x.detach().clone().requires_grad_(True), k.detach().clone().requires_grad_(True)
-    out = focal_attention(xf, kf, taps, dim)
+    out = focal_attention(xf, kf, taps, dim, activation)
     out.backward(g.float())
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert _rel(out, ref) < tol
@@ -45,6 +45,50 @@ def test_native_matches_reference(h, w, dim, c, groups):
     x = torch.randn(2, c, h, w)
     k = torch.randn(2, groups * len(taps), h, w)
     _check_against_reference(x, k, taps, dim)
+
+
+@needs_native
+@pytest.mark.parametrize("h,w", [(1, 1), (17, 23), (48, 48)])
+@pytest.mark.parametrize("c,groups", [(32, 4), (16, 1), (9, 3)])
+def test_native_fused_tanh_matches_reference(h, w, c, groups):
+    """activation='tanh': the kernel holds logits (LAMNet's predictors end in tanh); the native
+    kernel applies tanh itself (vectorised tanhf where libmvec exists) and returns the logits'
+    gradient. Logits up to +-12 cover tanh's saturated range."""
+    taps = build_kernel_map()
+    x = torch.randn(2, c, h, w)
+    k = torch.randn(2, groups * len(taps), h, w) * 4
+    for dim in (-1, -2):
+        _check_against_reference(x, k, taps, dim, tol=1e-5, activation="tanh")  # 1 - tanh^2 near saturation: float32 cancellation
+
+
+def test_tanh_activation_on_every_path():
+    """The PyTorch path (native off) and float64 (never native) apply the same tanh."""
+    taps = build_kernel_map()
+    x, k = torch.randn(2, 8, 7, 9, dtype=torch.float64), torch.randn(2, 26, 7, 9, dtype=torch.float64) * 3
+    for dim in (-1, -2):
+        _check_against_reference(x.float(), k.float(), taps, dim, tol=1e-5, activation="tanh")
+        with _native.use_native(False):
+            _check_against_reference(x.float(), k.float(), taps, dim, tol=1e-5, activation="tanh")
+        ref = focal_attention_reference(x, torch.tanh(k), taps, dim)
+        assert torch.allclose(focal_attention(x, k, taps, dim, "tanh"), ref, atol=1e-12)
+    with pytest.raises(ValueError):
+        focal_attention(x, k, taps, -1, "relu")
+
+
+@needs_native
+def test_without_vector_tanh_the_wrapper_applies_torch_tanh(monkeypatch):
+    """A library built without libmvec (scalar tanhf would be slower than torch.tanh): the wrapper
+    applies torch.tanh and calls the kernel without the activation; same results."""
+    taps = build_kernel_map()
+    x, k = torch.randn(2, 32, 9, 12), torch.randn(2, 52, 9, 12) * 3
+    fused = focal_attention(x, k, taps, -2, "tanh")
+    monkeypatch.setitem(_native._state, "vector_tanh", False)
+    calls = []
+    real = _native.fsa_forward
+    monkeypatch.setattr(_native, "fsa_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    plain = focal_attention(x, k, taps, -2, "tanh")
+    assert calls == [0]
+    assert torch.allclose(fused, plain, atol=1e-6)
 
 
 @needs_native
@@ -106,10 +150,11 @@ def test_native_path_passes_opcheck_and_saves_no_copies():
     starts, lengths = [s for s, _ in taps], [n for _, n in taps]
     x, k = torch.randn(2, 8, 6, 7, requires_grad=True), torch.randn(2, 26, 6, 7, requires_grad=True)
     for dim in (-1, -2):
-        opcheck(torch.ops.lightsr.focal_attention.default, (x, k, starts, lengths, dim),
-                test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-        _, xp, kc = torch.ops.lightsr.focal_attention.default(x, k, starts, lengths, dim)
-        assert xp.numel() == 0 and kc.numel() == 0
+        for act in (0, 1):
+            opcheck(torch.ops.lightsr.focal_attention.default, (x, k, starts, lengths, dim, act),
+                    test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+            _, xp, kc = torch.ops.lightsr.focal_attention.default(x, k, starts, lengths, dim, act)
+            assert xp.numel() == 0 and kc.numel() == 0
 
 
 def _child(code: str, **env) -> str:

@@ -303,8 +303,9 @@ def test_custom_ops_pass_opcheck():
     cases = [
         (torch.ops.lightsr.dynamic_dwconv.default, (x, wt, 7)),
         (torch.ops.lightsr.dynamic_dwconv_fused.default, (x, hid, cw, cb, 7)),
-        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -1)),
-        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -2)),
+        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -1, 0)),
+        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -2, 0)),
+        (torch.ops.lightsr.focal_attention.default, (x2, k2, starts, lengths, -2, 1)),  # tanh of the logits inside
     ]
     for op, args in cases:
         opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

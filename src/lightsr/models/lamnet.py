@@ -149,11 +149,19 @@ class UnifiedLinearMixer(nn.Module):
         fsa = get_op("focal_attention")
         x1, x2 = self.proj_in(x).chunk(2, dim=1)
         x_c = self.channel_branch(x1)
-        a = fsa(x2, self.h_kernel(x2), self.taps, dim=-1)  # horizontal FSA
-        x_s = fsa(a, self.v_kernel(a), self.taps, dim=-2)  # vertical FSA, kernel predicted from it
+        # the kernel predictors end in tanh: the op applies it (fused in the native kernel)
+        a = fsa(x2, _logits(self.h_kernel, x2), self.taps, dim=-1, activation="tanh")  # horizontal FSA
+        x_s = fsa(a, _logits(self.v_kernel, a), self.taps, dim=-2, activation="tanh")  # vertical, kernel predicted from it
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
         return conv1x1_of_concat(self.proj_out, x_c, x_s)  # proj_out(concat[x_c, x_s])
+
+
+def _logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A kernel predictor (depth-wise conv, 1x1 conv, tanh) without its final tanh."""
+    for layer in predictor[:-1]:
+        x = layer(x)
+    return x
 
 
 class LAMBlock(nn.Module):

@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "enabled", "use_native", "fsa_forward", "fsa_backward", "library_path", "build_error"]
+__all__ = ["available", "enabled", "use_native", "fsa_forward", "fsa_backward", "library_path", "build_error",
+           "vector_tanh"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("native") / "focal_attention.c"
 _lock = threading.Lock()
-_state: dict = {"lib": None, "tried": False, "error": None, "path": None,
+_state: dict = {"lib": None, "tried": False, "error": None, "path": None, "vector_tanh": False,
                 "enabled": os.environ.get("LIGHTSR_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")}
 _pool: dict = {}
 _i64 = ctypes.c_longlong
@@ -48,15 +49,20 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "native"
 
 
-def _flags() -> list[str]:
-    flags = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno"]
+def _variants() -> list[tuple[list[str], list[str]]]:
+    """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised tanhf
+    (libmvec, glibc >= 2.35) where the CPU has them, then plain."""
+    base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-Wno-psabi"]
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - very old torch
         capability = "DEFAULT"
+    variants = []
     if capability in ("AVX2", "AVX512"):  # what torch itself detected on this CPU
-        flags += ["-mavx2", "-mfma"]
-    return flags
+        variants.append((base + ["-mavx2", "-mfma", "-DLIGHTSR_MVEC"], ["-lmvec", "-lm"]))
+        variants.append((base + ["-mavx2", "-mfma"], ["-lm"]))
+    variants.append((base, ["-lm"]))
+    return variants
 
 
 def _compiler() -> str | None:
@@ -66,33 +72,49 @@ def _compiler() -> str | None:
     return None
 
 
+def _compile(cc: str, flags: list[str], libs: list[str]) -> Path:
+    """The cached library for this source, compiler and flags (built atomically if missing)."""
+    key = hashlib.sha256(_SOURCE.read_bytes() + cc.encode() + " ".join(flags + libs).encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    path = out_dir / f"focal_attention-{key}.so"
+    if path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".focal_attention-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    flags = _flags()
-    key = hashlib.sha256(_SOURCE.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
-    out_dir = _cache_dir()
-    path = out_dir / f"focal_attention-{key}.so"
-    if not path.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".focal_attention-", suffix=".so", dir=out_dir)
-        os.close(fd)
+    errors = []
+    for flags, libs in _variants():
         try:
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(path))
+            path = _compile(cc, flags, libs)
+            lib = ctypes.CDLL(str(path))
+            break
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            errors.append(str(exc))
+    else:
+        raise RuntimeError("; ".join(errors))
     ptr = ctypes.c_void_p
     lib.lightsr_fsa_forward.restype = ctypes.c_int
-    lib.lightsr_fsa_forward.argtypes = [ptr, ptr, ptr] + [_i64] * 5 + [ptr, ptr] + [_i64] * 13
+    lib.lightsr_fsa_forward.argtypes = [ptr, ptr, ptr] + [_i64] * 5 + [ptr, ptr] + [_i64] * 14
     lib.lightsr_fsa_backward.restype = ctypes.c_int
-    lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 19
+    lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 20
+    lib.lightsr_fsa_vector_tanh.restype = ctypes.c_int
     _state["path"] = path
+    _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())
     return lib
 
 
@@ -117,6 +139,11 @@ def enabled() -> bool:
 def available() -> bool:
     """Enabled and built (compiling on the first call); False when no compiler works."""
     return _state["enabled"] and _library() is not None
+
+
+def vector_tanh() -> bool:
+    """Whether the library applies tanh with a vectorised tanhf (then fusing LAMNet's tanh pays)."""
+    return available() and bool(_state.get("vector_tanh"))
 
 
 def library_path() -> Path | None:
@@ -193,8 +220,9 @@ def _empty_cl(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int) -> torch.Tensor:
-    """Native FSA forward (float32 CPU); the output is channels-last (unit channel stride)."""
+def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0) -> torch.Tensor:
+    """Native FSA forward (float32 CPU); the output is channels-last (unit channel stride).
+    ``act=1``: ``kernel`` holds logits, tanh is applied inside."""
     lib = _library()
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
     b, c, h, w = x.shape
@@ -205,13 +233,14 @@ def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: in
     J, L = (w, h) if axis == -2 else (h, w)
     if out.numel():
         _run_lines(lib.lightsr_fsa_forward,
-                   [_ptr(x), _ptr(kernel), _ptr(out), J, L, c, groups, n_taps, lo, n, dmin, dmax,
+                   [_ptr(x), _ptr(kernel), _ptr(out), J, L, c, groups, n_taps, lo, n, dmin, dmax, int(act),
                     *_geometry(x, axis), *_geometry(kernel, axis), *_geometry(out, axis)], b * J)
     return out
 
 
-def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int):
-    """Native FSA backward: (grad x, grad kernel), both channels-last."""
+def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0):
+    """Native FSA backward: (grad x, grad kernel), both channels-last (with ``act=1`` the gradient
+    of the logits)."""
     lib = _library()
     grad = _channels_unit_stride(grad.to(torch.float32))
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
@@ -225,6 +254,7 @@ def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, star
     if gx.numel():
         _run_lines(lib.lightsr_fsa_backward,
                    [_ptr(grad), _ptr(x), _ptr(kernel), _ptr(gx), _ptr(gk), J, L, c, groups, n_taps, lo, n, dmin, dmax,
+                    int(act),
                     *_geometry(grad, axis), *_geometry(x, axis), *_geometry(kernel, axis),
                     *_geometry(gx, axis), *_geometry(gk, axis)], b * J)
     elif gk.numel():

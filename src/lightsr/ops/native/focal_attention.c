@@ -19,12 +19,32 @@
  * channels, with no edge tests; the backward accumulates gM in buffers of the same shape and
  * applies the box-mean adjoint once per line. Dense buffers also keep the vertical FSA's column
  * walk (pixels a whole image row apart in memory) out of the cache-set conflicts it would hit.
- * Other group widths use a plain per-tap loop. Lines are independent, so callers may split
+ * Other group widths use a plain per-tap loop. With act = 1 the kernel coefficients are logits
+ * and tanh is applied on the fly (LAMNet's kernel predictors end in tanh): per line, the
+ * coefficients are copied into a buffer and passed through glibc's vectorised tanhf (libmvec,
+ * when the library was built with it: lightsr_fsa_vector_tanh() says so); the backward returns
+ * the gradient of the logits, gk * (1 - tanh^2). Lines are independent, so callers may split
  * [line0, line1) across threads. Vector code uses GCC / clang vector extensions (AVX with
  * -mavx2 -mfma where the CPU has it, SSE otherwise).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef LIGHTSR_MVEC /* glibc >= 2.35: 8-wide AVX2 tanhf in libmvec, used by the vectorised loop below */
+#pragma omp declare simd simdlen(8) notinbranch
+float tanhf(float);
+#endif
+
+int lightsr_fsa_vector_tanh(void)
+{
+#ifdef LIGHTSR_MVEC
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 
 #define MAX_TAPS 256
 #define MAX_GROUP 512   /* channels per kernel group, generic path */
@@ -66,6 +86,8 @@ typedef struct {
     i64 nslots;
     i64 Lp;                    /* buffer positions per line: q in [dmin, L - 1 + dmax] */
     i64 off[MAX_TAPS];         /* tap t's mean for pixel i: M + off[t] + i * C (fast path buffers) */
+    i64 act;                   /* 1: coefficients are logits, tanh applied */
+    float *T;                  /* act: L x G*K scratch for one line's activated coefficients */
 } Geo;
 
 static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax)
@@ -90,6 +112,30 @@ static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const
     for (i64 t = 0; t < K; ++t)
         g->off[t] = g->slot[t] * g->Lp * C + (lo[t] - dmin) * C;
     return 0;
+}
+
+/* The line's G*K coefficients per pixel, tanh applied, densely in T (returned with stride G*K);
+ * without an activation the kernel line itself. */
+static const float *coefficients(const Geo *g, i64 act, const float *kl, i64 *ki, float *T)
+{
+    if (!act)
+        return kl;
+    const i64 GK = g->G * g->K, L = g->L;
+    for (i64 i = 0; i < L; ++i)
+        memcpy(T + i * GK, kl + i * *ki, sizeof(float) * (size_t)GK);
+    const i64 n = L * GK;
+#pragma omp simd
+    for (i64 e = 0; e < n; ++e)
+        T[e] = tanhf(T[e]);
+    *ki = GK;
+    return T;
+}
+
+/* gk of the logits: gk * (1 - tanh^2), for the pixel's G*K values */
+static inline void tanh_backward(float *restrict bp, const float *restrict tp, i64 GK)
+{
+    for (i64 e = 0; e < GK; ++e)
+        bp[e] *= 1.0f - tp[e] * tp[e];
 }
 
 /* ---- fast path: box-mean line buffers, 8-channel vectors ------------------------------------- */
@@ -126,10 +172,11 @@ static inline __attribute__((always_inline)) void fast_forward_lines(
     for (i64 l = line0; l < line1; ++l) {
         const i64 b = l / g->J, j = l % g->J;
         build_means(g, x + b * xb + j * xj, xi, M);
-        const float *kl = k + b * kb + j * kj;
+        i64 ks = ki;
+        const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
         float *ol = out + b * ob + j * oj;
         for (i64 i = 0; i < L; ++i) {
-            const float *kp = kl + i * ki;
+            const float *kp = kl + i * ks;
             const float *Mi = M + i * C;
             for (i64 v = 0; v < V; ++v)
                 acc[v] = (v8){0};
@@ -159,10 +206,11 @@ static inline __attribute__((always_inline)) void fast_backward_lines(
         build_means(g, x + b * xb + j * xj, xi, M);
         memset(gM, 0, sizeof(float) * (size_t)(g->nslots * Lp * C));
         const float *gl = gout + b * gb + j * gj;
-        const float *kl = k + b * kb + j * kj;
+        i64 ks = ki;
+        const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
         float *bl = gk + b * bb + j * bj;
         for (i64 i = 0; i < L; ++i) {
-            const float *kp = kl + i * ki;
+            const float *kp = kl + i * ks;
             float *bp = bl + i * bi;
             const float *gp = gl + i * gi;
             const i64 Ci = i * C;
@@ -195,6 +243,8 @@ static inline __attribute__((always_inline)) void fast_backward_lines(
                     bp[gg * K + t] = hsum8(dot);
                 }
             }
+            if (g->act)
+                tanh_backward(bp, kp, G * K);
         }
         /* adjoint of the box means: gx[q] = sum_s 1/len * sum_{m < len} gM_s[q - m] */
         float *al = gx + b * ab + j * aj;
@@ -230,7 +280,8 @@ static void generic_forward_lines(
     for (i64 l = line0; l < line1; ++l) {
         const i64 b = l / g->J, j = l % g->J;
         const float *xl = x + b * xb + j * xj;
-        const float *kl = k + b * kb + j * kj;
+        i64 ks = ki;
+        const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
         float *ol = out + b * ob + j * oj;
         for (i64 i = 0; i < L; ++i) {
             for (i64 gg = 0; gg < g->G; ++gg) {
@@ -239,7 +290,7 @@ static void generic_forward_lines(
                 for (i64 t = 0; t < K; ++t) {
                     const i64 q0 = i + g->lo[t];
                     const i64 m0 = q0 < 0 ? -q0 : 0, m1 = q0 + g->n[t] > L ? L - q0 : g->n[t];
-                    const float w = kl[i * ki + gg * K + t] * g->inv[t];
+                    const float w = kl[i * ks + gg * K + t] * g->inv[t];
                     for (i64 m = m0; m < m1; ++m) {
                         const float *xr = xl + (q0 + m) * xi + gg * P;
                         for (i64 p = 0; p < P; ++p)
@@ -263,7 +314,8 @@ static void generic_backward_lines(
         const i64 b = l / g->J, j = l % g->J;
         const float *gl = gout + b * gb + j * gj;
         const float *xl = x + b * xb + j * xj;
-        const float *kl = k + b * kb + j * kj;
+        i64 ks = ki;
+        const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
         float *al = gx + b * ab + j * aj;
         float *bl = gk + b * bb + j * bj;
         for (i64 i = 0; i < L; ++i)
@@ -275,7 +327,7 @@ static void generic_backward_lines(
                 for (i64 t = 0; t < K; ++t) {
                     const i64 q0 = i + g->lo[t];
                     const i64 m0 = q0 < 0 ? -q0 : 0, m1 = q0 + g->n[t] > L ? L - q0 : g->n[t];
-                    const float w = kl[i * ki + gg * K + t] * g->inv[t];
+                    const float w = kl[i * ks + gg * K + t] * g->inv[t];
                     float s = 0.0f;
                     for (i64 m = m0; m < m1; ++m) {
                         const float *xr = xl + (q0 + m) * xi + gg * P;
@@ -288,33 +340,41 @@ static void generic_backward_lines(
                     bl[i * bi + gg * K + t] = s * g->inv[t];
                 }
             }
+            if (g->act)
+                tanh_backward(bl + i * bi, kl + i * ks, g->G * K);
         }
     }
 }
 
 /* ---- entry points (ctypes) ------------------------------------------------------------------- */
 
+/* Scratch of one call: box means (and their gradients), activated coefficients of one line. */
+static float *scratch(Geo *g, int backward)
+{
+    const size_t means = g->P % 8 ? 0 : (size_t)(g->nslots * g->Lp * g->C) * (backward ? 2 : 1);
+    const size_t coeff = g->act ? (size_t)(g->L * g->G * g->K) : 0;
+    float *buf = malloc(sizeof(float) * (means + coeff + 1));
+    if (buf)
+        g->T = buf + means;
+    return buf;
+}
+
 /* Returns 0 on success, 1 for unsupported taps / groups, 2 if a line buffer cannot be allocated. */
 int lightsr_fsa_forward(
     const float *x, const float *k, float *out, i64 J, i64 L, i64 C, i64 G, i64 K,
-    const i64 *lo, const i64 *n, i64 dmin, i64 dmax,
+    const i64 *lo, const i64 *n, i64 dmin, i64 dmax, i64 act,
     i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1)
 {
     Geo g;
-    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax))
+    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax) || C / 8 > MAX_VECTORS || g.P > MAX_GROUP)
         return 1;
-    if (g.P % 8) {
-        if (g.P > MAX_GROUP)
-            return 1;
-        generic_forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
-        return 0;
-    }
-    if (C / 8 > MAX_VECTORS)
-        return 1;
-    float *M = malloc(sizeof(float) * (size_t)(g.nslots * g.Lp * C));
+    g.act = act;
+    float *M = scratch(&g, 0);
     if (!M)
         return 2;
-    if (G == 4 && g.P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
+    if (g.P % 8)
+        generic_forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
+    else if (G == 4 && g.P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
         fast_forward_lines(&g, 4, 1, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
     else
         fast_forward_lines(&g, G, g.P / 8, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
@@ -324,27 +384,22 @@ int lightsr_fsa_forward(
 
 int lightsr_fsa_backward(
     const float *gout, const float *x, const float *k, float *gx, float *gk,
-    i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax,
+    i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax, i64 act,
     i64 gb, i64 gj, i64 gi, i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki,
     i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1)
 {
     Geo g;
-    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax))
+    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax) || C / 8 > MAX_VECTORS || g.P > MAX_GROUP)
         return 1;
-    if (g.P % 8) {
-        if (g.P > MAX_GROUP)
-            return 1;
-        generic_backward_lines(&g, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
-                               line0, line1);
-        return 0;
-    }
-    if (C / 8 > MAX_VECTORS)
-        return 1;
-    float *M = malloc(sizeof(float) * (size_t)(2 * g.nslots * g.Lp * C));
+    g.act = act;
+    float *M = scratch(&g, 1);
     if (!M)
         return 2;
-    float *gM = M + g.nslots * g.Lp * C;
-    if (G == 4 && g.P == 8)
+    float *gM = M + (g.P % 8 ? 0 : g.nslots * g.Lp * C);
+    if (g.P % 8)
+        generic_backward_lines(&g, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
+                               line0, line1);
+    else if (G == 4 && g.P == 8)
         fast_backward_lines(&g, 4, 1, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
                             line0, line1, M, gM);
     else
