@@ -58,6 +58,16 @@ def read_run(run: Path) -> dict:
     vals = _csv_rows(run / "val_log.csv")
     cfg = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
     best = max(vals, key=lambda r: float(r["psnr"])) if vals else None
+    recipe = {}
+    if cfg:
+        import yaml
+
+        data = yaml.safe_load(cfg) or {}
+        train_set = (data.get("datasets") or {}).get("train") or {}
+        scale = int(data.get("scale") or 1)
+        lq = train_set.get("lq_size") or (train_set.get("gt_size") or 0) // scale or None
+        recipe = {"batch": train_set.get("batch_size") or train_set.get("batch_size_per_gpu"), "lq": lq,
+                  "lr": ((data.get("train") or {}).get("optim_g") or {}).get("lr")}
     return {
         "name": run.name,
         "iters": int(rows[-1]["iter"]) if rows else 0,
@@ -65,6 +75,7 @@ def read_run(run: Path) -> dict:
         "best": best,
         "last_val": vals[-1] if vals else None,
         "config": cfg,
+        "recipe": recipe,
     }
 
 
@@ -153,12 +164,14 @@ def main() -> int:
           f"Data: `../shared/datasets/train` (T91 + BSD200 + 100 DIV2K-valid crops, HR only; LR made with "
           f"lightsr's MATLAB-bicubic), random crops, flips and 90° rotations. Hardware: {hardware}, shared "
           "with other jobs. In total **{:,} iterations in {:.1f} h** of wall time.".format(total_iters, total_s / 3600), "",
-          "| stage (run) | iterations | wall time | best Set5 PSNR during training (iteration) |",
-          "|---|---|---|---|"]
+          "| stage (run) | iterations | batch x LR crop | peak lr | wall time | best Set5 PSNR during training (iteration) |",
+          "|---|---|---|---|---|---|"]
     for r in runs:
-        b = r["best"]
+        b, rc = r["best"], r["recipe"]
         best = f"{float(b['psnr']):.2f} dB ({b['iter']})" if b else "-"
-        md.append(f"| `{r['name']}` | {r['iters']:,} | {r['elapsed_s'] / 60:.0f} min | {best} |")
+        crop = f"{rc['batch']} x {rc['lq']}" if rc.get("batch") and rc.get("lq") else "-"
+        lr = f"{float(rc['lr']):g}" if rc.get("lr") else "-"
+        md.append(f"| `{r['name']}` | {r['iters']:,} | {crop} | {lr} | {r['elapsed_s'] / 60:.0f} min | {best} |")
     md += ["", "The configs and logs of these runs are in `docs/training_runs/` (`config.yaml`, "
            "`train_log.csv`, `val_log.csv` per run); `lightsr plot-log` draws them.", "",
            "## Limits", "",

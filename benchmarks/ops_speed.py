@@ -14,6 +14,7 @@ adds forward + backward timings at the training shape (batch 16, 48x48).
     python benchmarks/ops_speed.py [--threads 1] [--repeats 7] [--backward]
     python benchmarks/ops_speed.py --sweep-strip      # tune the CPU strip size
     python benchmarks/ops_speed.py --tlc-chunks       # windows per TLC call
+    python benchmarks/ops_speed.py --threads 1 --backward --only focal_attention
 """
 from __future__ import annotations
 
@@ -227,6 +228,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", action="store_true", help="also time forward + backward at batch 16, 48x48")
     ap.add_argument("--sweep-strip", action="store_true", help="time the CPU strip sizes instead")
     ap.add_argument("--tlc-chunks", action="store_true", help="time TLC windows per call instead")
+    ap.add_argument("--only", metavar="TEXT", help="only the rows whose name contains TEXT (e.g. focal_attention)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,12 +242,13 @@ def main(argv=None) -> int:
     elif args.tlc_chunks:
         _tlc_chunks(d, args.repeats)
     else:
-        worst = _compare(_cases(d), args.repeats, args.warmup)
+        pick = (lambda cases: {k: v for k, v in cases.items() if args.only in k}) if args.only else (lambda cases: cases)
+        worst = _compare(pick(_cases(d)), args.repeats, args.warmup)
         if args.backward:
             t = _inputs(16, 48, 48, seed=1)
             t["gout"] = torch.randn(16, 48, 48, 48)
             print("\nforward + backward (gradients w.r.t. every input) at batch 16, 48x48\n")
-            worst = max(worst, _compare(_backward_cases(t), args.repeats, args.warmup))
+            worst = max(worst, _compare(pick(_backward_cases(t)), args.repeats, args.warmup))
         print(f"\nlargest output difference fast vs reference, relative to the largest output: {worst:.1e}")
     print(f"load average at the end (1/5/15 min): {load_average()}")
     return 0
