@@ -182,9 +182,10 @@ def _run_lines(fn, args_before: list, lines: int) -> None:
     if threads == 1 or lines < 4 * threads:
         _check_rc([fn(*args_before, 0, lines)])
         return
-    pool = _pool.get(threads)
+    key = (os.getpid(), threads)  # a forked child must not reuse the parent's (threadless) pool
+    pool = _pool.get(key)
     if pool is None:
-        pool = _pool[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lightsr-native")
+        pool = _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="lightsr-native")
     bounds = [lines * i // threads for i in range(threads + 1)]
     _check_rc(list(pool.map(lambda i: fn(*args_before, bounds[i], bounds[i + 1]), range(threads))))
 
