@@ -3,7 +3,8 @@
 Shapes are those of the x4 models at the 1280x720-output LR size (320x180): DLGSANet-light's
 dynamic depth-wise conv (48 channels, 8 kernel groups, 7x7; alone and fused with its 1x1 kernel
 generator 12 -> 392), LAMNet's focal separable attention (32 channels, 4 groups, 13 taps,
-horizontal and vertical; the native C kernel and, in rows so marked, the pure-PyTorch fast path), the channels-first LayerNorm (48 channels, NCHW and channels-last
+horizontal and vertical; NCHW inputs take the PyTorch implementation, channels-last slices as in
+LAMNet the native C kernel, also timed with it switched off), the channels-first LayerNorm (48 channels, NCHW and channels-last
 input) and DLGSANet's TLC windows (48-pixel windows over the 144-channel qkv map).
 
 Every repetition times each variant once, in alternating order (a load change hits both);
@@ -68,24 +69,33 @@ def _cases(d):
     cl = d["x48"].contiguous(memory_format=torch.channels_last)
     gsa = SparseGSA(48).eval()
     qkv_cl = d["qkv"].contiguous(memory_format=torch.channels_last)
+    # LAMNet's FSA input: the second half of proj_in's channels-last output (a strided slice)
+    x32_slice = torch.cat([d["x32"], d["x32"]], 1).contiguous(memory_format=torch.channels_last)[:, 32:]
+    k52_cl = d["k52"].contiguous(memory_format=torch.channels_last)
     return {
         "dynamic_dwconv 7x7 (48 ch, 8 groups)": (
             lambda: dynamic_dwconv(d["x48"], d["w392"], 7), lambda: dynamic_dwconv_reference(d["x48"], d["w392"], 7)),
         "dynamic_dwconv + 1x1 kernel conv 12->392 (fused)": (
             lambda: dynamic_dwconv_fused(d["x48"], d["h12"], d["cw"], d["cb"], 7),
             lambda: dynamic_dwconv_fused_reference(d["x48"], d["h12"], d["cw"], d["cb"], 7)),
-        "focal_attention horizontal (32 ch, 13 taps)": (
+        "focal_attention horizontal (32 ch, 13 taps, NCHW: PyTorch path)": (
             lambda: focal_attention(d["x32"], d["k52"], d["taps"], -1),
             lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -1)),
-        "focal_attention vertical (32 ch, 13 taps)": (
+        "focal_attention vertical (32 ch, 13 taps, NCHW: PyTorch path)": (
             lambda: focal_attention(d["x32"], d["k52"], d["taps"], -2),
             lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -2)),
-        "focal_attention horizontal, PyTorch path (LIGHTSR_NATIVE=0)": (
-            _pytorch_path(lambda: focal_attention(d["x32"], d["k52"], d["taps"], -1)),
-            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -1)),
-        "focal_attention vertical, PyTorch path (LIGHTSR_NATIVE=0)": (
-            _pytorch_path(lambda: focal_attention(d["x32"], d["k52"], d["taps"], -2)),
-            lambda: focal_attention_reference(d["x32"], d["k52"], d["taps"], -2)),
+        "focal_attention horizontal, channels-last slice (as in LAMNet: native kernel)": (
+            lambda: focal_attention(x32_slice, k52_cl, d["taps"], -1),
+            lambda: focal_attention_reference(x32_slice, k52_cl, d["taps"], -1)),
+        "focal_attention vertical, channels-last slice (as in LAMNet: native kernel)": (
+            lambda: focal_attention(x32_slice, k52_cl, d["taps"], -2),
+            lambda: focal_attention_reference(x32_slice, k52_cl, d["taps"], -2)),
+        "focal_attention horizontal, channels-last slice, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(lambda: focal_attention(x32_slice, k52_cl, d["taps"], -1)),
+            lambda: focal_attention_reference(x32_slice, k52_cl, d["taps"], -1)),
+        "focal_attention vertical, channels-last slice, PyTorch path (LIGHTSR_NATIVE=0)": (
+            _pytorch_path(lambda: focal_attention(x32_slice, k52_cl, d["taps"], -2)),
+            lambda: focal_attention_reference(x32_slice, k52_cl, d["taps"], -2)),
         "layer_norm_2d (48 ch, NCHW input)": (
             lambda: layer_norm_2d(d["x48"], d["ln_w"], d["ln_b"]), lambda: layer_norm_2d_reference(d["x48"], d["ln_w"], d["ln_b"])),
         "layer_norm_2d (48 ch, channels-last input)": (
@@ -139,17 +149,11 @@ def _backward_cases(d):
         "dynamic_dwconv fused fwd+bwd": (
             fb(lambda a, b, c, e: dynamic_dwconv_fused(a, b, c, e, 7), d["x48"], d["h12"], d["cw"], d["cb"]),
             fb(lambda a, b, c, e: dynamic_dwconv_fused_reference(a, b, c, e, 7), d["x48"], d["h12"], d["cw"], d["cb"])),
-        "focal_attention horizontal fwd+bwd": (
+        "focal_attention horizontal fwd+bwd (NCHW: PyTorch path)": (
             fb(lambda a, b: focal_attention(a, b, taps, -1), d["x32"], d["k52"]),
             fb(lambda a, b: focal_attention_reference(a, b, taps, -1), d["x32"], d["k52"])),
-        "focal_attention vertical fwd+bwd": (
+        "focal_attention vertical fwd+bwd (NCHW: PyTorch path)": (
             fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"]),
-            fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
-        "focal_attention horizontal fwd+bwd, PyTorch path (LIGHTSR_NATIVE=0)": (
-            _pytorch_path(fb(lambda a, b: focal_attention(a, b, taps, -1), d["x32"], d["k52"])),
-            fb(lambda a, b: focal_attention_reference(a, b, taps, -1), d["x32"], d["k52"])),
-        "focal_attention vertical fwd+bwd, PyTorch path (LIGHTSR_NATIVE=0)": (
-            _pytorch_path(fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"])),
             fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
         "focal_attention h + v fwd+bwd on channels-last slices (as in LAMNet's ULM)": (
             fb(lambda a, b: focal_attention(focal_attention(a, b, taps, -1), b, taps, -2), x32_slice, k52_cl),

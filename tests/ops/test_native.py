@@ -20,13 +20,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def _check_against_reference(x, k, taps, dim, tol=2e-6, activation=None):
-    """Native (float32) forward and both gradients vs the float64 reference op."""
+    """Native (float32, channels-last x: the layout that takes the native kernel) forward and both
+    gradients vs the float64 reference op."""
     x64, k64 = x.detach().double().requires_grad_(True), k.detach().double().requires_grad_(True)
     ref = focal_attention_reference(x64, k64, taps, dim, activation)
     g = torch.randn(ref.shape, dtype=torch.float64)
     ref.backward(g)
-    xf, kf = x.detach().clone().requires_grad_(True), k.detach().clone().requires_grad_(True)
+    xf, kf = x.detach().clone(memory_format=torch.preserve_format), k.detach().clone(memory_format=torch.preserve_format)
+    xf.requires_grad_(True), kf.requires_grad_(True)
     out = focal_attention(xf, kf, taps, dim, activation)
     out.backward(g.float())
     assert out.dtype == torch.float32 and out.shape == ref.shape
@@ -42,8 +48,8 @@ def _check_against_reference(x, k, taps, dim, tol=2e-6, activation=None):
 @pytest.mark.parametrize("c,groups", [(32, 4), (16, 2), (32, 2), (9, 3), (8, 1)])  # 8-wide x 4 / x G, 16-wide, generic
 def test_native_matches_reference(h, w, dim, c, groups):
     taps = build_kernel_map()
-    x = torch.randn(2, c, h, w)
-    k = torch.randn(2, groups * len(taps), h, w)
+    x = _cl(torch.randn(2, c, h, w))
+    k = torch.randn(2, groups * len(taps), h, w)  # NCHW kernel: converted inside
     _check_against_reference(x, k, taps, dim)
 
 
@@ -55,8 +61,8 @@ def test_native_fused_tanh_matches_reference(h, w, c, groups):
     kernel applies tanh itself (vectorised tanhf where libmvec exists) and returns the logits'
     gradient. Logits up to +-12 cover tanh's saturated range."""
     taps = build_kernel_map()
-    x = torch.randn(2, c, h, w)
-    k = torch.randn(2, groups * len(taps), h, w) * 4
+    x = _cl(torch.randn(2, c, h, w))
+    k = _cl(torch.randn(2, groups * len(taps), h, w) * 4)
     for dim in (-1, -2):
         _check_against_reference(x, k, taps, dim, tol=1e-5, activation="tanh")  # 1 - tanh^2 near saturation: float32 cancellation
 
@@ -66,7 +72,7 @@ def test_tanh_activation_on_every_path():
     taps = build_kernel_map()
     x, k = torch.randn(2, 8, 7, 9, dtype=torch.float64), torch.randn(2, 26, 7, 9, dtype=torch.float64) * 3
     for dim in (-1, -2):
-        _check_against_reference(x.float(), k.float(), taps, dim, tol=1e-5, activation="tanh")
+        _check_against_reference(_cl(x.float()), k.float(), taps, dim, tol=1e-5, activation="tanh")
         with _native.use_native(False):
             _check_against_reference(x.float(), k.float(), taps, dim, tol=1e-5, activation="tanh")
         ref = focal_attention_reference(x, torch.tanh(k), taps, dim)
@@ -80,7 +86,7 @@ def test_without_vector_tanh_the_wrapper_applies_torch_tanh(monkeypatch):
     """A library built without libmvec (scalar tanhf would be slower than torch.tanh): the wrapper
     applies torch.tanh and calls the kernel without the activation; same results."""
     taps = build_kernel_map()
-    x, k = torch.randn(2, 32, 9, 12), torch.randn(2, 52, 9, 12) * 3
+    x, k = _cl(torch.randn(2, 32, 9, 12)), _cl(torch.randn(2, 52, 9, 12) * 3)
     fused = focal_attention(x, k, taps, -2, "tanh")
     monkeypatch.setitem(_native._state, "vector_tanh", False)
     calls = []
@@ -97,7 +103,7 @@ def test_without_vector_tanh_the_wrapper_applies_torch_tanh(monkeypatch):
 def test_native_general_taps(taps):
     """Other tap tables of the paper's Table 4, lengths not built by doubling, overlapping taps."""
     for dim in (-1, -2):
-        _check_against_reference(torch.randn(3, 16, 11, 26), torch.randn(3, 2 * len(taps), 11, 26), taps, dim)
+        _check_against_reference(_cl(torch.randn(3, 16, 11, 26)), _cl(torch.randn(3, 2 * len(taps), 11, 26)), taps, dim)
 
 
 @needs_native
@@ -122,9 +128,23 @@ def test_native_equals_pytorch_path_and_keeps_layouts():
 
 
 @needs_native
+def test_nchw_inputs_stay_on_the_pytorch_path(monkeypatch):
+    """Only channels-last inputs (the models' CPU layout) take the native kernel."""
+    taps = build_kernel_map()
+    calls = []
+    real = _native.fsa_forward
+    monkeypatch.setattr(_native, "fsa_forward", lambda *a: calls.append(1) or real(*a))
+    x, k = torch.randn(1, 8, 5, 6), torch.randn(1, 26, 5, 6)
+    focal_attention(x, k, taps, -1)
+    assert calls == []
+    focal_attention(_cl(x), k, taps, -1)
+    assert calls == [1]
+
+
+@needs_native
 def test_native_threads_split_lines_identically():
     taps = build_kernel_map()
-    x, k = torch.randn(4, 32, 19, 33), torch.randn(4, 52, 19, 33)
+    x, k = _cl(torch.randn(4, 32, 19, 33)), _cl(torch.randn(4, 52, 19, 33))
     before = torch.get_num_threads()
     try:
         results = []
@@ -132,6 +152,7 @@ def test_native_threads_split_lines_identically():
             torch.set_num_threads(threads)
             xs, ks = x.clone().requires_grad_(True), k.clone().requires_grad_(True)
             out = focal_attention(xs, ks, taps, -2)
+            assert out.is_contiguous(memory_format=torch.channels_last)
             out.backward(torch.ones_like(out))
             results.append((out, xs.grad, ks.grad))
     finally:
@@ -148,7 +169,7 @@ def test_native_path_passes_opcheck_and_saves_no_copies():
 
     taps = build_kernel_map()
     starts, lengths = [s for s, _ in taps], [n for _, n in taps]
-    x, k = torch.randn(2, 8, 6, 7, requires_grad=True), torch.randn(2, 26, 6, 7, requires_grad=True)
+    x, k = _cl(torch.randn(2, 8, 6, 7)).requires_grad_(True), _cl(torch.randn(2, 26, 6, 7)).requires_grad_(True)
     for dim in (-1, -2):
         for act in (0, 1):
             opcheck(torch.ops.lightsr.focal_attention.default, (x, k, starts, lengths, dim, act),
@@ -167,7 +188,7 @@ def _child(code: str, **env) -> str:
 _PROBE = (
     "import torch\n"
     "from lightsr.ops import _native, focal_attention, focal_attention_reference, build_kernel_map\n"
-    "t = build_kernel_map(); x, k = torch.randn(1, 8, 5, 6), torch.randn(1, 26, 5, 6)\n"
+    "t = build_kernel_map(); x, k = torch.randn(1, 5, 6, 8).permute(0, 3, 1, 2), torch.randn(1, 26, 5, 6)\n"
     "ok = torch.allclose(focal_attention(x, k, t, -1), focal_attention_reference(x, k, t, -1), atol=1e-5)\n"
     "print(_native.available(), ok, _native.library_path(), _native.build_error())\n"
 )

@@ -12,7 +12,8 @@ depth-wise conv (1 x K backward) :func:`depthwise_conv2d`              :func:`de
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. They are pure
-PyTorch except one optional native kernel: on CPU in float32 the focal attention runs a small C
+PyTorch except one optional native kernel: on CPU in float32 (channels-last inputs, the models' CPU
+layout) the focal attention runs a small C
 file compiled on first use with the system compiler (:mod:`lightsr.ops._native`; no compiler or
 ``LIGHTSR_NATIVE=0``: the PyTorch implementation, tested equal). The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and

@@ -14,8 +14,8 @@ kernel channels are ordered group-major, tap-minor.
 
 * :func:`focal_attention_reference` - a fixed bank of ``K`` box filters applied depth-wise
   (materialises a ``K``-times larger tensor); the test oracle.
-* :func:`focal_attention` - the custom op ``lightsr::focal_attention``. On CPU in float32 it runs
-  the native kernel (``native/focal_attention.c``, compiled on first use, :mod:`lightsr.ops._native`):
+* :func:`focal_attention` - the custom op ``lightsr::focal_attention``. On CPU in float32 with
+  channels-last inputs (the models' CPU layout) it runs the native kernel (``native/focal_attention.c``, compiled on first use, :mod:`lightsr.ops._native`):
   forward and backward each one pass over every row / column, nothing padded or copied. Otherwise
   (other devices and dtypes, no C compiler, ``LIGHTSR_NATIVE=0``) PyTorch: box sums once per
   distinct tap length (built by doubling: the 4-pixel sums from the 2-pixel sums), then one
@@ -318,9 +318,12 @@ def _forward_impl(
 
 
 def _use_native(x: torch.Tensor, kernel: torch.Tensor) -> bool:
-    """The native kernel takes float32 CPU tensors (when it could be built)."""
+    """The native kernel takes float32 CPU tensors whose channels are adjacent in memory (channels-last,
+    or a channel slice of it: the layout the models use on CPU), when it could be built. NCHW inputs
+    stay on the PyTorch path, which works on whole planes: converting them for the native kernel
+    costs more than it saves at inference sizes (benchmarks/ops_speed.py)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and kernel.dtype == torch.float32
-            and _native.available())
+            and x.dim() == 4 and (x.stride(1) == 1 or x.shape[1] == 1) and _native.available())
 
 
 def _backward_impl(
