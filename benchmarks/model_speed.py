@@ -125,6 +125,20 @@ def _step_factory(model, x, y):
     return step
 
 
+def _print_native_ab(ab) -> None:
+    """The ``--native-ab`` table: (model, fast native, fast PyTorch FSA, reference) timings."""
+    if not ab:
+        return
+    print("\n### The same steps with the native focal-attention kernel off (pure-PyTorch fast path, "
+          "LIGHTSR_NATIVE=0), timed in the same interleaved loop\n")
+    print("| model | fast, native FSA: median ms | fast, PyTorch FSA: median ms | native gain | "
+          "reference median ms | speed-up vs reference: native / PyTorch FSA |")
+    print("|---|---|---|---|---|---|")
+    for name, f, fp, r in ab:
+        print(f"| {name} | {f.median * 1e3:.0f} | {fp.median * 1e3:.0f} | {fp.median / f.median:.2f}x | "
+              f"{r.median * 1e3:.0f} | {r.median / f.median:.2f}x / {r.median / fp.median:.2f}x |")
+
+
 def _without_native(fn):
     """``fn`` with the native focal-attention kernel off: the pure-PyTorch fast path."""
     def run():
@@ -187,15 +201,7 @@ def _train(names, args, rate):
         if args.rusage:
             usage += _usage_rows(name, step)
         del model
-    if ab:
-        print("\n### The same steps with the native focal-attention kernel off (pure-PyTorch fast path, "
-              "LIGHTSR_NATIVE=0), timed in the same interleaved loop\n")
-        print("| model | fast, native FSA: median ms | fast, PyTorch FSA: median ms | native gain | "
-              "reference median ms | speed-up vs reference: native / PyTorch FSA |")
-        print("|---|---|---|---|---|---|")
-        for name, f, fp, r in ab:
-            print(f"| {name} | {f.median * 1e3:.0f} | {fp.median * 1e3:.0f} | {fp.median / f.median:.2f}x | "
-                  f"{r.median * 1e3:.0f} | {r.median / f.median:.2f}x / {r.median / fp.median:.2f}x |")
+    _print_native_ab(ab)
     _print_usage(usage)
 
 
@@ -255,7 +261,7 @@ def _profile_train(names, args):
           "fast median ms | reference median ms | speed-up | bound: reference / (fast x (1 - share)) | "
           "custom ops ms now / allowed for 2x |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    usage, ab = [], []
+    usage = []
     for name in names:
         model = create_model(name, args.scale).train()
         x = torch.rand(b, 3, p, p, generator=g)
@@ -280,15 +286,6 @@ def _profile_train(names, args):
         if args.rusage:
             usage += _usage_rows(name, step)
         del model
-    if ab:
-        print("\n### The same steps with the native focal-attention kernel off (pure-PyTorch fast path, "
-              "LIGHTSR_NATIVE=0), timed in the same interleaved loop\n")
-        print("| model | fast, native FSA: median ms | fast, PyTorch FSA: median ms | native gain | "
-              "reference median ms | speed-up vs reference: native / PyTorch FSA |")
-        print("|---|---|---|---|---|---|")
-        for name, f, fp, r in ab:
-            print(f"| {name} | {f.median * 1e3:.0f} | {fp.median * 1e3:.0f} | {fp.median / f.median:.2f}x | "
-                  f"{r.median * 1e3:.0f} | {r.median / f.median:.2f}x / {r.median / fp.median:.2f}x |")
     _print_usage(usage)
 
 

@@ -221,43 +221,42 @@ def _empty_cl(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
+def _problem(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int) -> tuple[list, int]:
+    """The kernels' shape arguments (lines, pixels per line, channels, groups, taps, tap tables,
+    window, activation) and the number of lines."""
+    b, c, h, w = x.shape
+    n_taps = len(starts)
+    lo, n, dmin, dmax = _taps(starts, lengths)
+    J, L = (w, h) if axis == -2 else (h, w)
+    return [J, L, c, kernel.shape[1] // n_taps, n_taps, lo, n, dmin, dmax, int(act)], b * J
+
+
 def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0) -> torch.Tensor:
     """Native FSA forward (float32 CPU); the output is channels-last (unit channel stride).
     ``act=1``: ``kernel`` holds logits, tanh is applied inside."""
-    lib = _library()
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
-    b, c, h, w = x.shape
-    n_taps = len(starts)
-    groups = kernel.shape[1] // n_taps
-    lo, n, dmin, dmax = _taps(starts, lengths)
-    out = _empty_cl((b, c, h, w), x)
-    J, L = (w, h) if axis == -2 else (h, w)
+    out = _empty_cl(tuple(x.shape), x)
     if out.numel():
-        _run_lines(lib.lightsr_fsa_forward,
-                   [_ptr(x), _ptr(kernel), _ptr(out), J, L, c, groups, n_taps, lo, n, dmin, dmax, int(act),
-                    *_geometry(x, axis), *_geometry(kernel, axis), *_geometry(out, axis)], b * J)
+        shape, lines = _problem(x, kernel, starts, lengths, axis, act)
+        _run_lines(_library().lightsr_fsa_forward,
+                   [_ptr(x), _ptr(kernel), _ptr(out), *shape,
+                    *_geometry(x, axis), *_geometry(kernel, axis), *_geometry(out, axis)], lines)
     return out
 
 
 def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0):
     """Native FSA backward: (grad x, grad kernel), both channels-last (with ``act=1`` the gradient
     of the logits)."""
-    lib = _library()
     grad = _channels_unit_stride(grad.to(torch.float32))
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
-    b, c, h, w = x.shape
-    n_taps = len(starts)
-    groups = kernel.shape[1] // n_taps
-    lo, n, dmin, dmax = _taps(starts, lengths)
-    gx = _empty_cl((b, c, h, w), x)
+    gx = _empty_cl(tuple(x.shape), x)
     gk = _empty_cl(tuple(kernel.shape), kernel)
-    J, L = (w, h) if axis == -2 else (h, w)
     if gx.numel():
-        _run_lines(lib.lightsr_fsa_backward,
-                   [_ptr(grad), _ptr(x), _ptr(kernel), _ptr(gx), _ptr(gk), J, L, c, groups, n_taps, lo, n, dmin, dmax,
-                    int(act),
+        shape, lines = _problem(x, kernel, starts, lengths, axis, act)
+        _run_lines(_library().lightsr_fsa_backward,
+                   [_ptr(grad), _ptr(x), _ptr(kernel), _ptr(gx), _ptr(gk), *shape,
                     *_geometry(grad, axis), *_geometry(x, axis), *_geometry(kernel, axis),
-                    *_geometry(gx, axis), *_geometry(gk, axis)], b * J)
+                    *_geometry(gx, axis), *_geometry(gk, axis)], lines)
     elif gk.numel():
         gk.zero_()
     return gx, gk
