@@ -359,6 +359,17 @@ static float *scratch(Geo *g, int backward)
     return buf;
 }
 
+/* Geometry and scratch of one call: 0, 1 for unsupported taps / groups, 2 if the buffers cannot be allocated. */
+static int begin(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax,
+                 i64 act, int backward, float **M)
+{
+    if (setup(g, J, L, C, G, K, lo, n, dmin, dmax) || C / 8 > MAX_VECTORS || g->P > MAX_GROUP)
+        return 1;
+    g->act = act;
+    *M = scratch(g, backward);
+    return *M ? 0 : 2;
+}
+
 /* Returns 0 on success, 1 for unsupported taps / groups, 2 if a line buffer cannot be allocated. */
 int lightsr_fsa_forward(
     const float *x, const float *k, float *out, i64 J, i64 L, i64 C, i64 G, i64 K,
@@ -366,12 +377,10 @@ int lightsr_fsa_forward(
     i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1)
 {
     Geo g;
-    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax) || C / 8 > MAX_VECTORS || g.P > MAX_GROUP)
-        return 1;
-    g.act = act;
-    float *M = scratch(&g, 0);
-    if (!M)
-        return 2;
+    float *M;
+    const int rc = begin(&g, J, L, C, G, K, lo, n, dmin, dmax, act, 0, &M);
+    if (rc)
+        return rc;
     if (g.P % 8)
         generic_forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
     else if (G == 4 && g.P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
@@ -389,12 +398,10 @@ int lightsr_fsa_backward(
     i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1)
 {
     Geo g;
-    if (setup(&g, J, L, C, G, K, lo, n, dmin, dmax) || C / 8 > MAX_VECTORS || g.P > MAX_GROUP)
-        return 1;
-    g.act = act;
-    float *M = scratch(&g, 1);
-    if (!M)
-        return 2;
+    float *M;
+    const int rc = begin(&g, J, L, C, G, K, lo, n, dmin, dmax, act, 1, &M);
+    if (rc)
+        return rc;
     float *gM = M + (g.P % 8 ? 0 : g.nslots * g.Lp * C);
     if (g.P % 8)
         generic_backward_lines(&g, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
