@@ -159,8 +159,8 @@ class UnifiedLinearMixer(nn.Module):
 
 def _logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """A kernel predictor (depth-wise conv, 1x1 conv, tanh) without its final tanh."""
-    for layer in predictor[:-1]:
-        x = layer(x)
+    for i in range(len(predictor) - 1):  # indexing, not predictor[:-1]: no new Sequential per call
+        x = predictor[i](x)
     return x
 
 

@@ -204,8 +204,8 @@ def _geometry(t: torch.Tensor, axis: int) -> tuple[int, int, int]:
     return (sb, sw, sh) if axis == -2 else (sb, sh, sw)
 
 
-def _taps(starts, lengths) -> tuple[ctypes.Array, ctypes.Array, int, int]:
-    lo = [s if s >= 0 else s - n + 1 for s, n in zip(starts, lengths)]
+def _taps(lo, lengths) -> tuple[ctypes.Array, ctypes.Array, int, int]:
+    """ctypes tap tables and the window [dmin, dmax] from each tap's first offset and length."""
     dmin = min(lo)
     dmax = max(o + n - 1 for o, n in zip(lo, lengths))
     return (_i64 * len(lo))(*lo), (_i64 * len(lengths))(*lengths), dmin, dmax
@@ -221,30 +221,31 @@ def _empty_cl(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-def _problem(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int) -> tuple[list, int]:
+def _problem(x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int, act: int) -> tuple[list, int]:
     """The kernels' shape arguments (lines, pixels per line, channels, groups, taps, tap tables,
     window, activation) and the number of lines."""
     b, c, h, w = x.shape
-    n_taps = len(starts)
-    lo, n, dmin, dmax = _taps(starts, lengths)
+    n_taps = len(offsets)
+    lo, n, dmin, dmax = _taps(offsets, lengths)
     J, L = (w, h) if axis == -2 else (h, w)
     return [J, L, c, kernel.shape[1] // n_taps, n_taps, lo, n, dmin, dmax, int(act)], b * J
 
 
-def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0) -> torch.Tensor:
+def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int, act: int = 0) -> torch.Tensor:
     """Native FSA forward (float32 CPU); the output is channels-last (unit channel stride).
-    ``act=1``: ``kernel`` holds logits, tanh is applied inside."""
+    Taps: ``offsets`` (the first offset each covers, ``focal_attention._first_offset``) and
+    ``lengths``. ``act=1``: ``kernel`` holds logits, tanh is applied inside."""
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
     out = _empty_cl(tuple(x.shape), x)
     if out.numel():
-        shape, lines = _problem(x, kernel, starts, lengths, axis, act)
+        shape, lines = _problem(x, kernel, offsets, lengths, axis, act)
         _run_lines(_library().lightsr_fsa_forward,
                    [_ptr(x), _ptr(kernel), _ptr(out), *shape,
                     *_geometry(x, axis), *_geometry(kernel, axis), *_geometry(out, axis)], lines)
     return out
 
 
-def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, starts, lengths, axis: int, act: int = 0):
+def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int, act: int = 0):
     """Native FSA backward: (grad x, grad kernel), both channels-last (with ``act=1`` the gradient
     of the logits)."""
     grad = _channels_unit_stride(grad.to(torch.float32))
@@ -252,7 +253,7 @@ def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, star
     gx = _empty_cl(tuple(x.shape), x)
     gk = _empty_cl(tuple(kernel.shape), kernel)
     if gx.numel():
-        shape, lines = _problem(x, kernel, starts, lengths, axis, act)
+        shape, lines = _problem(x, kernel, offsets, lengths, axis, act)
         _run_lines(_library().lightsr_fsa_backward,
                    [_ptr(grad), _ptr(x), _ptr(kernel), _ptr(gx), _ptr(gk), *shape,
                     *_geometry(grad, axis), *_geometry(x, axis), *_geometry(kernel, axis),

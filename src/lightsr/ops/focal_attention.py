@@ -79,6 +79,10 @@ def _first_offset(start: int, length: int) -> int:
     return start if start >= 0 else start - length + 1
 
 
+def _first_offsets(starts, lengths) -> list[int]:
+    return [_first_offset(s, n) for s, n in zip(starts, lengths)]
+
+
 def _check(x: torch.Tensor, kernel: torch.Tensor, n_taps: int) -> tuple[int, int]:
     if x.dim() != 4 or kernel.dim() != 4:
         raise ValueError("focal_attention expects x (B, C, H, W) and kernel (B, G*K, H, W)")
@@ -293,7 +297,7 @@ def _forward_impl(
     n_taps = len(taps)
     groups, per_group = _check(x, kernel, n_taps)
     if _use_native(x, kernel):
-        y = _native.fsa_forward(x, kernel, starts, lengths, _axis(dim), act)
+        y = _native.fsa_forward(x, kernel, _first_offsets(starts, lengths), lengths, _axis(dim), act)
         return y.contiguous(memory_format=memory_format_of(x)), x.new_empty(0), x.new_empty(0)
     if act:
         kernel = torch.tanh(kernel)  # kept on the canvas below: the backward's tanh' = 1 - kc^2
@@ -333,7 +337,7 @@ def _backward_impl(
     """(grad input, grad kernel) from the saved padded input and canvas kernel, or (native path,
     4-D ``xp`` / ``kc``) from the op's own inputs ``x`` and ``kernel``."""
     if xp.dim() == 4:
-        gx, gk = _native.fsa_backward(grad, xp, kc, starts, lengths, _axis(dim), act)
+        gx, gk = _native.fsa_backward(grad, xp, kc, _first_offsets(starts, lengths), lengths, _axis(dim), act)
         fmt = torch.channels_last if x_channels_last else torch.contiguous_format
         kfmt = torch.channels_last if kernel_channels_last else torch.contiguous_format
         return gx.to(grad.dtype).contiguous(memory_format=fmt), gk.to(grad.dtype).contiguous(memory_format=kfmt)
@@ -440,12 +444,7 @@ def focal_attention(
     lengths = [int(n) for _, n in kernel_map]
     if not starts or min(lengths) < 1:
         raise ValueError("kernel_map must hold (start, length >= 1) taps")
-    act = 0
-    if activation is not None:
-        if activation != "tanh":
-            raise ValueError(f"activation must be None or 'tanh', got {activation!r}")
-        if _use_native(x, kernel) and _native.vector_tanh():
-            act = 1
-        else:
-            kernel = torch.tanh(kernel)
+    act = int(activation == "tanh" and _use_native(x, kernel) and _native.vector_tanh())
+    if not act:
+        kernel = _activate(kernel, activation)
     return _focal_attention_op(x, kernel, starts, lengths, int(dim), act)[0]
