@@ -434,7 +434,7 @@ def focal_attention(
     """Fast FSA along ``dim`` (custom op ``lightsr::focal_attention``); same semantics as the reference.
 
     ``activation="tanh"``: ``kernel`` holds logits; the native kernel applies tanh itself (a
-    vectorised tanhf, 3-4x faster than ``torch.tanh`` here, and no tensor of activated
+    vectorised tanhf, faster than ``torch.tanh`` on this CPU, and no tensor of activated
     coefficients), otherwise ``torch.tanh`` runs first. While an exporter traces the model (ONNX,
     ``torch.export``) :func:`focal_attention_composite` is used.
     """
