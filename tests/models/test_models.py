@@ -74,6 +74,19 @@ def test_forward_shapes_train_eval_fp32_bf16(name, scale):
 
 
 @pytest.mark.parametrize("name", OURS)
+def test_training_step_under_bf16_autocast(name):
+    """``train.amp: bf16`` path (autocast forward, float32 loss, backward outside autocast) on the
+    CPU; the CUDA run is in benchmarks/cuda_check.py. LAMNet's depth-wise conv op used to raise here."""
+    model = create_model(name, 4).train()
+    x, y = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 48, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    torch.nn.functional.l1_loss(out.float(), y).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", OURS)
 def test_one_pixel_input(name):
     model = create_model(name, 2).eval()
     with torch.no_grad():

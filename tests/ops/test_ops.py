@@ -481,6 +481,30 @@ print(max(errs) / ref.abs().max().item())
     assert float(out.stdout) < 2e-2  # bf16 inputs rounded (rel. 2^-8 each)
 
 
+@pytest.mark.parametrize("kernel", [(23, 1), (3, 3)])
+def test_depthwise_conv2d_backward_under_autocast(kernel):
+    """Under autocast the op casts its operands itself and saves those: its backward (run outside
+    autocast) used to see a bfloat16 input beside the float32 weight and raise. Gradients match the
+    reference's (autograd through an autocast F.conv2d) and reach the float32 parameters in float32."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 17, 13, generator=g)
+    w = (torch.randn(8, 1, *kernel, generator=g) * 0.2).requires_grad_(True)
+    b = torch.randn(8, generator=g).requires_grad_(True)
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    grads = []
+    for op in (depthwise_conv2d, depthwise_conv2d_reference):
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = op(xx.bfloat16() * 1, w, b, pad)  # bf16 activations, float32 parameters, as in a model
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+        grads.append([t.grad.clone() for t in (xx, w, b)])
+        w.grad = b.grad = None
+    for fast, ref in zip(*grads):
+        assert _rel_err(fast, ref) < 2e-2
+
+
 class _SeenOps:
     """A pass-through dispatch mode recording the lightsr custom ops it sees (as FlopCounterMode would)."""
 

@@ -86,10 +86,19 @@ def _transposed_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
+        # under autocast the convolution would cast its operands itself, and the backward (which runs
+        # outside autocast) would then see a bfloat16 input beside a float32 weight: cast explicitly
+        # and save the operands the convolution actually used
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding = tuple(padding)
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=ctx.padding, groups=x.shape[1])
+        with torch.autocast(device, enabled=False):
+            return F.conv2d(x, weight, bias, padding=ctx.padding, groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
