@@ -47,3 +47,16 @@ def test_model_speed_op_times(capsys):
     shares = [float(line.strip("|").split("|")[2].strip().rstrip("%")) for line in by_op]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
     assert any("lightsr::dynamic_dwconv_fused_backward | (2, 48, 12, 12) CL" in line for line in out.splitlines())
+
+
+def test_cuda_check_runs_on_cpu(capsys):
+    """cuda_check.py is what a GPU lease runs (benchmarks/gpu_session.sh); CI has no GPU, so its
+    logic is exercised on the CPU: every op row and the model row are printed and within bounds."""
+    cc = _load("cuda_check")
+    # float32 only: the bounds for bf16/fp16 are set for CUDA's kernels (the CPU's differ)
+    rc = cc.main(["--device", "cpu", "--ops", "--dtypes", "float32", "--models", "--models-list", "imdn"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "correctness failures: 0" in out, out[-3000:]
+    op_rows = [line for line in out.splitlines() if re.match(r"\| (dynamic_dwconv|layer_norm|depthwise|tlc|focal)", line)]
+    assert len(op_rows) == 10 * len(cc.SIZES) and not any("FAIL" in r or "ERROR" in r for r in op_rows)
+    assert sum(line.startswith("| imdn |") and line.rstrip().endswith("| ok |") for line in out.splitlines()) == 2
