@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,16 @@ def _csv_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
 
 
+def _device_of(run: Path) -> str:
+    """'CPU' or 'GPU', with the process count, from the run's own train.log ('on cpu x 2 process(es)')."""
+    log = run / "train.log"
+    m = re.search(r" on (cpu|cuda) x (\d+) process", log.read_text()) if log.is_file() else None
+    if not m:
+        return "-"
+    kind, n = ("GPU" if m.group(1) == "cuda" else "CPU"), int(m.group(2))
+    return f"{n} {kind}s" if kind == "GPU" and n > 1 else (kind if n == 1 else f"{kind}, {n} procs")
+
+
 def read_run(run: Path) -> dict:
     rows = _csv_rows(run / "train_log.csv")
     vals = _csv_rows(run / "val_log.csv")
@@ -76,6 +87,7 @@ def read_run(run: Path) -> dict:
         "last_val": vals[-1] if vals else None,
         "config": cfg,
         "recipe": recipe,
+        "device": _device_of(run),
     }
 
 
@@ -90,6 +102,8 @@ def main() -> int:
     ap.add_argument("--results", default=None, metavar="DIR",
                     help="also write the evaluation (results.md / per_image.csv / results.json, as lightsr eval) here")
     ap.add_argument("--hardware", default=None, help="hardware line (default: this CPU and core count)")
+    ap.add_argument("--gpu-hardware", default="one NVIDIA H200, lent for one session (benchmarks/gpu_session.sh, docs/gpu.md)",
+                    help="what the GPU stages (runs whose train.log says cuda) ran on")
     args = ap.parse_args()
 
     import torch
@@ -136,7 +150,11 @@ def main() -> int:
     total_iters = sum(r["iters"] for r in runs)
     total_s = sum(r["elapsed_s"] for r in runs)
     env = environment()
-    hardware = args.hardware or f"{env['cpu']}, {env['cpus_usable']} cores, no GPU"
+    hardware = args.hardware or f"{env['cpu']}, {env['cpus_usable']} cores, no GPU, shared with other jobs"
+    gpu_stages = [r for r in runs if "GPU" in r["device"]]
+    if gpu_stages:
+        hardware = (f"CPU stages: {hardware}; GPU stages ("
+                    + ", ".join(f"`{r['name']}`" for r in gpu_stages) + f"): {args.gpu_hardware}")
     params = lightsr.count_parameters(model)
     wpath = Path(args.weights)
 
@@ -145,7 +163,7 @@ def main() -> int:
 
     md = [f"# {wpath.name}", "",
           f"**{name}** x{scale} ({params:,} parameters), trained by lightsr's own `lightsr train` on this "
-          f"project's CPU machine. Weights file: `{wpath.name}` ({wpath.stat().st_size / 1e6:.1f} MB, safetensors, "
+          f"project's CPU machine{' and, for ' + str(len(gpu_stages)) + ' stage(s), a GPU' if gpu_stages else ''}. Weights file: `{wpath.name}` ({wpath.stat().st_size / 1e6:.1f} MB, safetensors, "
           "architecture and options in the metadata: `lightsr.load_model(path)` rebuilds it).", "",
           "## Measured quality", "",
           f"PSNR/SSIM on the Y channel, border = scale, `basicsr` convention (the papers' convention for "
@@ -162,20 +180,20 @@ def main() -> int:
           "--sets " + " ".join(names) + "`.", "",
           "## Training", "",
           f"Data: `../shared/datasets/train` (T91 + BSD200 + 100 DIV2K-valid crops, HR only; LR made with "
-          f"lightsr's MATLAB-bicubic), random crops, flips and 90° rotations. Hardware: {hardware}, shared "
-          "with other jobs. In total **{:,} iterations in {:.1f} h** of wall time.".format(total_iters, total_s / 3600), "",
-          "| stage (run) | iterations | batch x LR crop | peak lr | wall time | best Set5 PSNR during training (iteration) |",
-          "|---|---|---|---|---|---|"]
+          f"lightsr's MATLAB-bicubic), random crops, flips and 90° rotations. Hardware: {hardware}. "
+          "In total **{:,} iterations in {:.1f} h** of wall time.".format(total_iters, total_s / 3600), "",
+          "| stage (run) | device | iterations | batch x LR crop | peak lr | wall time | best Set5 PSNR during training (iteration) |",
+          "|---|---|---|---|---|---|---|"]
     for r in runs:
         b, rc = r["best"], r["recipe"]
         best = f"{float(b['psnr']):.2f} dB ({b['iter']})" if b else "-"
         crop = f"{rc['batch']} x {rc['lq']}" if rc.get("batch") and rc.get("lq") else "-"
         lr = f"{float(rc['lr']):g}" if rc.get("lr") else "-"
-        md.append(f"| `{r['name']}` | {r['iters']:,} | {crop} | {lr} | {r['elapsed_s'] / 60:.0f} min | {best} |")
+        md.append(f"| `{r['name']}` | {r['device']} | {r['iters']:,} | {crop} | {lr} | {r['elapsed_s'] / 60:.0f} min | {best} |")
     md += ["", "The configs and logs of these runs are in `docs/training_runs/` (`config.yaml`, "
            "`train_log.csv`, `val_log.csv` per run); `lightsr plot-log` draws them.", "",
            "## Limits", "",
-           "These weights come from a few thousand CPU iterations, not from the papers' 500k-iteration "
+           "These weights come from a few tens of thousands of small-batch iterations, not from the papers' 500k-iteration "
            "GPU recipes: they beat bicubic clearly but stay below the paper's numbers (rows above). "
            "Retrain with the paper configs in `configs/` on a GPU for paper-level quality."]
     text = "\n".join(md) + "\n"
