@@ -24,6 +24,8 @@ counter sees the same convolutions (forward and backward) as for ``nn.Conv2d``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -83,21 +85,28 @@ def _transposed_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
     return gw.transpose(2, 3).contiguous()
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None (also for devices without autocast: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
+
+
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
         # under autocast the convolution would cast its operands itself, and the backward (which runs
         # outside autocast) would then see a bfloat16 input beside a float32 weight: cast explicitly
         # and save the operands the convolution actually used
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
+        dtype = _autocast_dtype(x.device.type)
+        if dtype is not None:
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding = tuple(padding)
         ctx.has_bias = bias is not None
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             return F.conv2d(x, weight, bias, padding=ctx.padding, groups=x.shape[1])
 
     @staticmethod
