@@ -35,22 +35,7 @@ import torch.nn.functional as F
 from lightsr.bench import environment, format_environment, interleaved_timings
 from lightsr.models import create_model
 from lightsr.models.dlgsanet import SparseGSA
-from lightsr.ops import (
-    build_kernel_map,
-    depthwise_conv2d,
-    depthwise_conv2d_reference,
-    dynamic_dwconv,
-    dynamic_dwconv_fused,
-    dynamic_dwconv_fused_reference,
-    dynamic_dwconv_reference,
-    focal_attention,
-    focal_attention_reference,
-    layer_norm_2d,
-    layer_norm_2d_reference,
-    tlc,
-    tlc_reference,
-    use_reference_ops,
-)
+from lightsr import ops
 
 OURS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
 PEERS = ["imdn", "pan"]
@@ -79,31 +64,31 @@ def _op_cases(b, h, w, g):
     def r(*shape, s=1.0):
         return torch.randn(*shape, generator=g, dtype=torch.float64) * s
 
-    taps = build_kernel_map()
+    taps = ops.build_kernel_map()
     gsa = SparseGSA(48)
     cases = {
-        "dynamic_dwconv 7x7": (lambda x, k: dynamic_dwconv(x, k, 7), lambda x, k: dynamic_dwconv_reference(x, k, 7),
+        "dynamic_dwconv 7x7": (lambda x, k: ops.dynamic_dwconv(x, k, 7), lambda x, k: ops.dynamic_dwconv_reference(x, k, 7),
                                [r(b, 48, h, w), r(b, 392, h, w, s=0.3)], False),
-        "dynamic_dwconv_fused": (lambda x, hd, cw, cb: dynamic_dwconv_fused(x, hd, cw, cb, 7),
-                                 lambda x, hd, cw, cb: dynamic_dwconv_fused_reference(x, hd, cw, cb, 7),
+        "dynamic_dwconv_fused": (lambda x, hd, cw, cb: ops.dynamic_dwconv_fused(x, hd, cw, cb, 7),
+                                 lambda x, hd, cw, cb: ops.dynamic_dwconv_fused_reference(x, hd, cw, cb, 7),
                                  [r(b, 48, h, w), r(b, 12, h, w), r(392, 12, 1, 1, s=0.3), r(392, s=0.1)], False),
-        "layer_norm_2d": (layer_norm_2d, layer_norm_2d_reference, [r(b, 48, h, w), r(48), r(48)], False),
-        "depthwise_conv2d 1x23": (lambda x, wt, bs: depthwise_conv2d(x, wt, bs, (0, 11)),
-                                  lambda x, wt, bs: depthwise_conv2d_reference(x, wt, bs, (0, 11)),
+        "layer_norm_2d": (ops.layer_norm_2d, ops.layer_norm_2d_reference, [r(b, 48, h, w), r(48), r(48)], False),
+        "depthwise_conv2d 1x23": (lambda x, wt, bs: ops.depthwise_conv2d(x, wt, bs, (0, 11)),
+                                  lambda x, wt, bs: ops.depthwise_conv2d_reference(x, wt, bs, (0, 11)),
                                   [r(b, 32, h, w), r(32, 1, 1, 23, s=0.2), r(32)], False),
-        "depthwise_conv2d 23x1": (lambda x, wt, bs: depthwise_conv2d(x, wt, bs, (11, 0)),
-                                  lambda x, wt, bs: depthwise_conv2d_reference(x, wt, bs, (11, 0)),
+        "depthwise_conv2d 23x1": (lambda x, wt, bs: ops.depthwise_conv2d(x, wt, bs, (11, 0)),
+                                  lambda x, wt, bs: ops.depthwise_conv2d_reference(x, wt, bs, (11, 0)),
                                   [r(b, 32, h, w), r(32, 1, 23, 1, s=0.2), r(32)], False),
         # TLC windows of 8 pixels: several windows (and a remainder) on the odd sizes
-        "tlc (SparseGSA, 8-px windows)": (lambda q: tlc(gsa.to(q.device, q.dtype).attend, q, 8),
-                                          lambda q: tlc_reference(gsa.to(q.device, q.dtype).attend, q, 8),
+        "tlc (SparseGSA, 8-px windows)": (lambda q: ops.tlc(gsa.to(q.device, q.dtype).attend, q, 8),
+                                          lambda q: ops.tlc_reference(gsa.to(q.device, q.dtype).attend, q, 8),
                                           [r(b, 144, h, w)], True),
     }
     for dim, name in ((-1, "horizontal"), (-2, "vertical")):
         for act in (None, "tanh"):
             cases[f"focal_attention {name}{' tanh' if act else ''}"] = (
-                lambda x, k, d=dim, a=act: focal_attention(x, k, taps, d, a),
-                lambda x, k, d=dim, a=act: focal_attention_reference(x, k, taps, d, a),
+                lambda x, k, d=dim, a=act: ops.focal_attention(x, k, taps, d, a),
+                lambda x, k, d=dim, a=act: ops.focal_attention_reference(x, k, taps, d, a),
                 [r(b, 32, h, w), r(b, 52, h, w) if act else torch.tanh(r(b, 52, h, w))], False)
     return cases
 
@@ -173,7 +158,7 @@ def check_models(device, names, results) -> int:
                 with torch.inference_mode():
                     y_cpu = cpu_model(x)
                     y_gpu = gpu_model(x.to(device)).cpu()
-                    with use_reference_ops():
+                    with ops.use_reference_ops():
                         y_ref = gpu_model(x.to(device)).cpu()
                 d_cpu, d_ref = (y_gpu - y_cpu).abs().max().item(), (y_gpu - y_ref).abs().max().item()
                 grad_err = float("nan")
