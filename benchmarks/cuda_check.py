@@ -14,6 +14,7 @@ Sections (each prints a markdown table; ``--json`` keeps every number):
 ``--precision``  shipped weights on Set5 (needs --data): Y-PSNR of the fp32 / bf16 / fp16 outputs
                  of :class:`lightsr.Upscaler` on the GPU (``--cpu-baseline``: and on the CPU in fp32;
                  the model cards hold the CPU numbers).
+``--profile-train`` kernel launches and CPU vs GPU time of two training steps (launch-bound or not).
 ``--train-speed`` one training step (forward, L1, backward, Adam) per model, fp32 (TF32 on,
                  PyTorch's default for convolutions) against bf16 autocast, interleaved medians.
 
@@ -186,8 +187,8 @@ def check_models(device, names, results) -> int:
 
 
 def check_precision(device, data: Path, weights: list[str], results, cpu_baseline: bool) -> None:
+    from lightsr.data.benchmark import find_benchmark
     from lightsr.inference import Upscaler
-    from lightsr.data.benchmark import read_image
     from lightsr.metrics import psnr
 
     print("\n## Shipped weights on Set5: Y-PSNR (dB) of the Upscaler's output per device and precision\n")
@@ -197,22 +198,18 @@ def check_precision(device, data: Path, weights: list[str], results, cpu_baselin
     for spec in weights:
         model, scale = spec.split(":")
         scale = int(scale)
-        hr_dir, lr_dir = data / "Set5" / "HR", data / "Set5" / "LR_bicubic" / f"X{scale}"
-        names = sorted(p.stem for p in hr_dir.glob("*.png"))
+        samples = list(find_benchmark(data, "Set5", scale))  # HR cropped to LR x scale, as lightsr eval
         cells, outs = [], {}
         for dev, prec in runs:
             up = Upscaler(model, scale, device=dev, precision=prec, tile=0, warn=lambda m: print("  warning:", m))
             vals = []
-            for n in names:
-                lr, _ = read_image(lr_dir / f"{n}x{scale}.png")
-                hr, _ = read_image(hr_dir / f"{n}.png")
-                sr = up.upscale_pixels(lr)
-                outs[(dev, prec, n)] = sr
-                vals.append(psnr(sr, hr[: sr.shape[0], : sr.shape[1]], crop_border=scale, y_channel=True))
+            for smp in samples:
+                sr = outs[(dev, prec, smp.name)] = up.upscale_pixels(smp.lr)
+                vals.append(psnr(sr, smp.hr, crop_border=scale, y_channel=True))
             cells.append(f"{np.mean(vals):.3f}")
             results.append({"weights": spec, "device": dev, "precision": prec, "set5_psnr_y": float(np.mean(vals))})
-        diff = max(int(np.abs(outs[(device.type, "fp16", n)].astype(int) - outs[(device.type, "fp32", n)].astype(int)).max())
-                   for n in names)
+        diff = max(int(np.abs(outs[(device.type, "fp16", smp.name)].astype(int)
+                              - outs[(device.type, "fp32", smp.name)].astype(int)).max()) for smp in samples)
         print(f"| {spec} | " + " | ".join(cells) + f" | {diff} |", flush=True)
 
 
@@ -256,6 +253,42 @@ def train_speed(device, names, batch, patch, repeats, results) -> None:
         del model, opt
 
 
+def profile_train(device, names, batch, patch) -> None:
+    """Kernel launches and CPU vs GPU time of two training steps (torch profiler): is the step launch-bound?"""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
+    print(f"\n## Profile of two training steps, batch {batch}, LR patch {patch}, x4 (fp32)\n")
+    print("| model | kernel launches per step | CPU self ms (2 steps) | GPU self ms (2 steps) |")
+    print("|---|---|---|---|")
+    for name in names:
+        model = create_model(name, 4).to(device).train()
+        opt = torch.optim.Adam(model.parameters())
+        x = torch.rand(batch, 3, patch, patch, device=device)
+        y = torch.rand(batch, 3, 4 * patch, 4 * patch, device=device)
+
+        def step():
+            opt.zero_grad()
+            F.l1_loss(model(x), y).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        with profile(activities=acts) as prof:
+            for _ in range(2):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        ev = prof.key_averages()
+        launches = sum(e.count for e in ev if e.key == "cudaLaunchKernel") // 2
+        cpu_ms = sum(e.self_cpu_time_total for e in ev) / 1e3
+        gpu_ms = sum(getattr(e, "self_device_time_total", 0) for e in ev if e.device_type.name == "CUDA") / 1e3
+        print(f"| {name} | {launches:,} | {cpu_ms:.0f} | {gpu_ms:.0f} |", flush=True)
+        del model, opt
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -263,6 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", action="store_true")
     ap.add_argument("--precision", action="store_true")
     ap.add_argument("--train-speed", action="store_true")
+    ap.add_argument("--profile-train", action="store_true",
+                    help="kernel launches and CPU/GPU time of two training steps per model (torch profiler)")
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
                     help="--ops: precisions to check (the bounds are set for CUDA's kernels; the CPU's bfloat16 "
                          "LayerNorm gradient, for one, is less exact)")
@@ -301,6 +336,9 @@ def main(argv=None) -> int:
         out["train_speed"] = []
         train_speed(device, [n for n in names if n not in PEERS] if args.models_list == ["all"] else names,
                     args.train_batch, args.train_patch, args.repeats, out["train_speed"])
+    if args.profile_train:
+        profile_train(device, [n for n in names if n not in PEERS] if args.models_list == ["all"] else names,
+                      args.train_batch, args.train_patch)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
     print(f"\ncorrectness failures: {failures}")
