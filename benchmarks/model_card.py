@@ -77,8 +77,10 @@ def read_run(run: Path) -> dict:
         train_set = (data.get("datasets") or {}).get("train") or {}
         scale = int(data.get("scale") or 1)
         lq = train_set.get("lq_size") or (train_set.get("gt_size") or 0) // scale or None
+        train = data.get("train") or {}
         recipe = {"batch": train_set.get("batch_size") or train_set.get("batch_size_per_gpu"), "lq": lq,
-                  "lr": ((data.get("train") or {}).get("optim_g") or {}).get("lr")}
+                  "lr": (train.get("optim_g") or {}).get("lr"),
+                  "loss": (train.get("pixel_opt") or {}).get("type", "L1Loss").removesuffix("Loss")}
     return {
         "name": run.name,
         "iters": int(rows[-1]["iter"]) if rows else 0,
@@ -182,14 +184,14 @@ def main() -> int:
           f"Data: `../shared/datasets/train` (T91 + BSD200 + 100 DIV2K-valid crops, HR only; LR made with "
           f"lightsr's MATLAB-bicubic), random crops, flips and 90° rotations. Hardware: {hardware}. "
           "In total **{:,} iterations in {:.1f} h** of wall time.".format(total_iters, total_s / 3600), "",
-          "| stage (run) | device | iterations | batch x LR crop | peak lr | wall time | best Set5 PSNR during training (iteration) |",
-          "|---|---|---|---|---|---|---|"]
+          "| stage (run) | device | iterations | batch x LR crop | loss | peak lr | wall time | best Set5 PSNR during training (iteration) |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         b, rc = r["best"], r["recipe"]
         best = f"{float(b['psnr']):.2f} dB ({b['iter']})" if b else "-"
         crop = f"{rc['batch']} x {rc['lq']}" if rc.get("batch") and rc.get("lq") else "-"
         lr = f"{float(rc['lr']):g}" if rc.get("lr") else "-"
-        md.append(f"| `{r['name']}` | {r['device']} | {r['iters']:,} | {crop} | {lr} | {r['elapsed_s'] / 60:.0f} min | {best} |")
+        md.append(f"| `{r['name']}` | {r['device']} | {r['iters']:,} | {crop} | {rc.get('loss', '-')} | {lr} | {r['elapsed_s'] / 60:.0f} min | {best} |")
     md += ["", "The configs and logs of these runs are in `docs/training_runs/` (`config.yaml`, "
            "`train_log.csv`, `val_log.csv` per run); `lightsr plot-log` draws them.", "",
            "## Limits", "",

@@ -60,3 +60,23 @@ def test_cuda_check_runs_on_cpu(capsys):
     op_rows = [line for line in out.splitlines() if re.match(r"\| (dynamic_dwconv|layer_norm|depthwise|tlc|focal)", line)]
     assert len(op_rows) == 10 * len(cc.SIZES) and not any("FAIL" in r or "ERROR" in r for r in op_rows)
     assert sum(line.startswith("| imdn |") and line.rstrip().endswith("| ok |") for line in out.splitlines()) == 2
+
+
+def test_model_card_reads_each_stage_recipe(tmp_path):
+    """A run folder's config, logs and device line become one row of a card's training table:
+    batch x crop, loss (L1 when the config names none), peak lr, iterations, time, best Set5."""
+    mc = _load("model_card")
+    for name, loss in (("l1", None), ("mse", "MSELoss")):
+        run = tmp_path / name
+        run.mkdir()
+        pixel = f"  pixel_opt: {{type: {loss}}}\n" if loss else ""
+        (run / "config.yaml").write_text(
+            "scale: 4\ndatasets:\n  train: {batch_size: 8, lq_size: 48}\n"
+            f"train:\n  optim_g: {{type: Adam, lr: !!float 1e-4}}\n{pixel}")
+        (run / "train_log.csv").write_text("iter,elapsed_s\n20,30.0\n40,61.5\n")
+        (run / "val_log.csv").write_text("iter,dataset,psnr,ssim,best\n20,Set5,31.40,0.88,1\n40,Set5,31.38,0.88,0\n")
+        (run / "train.log").write_text(
+            "2026-11-30 18:11:17 INFO run r: dlgsanet_tiny x4 (581,298 parameters) on cpu x 2 process(es), 1 threads each\n")
+        r = mc.read_run(run)
+        assert r["recipe"] == {"batch": 8, "lq": 48, "lr": 1e-4, "loss": "MSE" if loss else "L1"}
+        assert (r["iters"], r["elapsed_s"], r["best"]["iter"], r["device"]) == (40, 61.5, "20", "CPU, 2 procs")
