@@ -128,6 +128,14 @@ def main() -> int:
     ours = lightsr.evaluate(model, sets, label=name)
     t_eval = time.perf_counter() - t0
     bic = lightsr.evaluate("bicubic", sets, scale=scale)
+    # DLGSANet: the file's options say whether the test-time local converter is used (on unless the
+    # metadata says tlc: false); the other setting is measured too, so the choice is visible
+    tlc_used = None
+    if hasattr(model, "set_tlc"):
+        tlc_used = bool(model.lightsr_config["options"].get("tlc", True))
+        model.set_tlc(not tlc_used)
+        other = lightsr.evaluate(model, sets, label=name)
+        model.set_tlc(tlc_used)
     if args.results:
         ours.write(args.results)
     names = [s.name for s in ours.sets]
@@ -140,6 +148,9 @@ def main() -> int:
     rule = "|---|" + "---|" * len(names)
     lines = [head, rule, f"| **lightsr {name} x{scale} (these weights)** | " + " | ".join(cells(ours)) + " |",
              f"| bicubic (measured, same convention) | " + " | ".join(cells(bic)) + " |"]
+    if tlc_used is not None:
+        lines.insert(3, f"| same weights, TLC {'off' if tlc_used else 'on'} (`--tlc {'off' if tlc_used else 'on'}`) | "
+                     + " | ".join(cells(other)) + " |")
     delta = [f"{o.psnr - b.psnr:+.2f} dB" for o, b in zip(ours.sets, bic.sets)]
     lines.append("| gain over bicubic | " + " | ".join(delta) + " |")
     idx = [SETS.index(n) if n in SETS else None for n in names]
@@ -173,6 +184,12 @@ def main() -> int:
           "in each set here. Urban100 and Manga109 in `../shared` are **subsets** (25 and 10 images): "
           "their means are not comparable with the full-set numbers of the paper rows.", "",
           *lines, "",
+          *([("DLGSANet's test-time local converter (TLC): **on** for these weights, as in the official evaluation"
+              if tlc_used else
+              "DLGSANet's test-time local converter (TLC): **off** for these weights (`\"tlc\": false` in the file's "
+              "metadata options, which `lightsr upscale` and `lightsr eval` follow; `--tlc on` overrides)")
+             + f"; the row 'same weights, TLC {'off' if tlc_used else 'on'}' measures the other setting.", ""]
+            if tlc_used is not None else []),
           f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU thread(s)). Re-create this card with:", "",
           "```bash",
           "python benchmarks/model_card.py --weights " + rel(wpath) + "".join(f" \\\n    --run {rel(r)}" for r in args.run)

@@ -39,3 +39,22 @@ def test_shipped_weights_beat_bicubic(name, scale):
     ours = lightsr.evaluate(model, bench, limit=1, progress=False)["Set5"].psnr
     bic = lightsr.evaluate("bicubic", bench, scale=scale, limit=1, progress=False)["Set5"].psnr
     assert ours > bic + 0.3, (ours, bic)
+
+
+@pytest.mark.parametrize("name,scale", SHIPPED, ids=[f"{n}_x{s}" for n, s in SHIPPED])
+def test_model_card_set5_is_what_eval_measures(name, scale):
+    """The card's Set5 cell is reproduced by evaluating the file as `lightsr eval --weights` does
+    (options from its metadata, e.g. DLGSANet's TLC): a card cannot drift from its weights."""
+    import re
+
+    from conftest import shared_path
+    from lightsr.data.benchmark import find_benchmark
+
+    card = (HERE / f"{name}_x{scale}.md").read_text()
+    row = next(line for line in card.splitlines() if "(these weights)" in line)
+    header = next(line for line in card.splitlines() if line.startswith("| | Set5"))
+    assert header.split("|")[2].strip().startswith("Set5")
+    psnr, ssim = map(float, re.fullmatch(r"\s*([\d.]+)/([\d.]+)\s*", row.split("|")[2]).groups())
+    bench = find_benchmark(shared_path("datasets", "benchmark"), "Set5", scale)
+    res = lightsr.evaluate(lightsr.load_model(default_weights(name, scale)), bench, progress=False)["Set5"]
+    assert (round(res.psnr, 2), round(res.ssim, 4)) == (psnr, ssim)

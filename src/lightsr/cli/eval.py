@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--key", metavar="KEY", help="entry of a .pth to load (params or params_ema; default EMA first)")
     m.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR factor (read from --weights when omitted)")
     m.add_argument("--label", help="name of the model in tables (default: the model name)")
-    m.add_argument("--tlc", choices=("on", "off"), help="DLGSANet test-time local converter (default: on, as "
-                   "the official evaluation)")
+    m.add_argument("--tlc", choices=("on", "off"), help="DLGSANet test-time local converter (default: as the "
+                   "weights say: on, as the official evaluation, unless the file's metadata has tlc: false)")
     m.add_argument("--tlc-kernel", type=int, metavar="N", help="DLGSANet TLC window in LR pixels (default 96/72/48)")
     m.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble (the '+' rows)")
     m.add_argument("--tile", type=int, metavar="N", help="run the model on overlapping NxN LR tiles to bound "
