@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--weights", action="append", default=[], metavar="FILE",
                     help="trained weights to compare (repeatable; replaces the random-init rows)")
+    ap.add_argument("--tlc", choices=("on", "off"), default=None,
+                    help="DLGSANet weights: force the test-time local converter (default: as the file says)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,6 +105,10 @@ def main() -> None:
         if options is None:  # a weights file
             model = lightsr.load_model(name)
             what = f"trained {model.lightsr_config['name']} x{model.scale}"
+            if hasattr(model, "set_tlc"):
+                if args.tlc:
+                    model.set_tlc(args.tlc == "on")
+                what += f", TLC {'on' if next(model.attention_layers()).tlc else 'off'}"
         else:
             model = lightsr.create_model(name, args.scale, **options).eval()
         whole_up = Upscaler(model, tile=0, device="cpu")
