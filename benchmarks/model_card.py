@@ -212,7 +212,7 @@ def main() -> int:
     md += ["", "The configs and logs of these runs are in `docs/training_runs/` (`config.yaml`, "
            "`train_log.csv`, `val_log.csv` per run); `lightsr plot-log` draws them.", "",
            "## Limits", "",
-           "These weights come from a few tens of thousands of small-batch iterations, not from the papers' 500k-iteration "
+           f"These weights come from {total_iters:,} small-batch iterations, not from the papers' 500k-iteration "
            "GPU recipes: they beat bicubic clearly but stay below the paper's numbers (rows above). "
            "Retrain with the paper configs in `configs/` on a GPU for paper-level quality."]
     text = "\n".join(md) + "\n"
