@@ -132,7 +132,7 @@ def main() -> int:
     # metadata says tlc: false); the other setting is measured too, so the choice is visible
     tlc_used = None
     if hasattr(model, "set_tlc"):
-        tlc_used = bool(model.lightsr_config["options"].get("tlc", True))
+        tlc_used = model.tlc_enabled
         model.set_tlc(not tlc_used)
         other = lightsr.evaluate(model, sets, label=name)
         model.set_tlc(tlc_used)

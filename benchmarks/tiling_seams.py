@@ -108,7 +108,7 @@ def main() -> None:
             if hasattr(model, "set_tlc"):
                 if args.tlc:
                     model.set_tlc(args.tlc == "on")
-                what += f", TLC {'on' if next(model.attention_layers()).tlc else 'off'}"
+                what += f", TLC {'on' if model.tlc_enabled else 'off'}"
         else:
             model = lightsr.create_model(name, args.scale, **options).eval()
         whole_up = Upscaler(model, tile=0, device="cpu")

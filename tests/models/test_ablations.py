@@ -55,9 +55,11 @@ def test_dlgsanet_tlc_switch_and_batched_equivalence():
     m = create_model("dlgsanet_tiny", 4).eval()
     x = torch.rand(2, 3, 60, 53)
     with torch.no_grad():
+        assert m.tlc_enabled  # on by default, as the official test configs
         on = m(x)
         per_image = torch.cat([m(x[i:i + 1]) for i in range(2)])
         m.set_tlc(False)
+        assert not m.tlc_enabled
         off = m(x)
         m.set_tlc(True, kernel=128)  # window larger than the image: TLC = global attention
         big = m(x)

@@ -282,6 +282,11 @@ class DLGSANet(nn.Module):
     def attention_layers(self) -> Iterator[SparseGSA]:
         return (m for m in self.modules() if isinstance(m, SparseGSA))
 
+    @property
+    def tlc_enabled(self) -> bool:
+        """Whether the test-time local converter is on (the state `set_tlc` sets)."""
+        return any(m.tlc for m in self.attention_layers())
+
     def set_tlc(self, enabled: bool, kernel: int | None = None) -> "DLGSANet":
         """Switch the test-time local converter on/off (and optionally change its window)."""
         for m in self.attention_layers():
