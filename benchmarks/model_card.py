@@ -15,12 +15,23 @@ or read from the training runs' own logs:
     python benchmarks/model_card.py --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors \\
         --run experiments/cpu_dlgsanet_tiny_x2 --run experiments/cpu_dlgsanet_tiny_x4 \\
         --data ../shared/datasets/benchmark --out src/lightsr/pretrained/dlgsanet_tiny_x4.md
+
+Beside the weights it also writes ``<model>_x<s>.openmodeldb.json``, the model's entry in
+OpenModelDB's schema (its ``src/lib/schema.ts``: name, author, SPDX license, tags, description with
+the card's measured Set5/B100 numbers, date, architecture, size, scale, channels, the resource with
+its size and sha256, training iterations / batch / HR size, dataset). ``--openmodeldb-only`` writes
+just that file from the existing card and the runs it lists, without evaluating anything::
+
+    python benchmarks/model_card.py --openmodeldb-only --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import os
+import subprocess
 import re
 import sys
 import time
@@ -93,20 +104,149 @@ def read_run(run: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------
+# OpenModelDB metadata (schema: OpenModelDB/open-model-database src/lib/schema.ts)
+AUTHOR = "lightsr-developers"  # OpenModelDB user id for pyproject's "lightsr developers"
+TAGS = ["photo", "research"]  # trained on photos (T91, BSD200, DIV2K); architectures from papers
+DATASET = ("T91 + BSD200 + 100 DIV2K-valid 256x256 crops (`../shared/datasets/train`), HR only; LR by "
+           "MATLAB-compatible bicubic downscaling. These are research-use datasets.")
+
+
+def openmodeldb_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".openmodeldb.json")
+
+
+def _card_row(card: str, marker: str) -> dict[str, str]:
+    """Cells of the card's table row containing ``marker``, keyed by set name."""
+    lines = card.splitlines()
+    header = next(line for line in lines if line.startswith("| | Set5"))
+    names = [c.strip().split(" (")[0] for c in header.strip("|").split("|")[1:]]
+    row = next(line for line in lines if marker in line)
+    return dict(zip(names, (c.strip() for c in row.strip("|").split("|")[1:])))
+
+
+def _card_runs(card: str) -> list[Path]:
+    return [REPO / m for m in re.findall(r"--run (\S+)", card)]
+
+
+def _git_date(path: Path) -> str:
+    """Date (YYYY-MM-DD) of the last commit that changed ``path``; today when uncommitted."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=REPO,
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or time.strftime("%Y-%m-%d")
+
+
+def _license() -> str:
+    m = re.search(r'^license = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    return m.group(1) if m else None
+
+
+def _dataset_size(config: str) -> int | None:
+    """Images in the training config's ``dataroot_gt`` folders, when they are here."""
+    import yaml
+
+    roots = (((yaml.safe_load(config) or {}).get("datasets") or {}).get("train") or {}).get("dataroot_gt") or []
+    roots = [REPO / r for r in ([roots] if isinstance(roots, str) else roots)]
+    if not roots or not all(r.is_dir() for r in roots):
+        return None
+    return sum(1 for r in roots for f in r.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif"))
+
+
+def _description(model, card: str, runs: list[dict], wpath: Path) -> str:
+    from lightsr.models import get_spec
+
+    name, scale = model.lightsr_config["name"], model.scale
+    spec = get_spec(name)
+    ours, bic = _card_row(card, "(these weights)"), _card_row(card, "bicubic (measured")
+    iters, hours = sum(r["iters"] for r in runs), sum(r["elapsed_s"] for r in runs) / 3600
+    losses = " / ".join(sorted({r["recipe"].get("loss", "L1") for r in runs}))
+    reading = "" if spec.official_params else "; lightsr's reading of the paper, which has no official code"
+    text = (f"{spec.description.split(':')[0]} ({spec.paper}{reading}) at x{scale}, re-implemented and trained by lightsr "
+            f"on a CPU budget: {iters:,} iterations ({hours:.1f} h) in {len(runs)} stage(s), {losses} loss, bicubic degradation.\n\n"
+            f"Measured by lightsr (PSNR/SSIM on Y, border = scale, BasicSR convention): Set5 {ours['Set5']} and "
+            f"B100 {ours['B100']}; bicubic {bic['Set5']} and {bic['B100']}.")
+    if (name, scale) in PAPER:
+        vals = PAPER[(name, scale)][1]
+        text += (f" The paper's model (about 500k iterations on GPUs) reports {vals[0]} and {vals[2]}: "
+                 "these CPU-budget weights stay below it.")
+    if hasattr(model, "tlc_enabled"):
+        text += f" DLGSANet's test-time local converter is {'on' if model.tlc_enabled else 'off'} for these weights."
+    return text + (f"\n\nLoad with `lightsr.load_model(path)`, or through spandrel after `import lightsr.integrations.spandrel`. "
+                   f"Model card: `{os.path.relpath(wpath.with_suffix('.md'), REPO)}`.")
+
+
+def openmodeldb_entry(wpath: Path, card: str, urls: list[str] | None = None, date: str | None = None) -> dict:
+    """The OpenModelDB entry of a weights file, from the file itself, its card and the runs the card lists."""
+    import lightsr
+    from lightsr.integrations.hub import FAMILIES, size_tags
+    from lightsr.models import get_spec
+
+    model = lightsr.load_model(wpath)
+    name, options = model.lightsr_config["name"], model.lightsr_config["options"]
+    runs = [read_run(r) for r in _card_runs(card)]
+    last = runs[-1]
+    channels = int(options.get("in_chans", 3))
+    entry = {
+        "name": f"lightsr {get_spec(name).description.split(':')[0]}",
+        "author": AUTHOR,
+        "license": _license(),
+        "tags": TAGS,
+        "description": _description(model, card, runs, wpath),
+        "date": date or _git_date(wpath),
+        "architecture": FAMILIES[get_spec(name).family].openmodeldb,
+        "size": size_tags(name, options),
+        "scale": model.scale,
+        "inputChannels": channels,
+        "outputChannels": channels,
+        "resources": [{"platform": "pytorch", "type": "safetensors", "size": wpath.stat().st_size,
+                       "sha256": hashlib.sha256(wpath.read_bytes()).hexdigest(), "urls": urls or [os.path.relpath(wpath.resolve(), REPO)]}],
+        "trainingIterations": sum(r["iters"] for r in runs),
+        "trainingBatchSize": last["recipe"]["batch"],
+        "trainingHRSize": last["recipe"]["lq"] * model.scale,
+        "trainingOTF": False,
+        "dataset": DATASET,
+        "datasetSize": _dataset_size(last["config"]),
+        "images": [],
+    }
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def write_openmodeldb(wpath: Path, card: str, urls: list[str] | None = None, date: str | None = None) -> Path:
+    """Write ``<model>_x<s>.openmodeldb.json`` beside the weights, atomically, formatted as OpenModelDB's files."""
+    out = openmodeldb_path(wpath)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(openmodeldb_entry(wpath, card, urls, date), indent=4, ensure_ascii=False))
+    tmp.replace(out)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--run", action="append", default=[], help="training run folder (repeat, in training order)")
     ap.add_argument("--data", default="../shared/datasets/benchmark")
     ap.add_argument("--sets", nargs="+", default=SETS)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=None, help="the card (default: <weights>.md beside the weights)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--results", default=None, metavar="DIR",
                     help="also write the evaluation (results.md / per_image.csv / results.json, as lightsr eval) here")
     ap.add_argument("--hardware", default=None, help="hardware line (default: this CPU and core count)")
     ap.add_argument("--gpu-hardware", default="one NVIDIA H200, lent for one session (benchmarks/gpu_session.sh, docs/gpu.md)",
                     help="what the GPU stages (runs whose train.log says cuda) ran on")
+    ap.add_argument("--openmodeldb-only", action="store_true",
+                    help="write only <model>_x<s>.openmodeldb.json, from the existing card and its runs (no evaluation)")
+    ap.add_argument("--url", action="append", default=None,
+                    help="download URL of the weights for the OpenModelDB resource (repeat; default: the file's path in the repository)")
+    ap.add_argument("--date", default=None, help="OpenModelDB date, YYYY-MM-DD (default: the weights' last commit)")
     args = ap.parse_args()
+    args.out = args.out or str(Path(args.weights).with_suffix(".md"))
+    if args.openmodeldb_only:
+        out = write_openmodeldb(Path(args.weights), Path(args.out).read_text(), args.url, args.date)
+        print(out.read_text())
+        return 0
 
     import torch
 
@@ -221,6 +361,7 @@ def main() -> int:
     tmp.write_text(text)
     tmp.replace(out)
     print(text)
+    print(f"wrote {out} and {write_openmodeldb(wpath, text, args.url, args.date)}")
     return 0
 
 

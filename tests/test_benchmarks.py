@@ -80,3 +80,46 @@ def test_model_card_reads_each_stage_recipe(tmp_path):
         r = mc.read_run(run)
         assert r["recipe"] == {"batch": 8, "lq": 48, "lr": 1e-4, "loss": "MSE" if loss else "L1"}
         assert (r["iters"], r["elapsed_s"], r["best"]["iter"], r["device"]) == (40, 61.5, "20", "CPU, 2 procs")
+
+
+def test_model_card_openmodeldb_entries_are_what_the_script_writes():
+    """Each shipped <model>_x<s>.openmodeldb.json is what `model_card.py --openmodeldb-only` makes from
+    the weights, the card and the runs it lists (date and URL as committed)."""
+    import json
+
+    from lightsr.pretrained import HERE, available, default_weights
+
+    mc = _load("model_card")
+    for name, scale in available():
+        committed = json.loads((HERE / f"{name}_x{scale}.openmodeldb.json").read_text())
+        card = (HERE / f"{name}_x{scale}.md").read_text()
+        made = mc.openmodeldb_entry(default_weights(name, scale), card, committed["resources"][0]["urls"], committed["date"])
+        if "datasetSize" not in made:  # counted from ../shared/datasets/train, absent here
+            committed.pop("datasetSize", None)
+        assert made == committed, f"{name} x{scale}: rerun benchmarks/model_card.py --openmodeldb-only"
+
+
+def test_model_card_writes_openmodeldb_json_beside_the_weights(tmp_path):
+    import json
+
+    import lightsr
+
+    mc = _load("model_card")
+    weights = lightsr.save_model(lightsr.create_model("lamnet", 2, num_groups=1, num_blocks=1),
+                                 tmp_path / "lamnet_x2.safetensors")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("scale: 2\ndatasets:\n  train: {batch_size: 4, lq_size: 40, dataroot_gt: [imgs]}\n")
+    (run / "train_log.csv").write_text("iter,elapsed_s\n10,5.0\n30,7200.0\n")
+    card = ("| | Set5 (5) | Set14 (14) | B100 (100) |\n|---|---|---|---|\n"
+            "| **lightsr lamnet x2 (these weights)** | 35.10/0.9400 | 31.00/0.8800 | 30.20/0.8600 |\n"
+            "| bicubic (measured, same convention) | 33.67/0.9303 | 30.32/0.8699 | 29.56/0.8434 |\n"
+            f"python benchmarks/model_card.py --weights x \\\n    --run {run} \\\n")
+    out = mc.write_openmodeldb(weights, card, ["https://example.org/lamnet_x2.safetensors"], "2026-12-05")
+    assert out == tmp_path / "lamnet_x2.openmodeldb.json"
+    e = json.loads(out.read_text())
+    assert (e["name"], e["architecture"], e["scale"], e["size"]) == ("lightsr LAMNet", "lamnet", 2, ["64nf", "1ng", "1nb"])
+    assert (e["trainingIterations"], e["trainingBatchSize"], e["trainingHRSize"]) == (30, 4, 80)
+    assert "datasetSize" not in e  # its folder is not here
+    assert "Set5 35.10/0.9400 and B100 30.20/0.8600; bicubic 33.67/0.9303 and 29.56/0.8434" in e["description"]
+    assert e["resources"][0]["size"] == weights.stat().st_size and e["date"] == "2026-12-05"
