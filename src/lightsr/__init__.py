@@ -28,6 +28,7 @@ __all__ = [
 # heavier entry points, imported on first use
 _LAZY = {
     "upscale": ("lightsr.inference", "upscale"),
+    "upscale_video": ("lightsr.video", "upscale_video"),
     "evaluate": ("lightsr.evaluation", "evaluate"),
 }
 
