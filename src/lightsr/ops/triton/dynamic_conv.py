@@ -35,6 +35,8 @@ from lightsr.ops.triton._common import check_dtypes, next_pow2
 __all__ = ["dynamic_dwconv", "dynamic_dwconv_fused"]
 
 BLOCK = 64  # pixels per program
+# size arguments compiled as plain integers (strides are specialised: 1 and multiples of 16 matter for loads)
+SIZES = ["H", "W", "G", "CG", "CH", "NPB"]
 
 
 @triton.jit
@@ -59,7 +61,7 @@ def _taps(src_ptr, wk_ptr, bias_ptr, b, rows, tm, hh, ww, valid, CH,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _fwd_kernel(x_ptr, src_ptr, wk_ptr, bias_ptr, out_ptr, H, W, G, CG, CH,
                 sx_b, sx_c, sx_h, sx_w, ss_b, ss_c, ss_h, ss_w, sk_r, sk_c, so_b, so_c, so_h, so_w,
                 K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr,
@@ -85,7 +87,7 @@ def _fwd_kernel(x_ptr, src_ptr, wk_ptr, bias_ptr, out_ptr, H, W, G, CG, CH,
         tl.store(ob + c * so_c, tl.sum(xv * wt, axis=0).to(out_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _grad_x_kernel(g_ptr, src_ptr, wk_ptr, bias_ptr, gx_ptr, H, W, G, CG, CH,
                    sg_b, sg_c, sg_h, sg_w, ss_b, ss_c, ss_h, ss_w, sk_r, sk_c, sx_b, sx_c, sx_h, sx_w,
                    K: tl.constexpr, KK_PAD: tl.constexpr, BLOCK: tl.constexpr,
@@ -112,7 +114,7 @@ def _grad_x_kernel(g_ptr, src_ptr, wk_ptr, bias_ptr, gx_ptr, H, W, G, CG, CH,
         tl.store(xb + c * sx_c, tl.sum(gv * wt, axis=0).to(gx_ptr.dtype.element_ty), mask=qm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _grad_w_kernel(g_ptr, x_ptr, src_ptr, wk_ptr, gsrc_ptr, pcw_ptr, pcb_ptr, H, W, G, CG, CH, NPB,
                    sg_b, sg_c, sg_h, sg_w, sx_b, sx_c, sx_h, sx_w, ss_b, ss_c, ss_h, ss_w, sk_r, sk_c,
                    sd_b, sd_c, sd_h, sd_w,

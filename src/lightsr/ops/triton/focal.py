@@ -29,6 +29,7 @@ from lightsr.ops.triton._common import check_dtypes, next_pow2, tanh
 __all__ = ["focal_attention"]
 
 BLOCK = 64  # pixels per program
+SIZES = ["H", "W", "G", "CG", "NT", "E"]  # compiled as plain integers (strides are specialised)
 
 
 @triton.jit
@@ -55,7 +56,7 @@ def _shifted(h, w, off, H, W, VERTICAL: tl.constexpr):
     return hs, ws, inside
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _fwd_kernel(x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, out_ptr, H, W, G, CG, NT, E,
                 sx_b, sx_c, sx_h, sx_w, sk_b, sk_c, sk_h, sk_w, so_b, so_c, so_h, so_w,
                 E_PAD: tl.constexpr, BLOCK: tl.constexpr, VERTICAL: tl.constexpr, ACT: tl.constexpr):
@@ -83,7 +84,7 @@ def _fwd_kernel(x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, out_ptr, H, W, G, CG, N
         tl.store(ob + c * so_c, tl.sum(xv * coef, axis=0).to(out_ptr.dtype.element_ty), mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _bwd_kernel(g_ptr, x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, gx_ptr, gk_ptr, H, W, G, CG, NT, E,
                 sg_b, sg_c, sg_h, sg_w, sx_b, sx_c, sx_h, sx_w, sk_b, sk_c, sk_h, sk_w,
                 sdx_b, sdx_c, sdx_h, sdx_w, sdk_b, sdk_c, sdk_h, sdk_w,

@@ -18,6 +18,8 @@ from lightsr.ops.triton._common import check_dtypes, next_pow2
 
 __all__ = ["layer_norm_2d"]
 
+SIZES = ["C", "H", "W", "NPB"]  # compiled as plain integers (strides are specialised)
+
 
 @triton.jit
 def _tile(x_ptr, b64, cs, cm, h, w, pm, sx_b, sx_c, sx_h, sx_w, C, eps):
@@ -31,7 +33,7 @@ def _tile(x_ptr, b64, cs, cm, h, w, pm, sx_b, sx_c, sx_h, sx_w, C, eps):
     return d * rstd[None, :], m, rstd
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, eps,
                 sx_b, sx_c, sx_h, sx_w, sy_b, sy_c, sy_h, sy_w,
                 C_PAD: tl.constexpr, BLOCK: tl.constexpr):
@@ -50,7 +52,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, eps,
              y.to(y_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _bwd_kernel(g_ptr, x_ptr, w_ptr, gx_ptr, pw_ptr, pb_ptr, C, H, W, NPB, eps,
                 sg_b, sg_c, sg_h, sg_w, sx_b, sx_c, sx_h, sx_w, sd_b, sd_c, sd_h, sd_w,
                 C_PAD: tl.constexpr, BLOCK: tl.constexpr):
