@@ -90,7 +90,8 @@ def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | N
         if codec not in _muxer_codecs(muxer):
             raise VideoError(f"{codec} cannot be stored in a {muxer} file: choose another --codec or container")
         if formats and wanted_fmt not in formats:
-            raise VideoError(f"{codec} cannot encode {wanted_fmt}; it takes {', '.join(formats)}")
+            listed = ", ".join(formats[:8]) + (", ..." if len(formats) > 8 else "")
+            raise VideoError(f"{codec} cannot encode {wanted_fmt}; it takes {listed}")
         return codec, wanted_fmt
     family = ENCODER_OF_FAMILY.get(info.codec)
     candidates = [c for c in (family, DEFAULT_CODEC.get(muxer, "libx264")) if c and c in _muxer_codecs(muxer)]

@@ -96,9 +96,9 @@ def _add_copied_streams(source, output, info: VideoInfo, trim: Trim, note: Calla
             continue
         try:
             out = output.add_stream_from_template(stream)
-        except (ValueError, TypeError, require_av().error.FFmpegError) as exc:
-            note(f"stream #{stream.index} ({stream.type}, {codec}) cannot be stored in a {output.format.name} "
-                 f"file and is left out ({str(exc).splitlines()[0] if str(exc) else 'unsupported'})")
+        except (ValueError, TypeError, require_av().error.FFmpegError):
+            note(f"stream #{stream.index} ({stream.type}, {codec}) is left out: a {output.format.name} file "
+                 f"cannot hold it (convert it separately if you need it)")
             continue
         out.metadata.update(stream.metadata)
         out.disposition = stream.disposition

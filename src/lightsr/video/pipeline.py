@@ -24,7 +24,8 @@ from lightsr.video.segments import Segment, SegmentStore
 __all__ = ["encode_segments", "runs"]
 
 QUEUE_DEPTH = 2
-_END = object()
+_END = object()  # the decoder has no more frames
+_ABORT = object()  # interrupted: keep complete segments, drop the partial one
 
 
 class _Stopped(Exception):
@@ -73,32 +74,67 @@ def _decode_worker(info: VideoInfo, run: list[Segment], out: _Channel, errors: l
         out.stop.set()
 
 
-def _encode_worker(info: VideoInfo, run: list[Segment], store: SegmentStore, settings: OutputSettings,
-                   source: _Channel, errors: list) -> None:
-    pending = iter(run)
-    segment, writer = None, None
+class _SegmentFiles:
+    """The encoder thread's state: the segment being written and the frames it has received."""
+
+    def __init__(self, info: VideoInfo, run: list[Segment], store: SegmentStore, settings: OutputSettings):
+        self.info, self.store, self.settings = info, store, settings
+        self.pending = iter(run)
+        self.end = run[-1].stop
+        self.segment: Segment | None = None
+        self.writer: SegmentWriter | None = None
+        self.last = -1  # index of the last frame written
+
+    def advance_to(self, index: int) -> bool:
+        """Commit finished segments until the one holding frame ``index``; False past the run's end."""
+        while self.segment is None or index >= self.segment.stop:
+            self.commit()
+            self.segment = next(self.pending, None)
+            if self.segment is None:
+                return False
+            self.writer = SegmentWriter(self.store.temp_path(self.segment), self.settings, self.info)
+        return True
+
+    def write(self, index: int, pts: int, pixels) -> None:
+        self.writer.write(pixels, pts)
+        self.last = index
+
+    def commit(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.store.commit(self.segment, self.writer.path)
+            self.writer = None
+
+    def stop(self) -> None:
+        """Interrupted: keep the current segment if all its frames arrived, else delete its file."""
+        if self.writer is not None and self.last == self.segment.stop - 1:
+            self.commit()
+        self.abort()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+def _encode_worker(files: _SegmentFiles, source: _Channel, errors: list) -> None:
     try:
         while True:
             item = source.get()
-            index = run[-1].stop if item is _END else item[0]
-            while segment is None or index >= segment.stop:
-                if writer is not None:
-                    writer.close()
-                    store.commit(segment, writer.path)
-                    writer = None
-                segment = next(pending, None)
-                if segment is None:
-                    return
-                writer = SegmentWriter(store.temp_path(segment), settings, info)
-            writer.write(item[2], item[1])
+            if item is _ABORT:
+                return files.stop()
+            if item is _END:  # commit the last segment (and any left without frames)
+                files.advance_to(files.end)
+                return
+            files.advance_to(item[0])
+            files.write(*item)
     except _Stopped:
         pass
     except BaseException as exc:
         errors.append(exc)
         source.stop.set()
     finally:
-        if writer is not None and (errors or source.stop.is_set()):
-            writer.abort()
+        files.abort()
 
 
 def _upscale_loop(upscaler, frames: _Channel, encoded: _Channel, on_frame: Callable[[], None]) -> None:
@@ -113,25 +149,37 @@ def _upscale_loop(upscaler, frames: _Channel, encoded: _Channel, on_frame: Calla
 
 
 def _encode_run(info, run, store, upscaler, settings, on_frame, depth: int) -> None:
-    stop = threading.Event()
+    """One decoding pass over consecutive segments. On Ctrl-C / an error the decoder stops at once and
+    the encoder finishes what is queued (a segment whose frames all arrived is kept); a second Ctrl-C
+    while it does so stops it too."""
+    stop, abort = threading.Event(), threading.Event()  # stop: decoder and upscaler; abort: encoder
     errors: list[BaseException] = []
-    frames, encoded = _Channel(depth, stop), _Channel(depth, stop)
-    workers = [threading.Thread(target=_decode_worker, args=(info, run, frames, errors), daemon=True),
-               threading.Thread(target=_encode_worker, args=(info, run, store, settings, encoded, errors),
-                                daemon=True)]
-    for w in workers:
-        w.start()
+    frames, encoded = _Channel(depth, stop), _Channel(depth, abort)
+    decoder = threading.Thread(target=_decode_worker, args=(info, run, frames, errors), daemon=True)
+    encoder = threading.Thread(target=_encode_worker, args=(_SegmentFiles(info, run, store, settings), encoded, errors),
+                               daemon=True)
+    decoder.start()
+    encoder.start()
     try:
-        _upscale_loop(upscaler, frames, encoded, on_frame)
-        workers[1].join()
+        try:
+            _upscale_loop(upscaler, frames, encoded, on_frame)
+        except BaseException:
+            stop.set()
+            encoded.put(_ABORT)
+            raise
+        finally:
+            encoder.join()
     except _Stopped:
         pass
     except BaseException:
         stop.set()
+        abort.set()
         raise
     finally:
-        for w in workers:
-            w.join(timeout=30)
+        stop.set()
+        abort.set()
+        decoder.join(timeout=30)
+        encoder.join(timeout=30)
     if errors:
         raise errors[0]
 

@@ -66,6 +66,8 @@ def _open(path: Path):
         raise VideoError("empty file (0 bytes)")
     try:
         return av.open(str(path), metadata_errors="replace")
+    except av.error.EOFError:
+        raise VideoError("ends before any video data (a zero-length or truncated file)") from None
     except av.error.FFmpegError as exc:
         raise VideoError(f"not a readable video ({ffmpeg_reason(exc)}): a truncated file, or not a video") from None
 
@@ -73,7 +75,9 @@ def _open(path: Path):
 def _video_stream(container):
     streams = [s for s in container.streams.video if not s.disposition & s.disposition.attached_pic]
     if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        kinds = sorted({s.type for s in container.streams})
+        if not kinds:
+            raise VideoError("holds no streams at all (a zero-length clip)")
         raise VideoError(f"has no video stream (it holds: {', '.join(kinds)})")
     stream = streams[0]
     if stream.codec_context is None:
