@@ -43,6 +43,12 @@ Typical use:
 Run `lightsr <command> --help` for the options of each command.
 """
 
+EXIT_CODES = """\
+exit codes: 0 success; 1 the work failed (or part of it: an image, a set, a run); 2 the command
+could not start (bad arguments, unknown model, unusable weights or config); 130 interrupted.
+Errors are one line naming the file and the reason; --debug (or LIGHTSR_DEBUG=1) adds the traceback.
+"""
+
 
 def _available_commands() -> dict[str, object]:
     found = {}
@@ -62,33 +68,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightsr",
         description=DESCRIPTION,
+        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lightsr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error (also LIGHTSR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, module in _available_commands().items():
         p = module.add_parser(sub)
+        if not any("--debug" in a.option_strings for a in p._actions):
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show the traceback of any error (also LIGHTSR_DEBUG=1)")
         p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lightsr.cli import errors
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return errors.EXIT_USAGE
+    errors.set_debug(getattr(args, "debug", False))
+    prog = f"lightsr {args.command}"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("lightsr: interrupted", file=sys.stderr)
-        return 130
+        return errors.EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `lightsr eval ... | head`: stop quietly like other CLI tools
         import os
 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as exc:  # noqa: BLE001 - the one error path: one line, a traceback only with --debug
+        return errors.report(prog, exc)
+    finally:
+        errors.set_debug(False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from lightsr.cli.errors import UsageError, debug_enabled, one_line
 
 EPILOG = """\
 examples:
@@ -27,7 +30,13 @@ what happens to each image:
   * outputs are <name><suffix>.<ext> in OUTDIR (folder structure kept with --recursive), written
     atomically; existing outputs are kept unless --overwrite; inputs are never overwritten.
   * a file that cannot be read gets one line on stderr and the batch goes on; the exit code is 1
-    if any image failed, 2 for a usage error (e.g. no weights).
+    if any image failed, 2 for a usage error (e.g. no weights); --debug adds tracebacks.
+  * a model output holding NaN/Inf (broken weights) is an error, never a written image.
+  * outputs of earlier runs (<name><suffix>.<ext> inside OUTDIR, e.g. a_x4.png when OUTDIR is the
+    input folder) are never taken as inputs; .part files left by a killed run are removed.
+
+progress: a bar on a terminal; otherwise (logs, pipes) a line every few seconds with the elapsed
+time and an ETA, also while one large image is upscaled in a single pass.
 
 Tiling: --tile auto (default) picks the largest tile that fits in memory and does not tile an
 image that fits whole; overlapping tiles are blended with smooth weights (docs/upscale.md shows
@@ -51,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (created if missing; --demo: default lightsr-demo)")
     p.add_argument("--demo", action="store_true",
                    help="upscale the bundled sample image (CC0) and write a side-by-side comparison with bicubic")
-    p.add_argument("--model", default=None, help="model name (default: lightsr.pretrained.DEFAULT_MODEL; with --weights: what the file holds)")
+    p.add_argument("--model", default=None, help=f"model name (default: {_default_model()}; with --weights: what the file holds)")
     p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4), help="upscaling factor (default 4, or the weights' scale)")
     p.add_argument("--weights", default=None, metavar="FILE", help="weights file: lightsr .safetensors or a BasicSR .pth (params / params_ema), or an http(s):// URL (downloaded once, cached; append #sha256=<hex> to verify)")
     p.add_argument("--tile", default="auto", help="tile size in input pixels, 'auto' (from free memory) or 0 (whole image); default auto")
@@ -70,8 +79,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="refuse inputs larger than N pixels (decompression-bomb guard; default about 179 million)")
     p.add_argument("--max-memory", type=float, default=None, metavar="GIB",
                    help="memory for one tile's activations, in GiB (default: 40%% of free RAM up to 2 GiB; 80%% of free GPU memory)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no per-image lines")
+    p.add_argument("--max-download", default=None, metavar="SIZE",
+                   help="largest --weights download accepted, e.g. 500M or 2G (default 1G)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress (bars, lines, downloads) and no per-image lines")
     return p
+
+
+def _default_model() -> str:
+    from lightsr.pretrained import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 @dataclass
@@ -80,22 +97,71 @@ class Job:
     rel: Path  # relative output location (folder structure kept for folder inputs)
 
 
+@dataclass
+class Settings:
+    """The validated command line."""
+
+    tile: int | str
+    outdir: Path
+    max_pixels: int
+    max_memory: int | None
+    max_download: int | None
+    quiet: bool
+
+
+@dataclass
+class Tally:
+    """What happened to the batch."""
+
+    written: int = 0
+    skipped: int = 0
+    failures: int = 0
+    claimed: dict = field(default_factory=dict)  # output path -> the input that wrote it
+
+
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def collect_inputs(inputs: list[str], recursive: bool, outdir: Path) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Expand files / folders / globs into jobs; returns (jobs, [(input, reason)] for inputs that match nothing)."""
+def earlier_output_pattern(suffix: str) -> re.Pattern | None:
+    """Stems that this tool's outputs have with ``--suffix`` (``{scale}`` = any number), or None for ""."""
+    if not suffix:
+        return None
+    parts = suffix.split("{scale}")
+    return re.compile(".*" + r"\d+".join(re.escape(p) for p in parts) + "$")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def collect_inputs(inputs: list[str], recursive: bool, outdir: Path, suffix: str = "_x{scale}",
+                   ) -> tuple[list[Job], list[tuple[str, str]], list[Path]]:
+    """Expand files / folders / globs into jobs.
+
+    Returns ``(jobs, [(input, reason)] for inputs that match nothing, earlier outputs skipped)``.
+    Files found by a folder scan or a glob inside ``outdir`` whose name is ``<stem><suffix>`` are
+    outputs of an earlier run and are not inputs; a sub-folder that is ``outdir`` is not scanned.
+    Files named explicitly are always inputs."""
     jobs: list[Job] = []
     missing: list[tuple[str, str]] = []
+    earlier: list[Path] = []
     seen: set[Path] = set()
     out_resolved = outdir.resolve()
+    pattern = earlier_output_pattern(suffix)
 
-    def add(path: Path, rel: Path) -> None:
+    def add(path: Path, rel: Path, found: bool = True) -> None:
         key = path.resolve()
         if key in seen:
             return
         seen.add(key)
+        if found and pattern is not None and _inside(path, out_resolved) and pattern.fullmatch(path.stem):
+            earlier.append(path)
+            return
         jobs.append(Job(path, rel))
 
     for item in inputs:
@@ -114,7 +180,7 @@ def collect_inputs(inputs: list[str], recursive: bool, outdir: Path) -> tuple[li
                     if f.is_file() and not _is_hidden(f):
                         add(f, Path(f.name))
         elif path.exists():
-            add(path, Path(path.name))
+            add(path, Path(path.name), found=False)
         elif GLOB_CHARS & set(item):
             matches = sorted(glob.glob(item, recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file() and not _is_hidden(Path(m))]
@@ -124,7 +190,7 @@ def collect_inputs(inputs: list[str], recursive: bool, outdir: Path) -> tuple[li
                 add(f, Path(f.name))
         else:
             missing.append((item, "no such file or folder"))
-    return jobs, missing
+    return jobs, missing, earlier
 
 
 def _auto_format(source: Path) -> str:
@@ -142,216 +208,343 @@ def _output_path(outdir: Path, job: Job, suffix: str, fmt: str) -> Path:
     return outdir / job.rel.parent / f"{job.rel.stem}{suffix}{ext}"
 
 
-def run(args) -> int:
-    from tqdm import tqdm
+class Console:
+    """Where lines go: results to stdout, problems to stderr, nothing but errors with --quiet."""
 
-    from lightsr.inference.io import DEFAULT_MAX_PIXELS, FORMATS, ImageError, normalise_format, read_image, write_image
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None  # the images Progress, so that lines do not break a terminal bar
+        self._warned: set[str] = set()
 
-    quiet = args.quiet
+    def say(self, msg: str, err: bool = False) -> None:
+        stream = sys.stderr if err else sys.stdout
+        if self.bar is not None:
+            self.bar.write(msg, stream)
+        else:
+            print(msg, file=stream, flush=True)
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.say(msg)
+
+    def note(self, msg: str) -> None:
+        if not self.quiet:
+            self.say(f"note: {msg}", err=True)
+
+    def warn(self, msg: str) -> None:
+        if msg not in self._warned:  # the same warning once per run
+            self._warned.add(msg)
+            self.say(f"warning: {msg}", err=True)
+
+    def error(self, where: Path | str, reason: str) -> None:
+        self.say(f"error: {where}: {one_line(reason)}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def validate(args) -> Settings:
+    """Check the command line (before anything is loaded); :class:`UsageError` on a bad value."""
+    from lightsr.inference.io import DEFAULT_MAX_PIXELS
+    from lightsr.pretrained import parse_size
+
     if not args.inputs and not args.demo:
-        print("lightsr upscale: error: give INPUT files, folders or globs (or --demo)", file=sys.stderr)
-        return 2
+        raise UsageError("give INPUT files, folders or globs (or --demo)")
+    if args.demo and args.inputs:
+        raise UsageError("--demo takes no INPUT (it upscales the bundled sample)")
     if not args.output and not args.demo:
-        print("lightsr upscale: error: -o OUTDIR is required", file=sys.stderr)
-        return 2
-
-    def say(msg: str, err: bool = False) -> None:
-        tqdm.write(msg, file=sys.stderr if err else sys.stdout)
-
-    def usage_error(msg: str) -> int:
-        print(f"lightsr upscale: error: {msg}", file=sys.stderr)
-        return 2
-
-    if args.threads is not None:
-        if args.threads < 1:
-            return usage_error("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+        raise UsageError("-o OUTDIR is required")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
     tile = args.tile
     if tile != "auto":
         try:
             tile = int(tile)
         except ValueError:
-            return usage_error(f"--tile must be 'auto', 0 or a size in pixels, not {tile!r}")
+            raise UsageError(f"--tile must be 'auto', 0 or a size in pixels, not {tile!r}") from None
         if tile != 0 and tile < 16:
-            return usage_error("--tile must be 0 (whole image) or at least 16 pixels")
+            raise UsageError("--tile must be 0 (whole image) or at least 16 pixels")
     if args.tile_overlap < 0:
-        return usage_error("--tile-overlap must be >= 0")
+        raise UsageError("--tile-overlap must be >= 0")
     if not 1 <= args.quality <= 100:
-        return usage_error("--quality must be between 1 and 100")
-    if args.demo:
-        return _run_demo(args, tile)
-    max_pixels = int(args.max_pixels) if args.max_pixels else DEFAULT_MAX_PIXELS
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        return usage_error(f"-o {outdir}: exists and is not a folder")
-
-    jobs, missing = collect_inputs(args.inputs, args.recursive, outdir)
-    failures = 0
-    for item, reason in missing:
-        print(f"error: {item}: {reason}", file=sys.stderr)
-        failures += 1
-    if not jobs:
-        print("lightsr upscale: no input images found", file=sys.stderr)
-        return 1
-
-    # model (after input discovery: a typo in a path should not cost a model load)
-    from lightsr import CheckpointError
-    from lightsr.inference import Upscaler, WeightsMissing
-
-    warned: set[str] = set()
-
-    def warn(msg: str) -> None:
-        if msg not in warned:  # the same warning once per run
-            warned.add(msg)
-            say(f"warning: {msg}", err=True)
-
+        raise UsageError("--quality must be between 1 and 100")
+    if args.max_pixels is not None and not args.max_pixels > 0:
+        raise UsageError("--max-pixels must be positive")
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise UsageError("--max-memory must be positive (GiB)")
     try:
-        upscaler = Upscaler(
-            args.model, args.scale, weights=args.weights, tile=tile, tile_overlap=args.tile_overlap,
-            precision=args.precision, device=args.device, alpha=args.alpha,
-            max_memory=int(args.max_memory * (1 << 30)) if args.max_memory else None, warn=warn,
-        )
-    except (CheckpointError, WeightsMissing, ValueError, KeyError, OSError) as exc:
-        return usage_error(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    scale = upscaler.scale
-    suffix = args.suffix.replace("{scale}", str(scale))
-    fmt_arg = None if args.format == "auto" else normalise_format(args.format)
-    config = getattr(upscaler.model, "lightsr_config", {})
-    if not quiet:
-        source = getattr(upscaler.model, "lightsr_source", args.weights or "module")
-        say(f"lightsr upscale: {config.get('name', type(upscaler.model).__name__)} x{scale} ({source}) on "
-            f"{upscaler.device} {upscaler.runner.precision}, {len(jobs)} input(s) -> {outdir}/")
-
-    inputs_resolved = {j.source.resolve() for j in jobs}
-    claimed: dict[Path, Path] = {}
-    written = skipped = 0
-    bar = tqdm(jobs, desc="images", unit="img", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
-    for job in bar:
-        src = job.source
-        bar.set_postfix_str(src.name[-30:], refresh=False)
-
-        def fail(reason: str) -> None:
-            nonlocal failures
-            failures += 1
-            say(f"error: {src}: {reason}", err=True)
-
-        def unusable(out_path: Path) -> bool:
-            """True (and reported) when ``out_path`` must not be written: an input, taken, or existing."""
-            nonlocal skipped
-            if out_path.resolve() in inputs_resolved:
-                fail(f"output {out_path} would overwrite an input file (choose another -o or --suffix)")
-            elif out_path in claimed:
-                fail(f"same output name {out_path} as {claimed[out_path]} (rename one or use --suffix)")
-            elif out_path.exists() and not args.overwrite:
-                skipped += 1
-                if not quiet:
-                    say(f"skip: {out_path} exists (use --overwrite to replace it)")
-            else:
-                return False
-            return True
-
-        fmt = fmt_arg or _auto_format(src)
-        if unusable(_output_path(outdir, job, suffix, fmt)):  # checked before reading, and again below
-            continue
-        t0 = time.perf_counter()
-        try:
-            data = read_image(src, max_pixels=max_pixels)
-        except ImageError as exc:
-            fail(str(exc))
-            continue
-        for note in data.notes:
-            say(f"note: {src}: {note}", err=True)
-        # formats that cannot hold what the image has
-        _, _, alpha_ok, deep_ok = FORMATS[fmt]
-        if data.has_alpha and not alpha_ok:
-            say(f"note: {src}: {fmt.upper()} has no alpha channel: writing PNG instead", err=True)
-            fmt = "png"
-        elif data.bits > 8 and not deep_ok:
-            say(f"note: {src}: {fmt.upper()} holds 8 bits per sample: the {data.bits}-bit result is reduced to 8 bits", err=True)
-        out_path = _output_path(outdir, job, suffix, fmt)  # the format may have changed
-        if unusable(out_path):
-            continue
-        h, w = data.pixels.shape[:2]
-        need = h * w * scale * scale * data.pixels.shape[2] * data.pixels.itemsize
-        from lightsr.inference.runner import available_memory
+        max_download = parse_size(args.max_download) if args.max_download is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--max-download: {exc}") from None
+    outdir = Path(args.output or "lightsr-demo")
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"-o {outdir}: exists and is not a folder")
+    if args.threads is not None:
         import torch
 
+        torch.set_num_threads(args.threads)
+    return Settings(tile=tile, outdir=outdir, max_pixels=int(args.max_pixels) if args.max_pixels else DEFAULT_MAX_PIXELS,
+                    max_memory=int(args.max_memory * (1 << 30)) if args.max_memory else None,
+                    max_download=max_download, quiet=args.quiet)
+
+
+def _resolve_weights(args, settings: Settings):
+    """A local path for --weights (downloads honour --max-download and --quiet), or None."""
+    if args.weights is None or str(args.weights) == "default":
+        return args.weights
+    from lightsr.pretrained import resolve_weights
+
+    if args.model is not None:
+        from lightsr.models import get_spec
+
+        get_spec(args.model)  # a mistyped name is reported as such before any download
+    return resolve_weights(args.weights, progress=not settings.quiet, max_bytes=settings.max_download)
+
+
+def _as_usage_error(exc: Exception) -> Exception:
+    """A ValueError / missing file from loading (e.g. --device cuda without a GPU) is a usage error;
+    lightsr's own errors keep their type (and exit code)."""
+    from lightsr.cli.errors import user_errors
+
+    return exc if isinstance(exc, user_errors()) else UsageError(one_line(exc))
+
+
+def load_upscaler(args, settings: Settings, console: Console):
+    from lightsr.inference import Upscaler
+
+    try:
+        return Upscaler(
+            args.model, args.scale, weights=_resolve_weights(args, settings), tile=settings.tile,
+            tile_overlap=args.tile_overlap, precision=args.precision, device=args.device, alpha=args.alpha,
+            max_memory=settings.max_memory, warn=console.warn,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise _as_usage_error(exc) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# the batch
+# ------------------------------------------------------------------------------------------------
+class Batch:
+    """Upscales jobs one by one; every problem with one image is one line, and the batch goes on."""
+
+    def __init__(self, args, settings: Settings, upscaler, console: Console, inputs: list[Job]):
+        from lightsr.inference.io import normalise_format
+
+        self.args, self.settings, self.up, self.console = args, settings, upscaler, console
+        self.scale = upscaler.scale
+        self.suffix = args.suffix.replace("{scale}", str(self.scale))
+        self.fmt = None if args.format == "auto" else normalise_format(args.format)
+        self.inputs = {j.source.resolve() for j in inputs}
+        self.tally = Tally()
+        self.cleaned: set[Path] = set()
+
+    def fail(self, src: Path, reason: str) -> None:
+        self.tally.failures += 1
+        self.console.error(src, reason)
+
+    def _unusable(self, src: Path, out_path: Path) -> bool:
+        """True (and reported) when ``out_path`` must not be written: an input, taken, or existing."""
+        if out_path.resolve() in self.inputs:
+            self.fail(src, f"output {out_path} would overwrite an input file (choose another -o or --suffix)")
+        elif out_path in self.tally.claimed:
+            self.fail(src, f"same output name {out_path} as {self.tally.claimed[out_path]} (rename one or use --suffix)")
+        elif out_path.exists() and not self.args.overwrite:
+            self.tally.skipped += 1
+            self.console.info(f"skip: {out_path} exists (use --overwrite to replace it)")
+        else:
+            return False
+        return True
+
+    def _clean(self, folder: Path) -> None:
+        """Remove the .part files an interrupted run left in an output folder (once per folder)."""
+        from lightsr.inference.partfiles import remove_stale_parts
+
+        if folder in self.cleaned:
+            return
+        self.cleaned.add(folder)
+        removed = remove_stale_parts(folder)
+        if removed:
+            self.console.note(f"removed {len(removed)} unfinished .part file(s) of an interrupted run in {folder}")
+
+    def _memory_problem(self, data) -> str | None:
+        import torch
+
+        from lightsr.inference.runner import available_memory
+
+        h, w, c = data.pixels.shape
+        need = h * w * self.scale ** 2 * c * data.pixels.itemsize
         free = available_memory(torch.device("cpu"))
-        if need > 0.8 * free:
-            fail(f"the {w * scale}x{h * scale} output needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is free")
-            continue
-        tile_bar = None
+        usable = 0.8 * free
+        if need <= usable:
+            return None
+        return (f"the {w * self.scale}x{h * self.scale} output needs {need / 2**30:.1f} GiB of memory, more than the "
+                f"{usable / 2**30:.1f} GiB lightsr may use (80% of the {free / 2**30:.1f} GiB available now)")
+
+    def _output_format(self, src: Path, data) -> str:
+        from lightsr.inference.io import FORMATS
+
+        fmt = self.fmt or _auto_format(src)
+        _, _, alpha_ok, deep_ok = FORMATS[fmt]
+        if data.has_alpha and not alpha_ok:
+            self.console.say(f"note: {src}: {fmt.upper()} has no alpha channel: writing PNG instead", err=True)
+            return "png"
+        if data.bits > 8 and not deep_ok:
+            self.console.say(f"note: {src}: {fmt.upper()} holds 8 bits per sample: the {data.bits}-bit result is "
+                             f"reduced to 8 bits", err=True)
+        return fmt
+
+    def process(self, job: Job) -> None:
+        src = job.source
+        if self._unusable(src, _output_path(self.settings.outdir, job, self.suffix, self.fmt or _auto_format(src))):
+            return  # checked before reading, and again once the format is known
+        try:
+            self._process(job)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one image's problem is one line; the batch goes on
+            if debug_enabled():
+                import traceback
+
+                traceback.print_exc()
+            self.fail(src, _reason(exc))
+
+    def _process(self, job: Job) -> None:
+        from lightsr.inference.io import ImageError, read_image, write_image
+
+        src, t0 = job.source, time.perf_counter()
+        try:
+            data = read_image(src, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            return self.fail(src, str(exc))
+        for note in data.notes:
+            self.console.say(f"note: {src}: {note}", err=True)
+        fmt = self._output_format(src, data)
+        out_path = _output_path(self.settings.outdir, job, self.suffix, fmt)
+        if self._unusable(src, out_path):
+            return
+        problem = self._memory_problem(data)
+        if problem:
+            return self.fail(src, problem)
+        result = self._upscale(src, data)
+        h, w = data.pixels.shape[:2]
+        del data
+        self._clean(out_path.parent)
+        try:
+            write_image(out_path, result, fmt, quality=self.args.quality, overwrite=self.args.overwrite)
+        except FileExistsError:
+            self.tally.skipped += 1
+            self.console.info(f"skip: {out_path} appeared while upscaling (use --overwrite to replace it)")
+            return
+        except ImageError as exc:
+            return self.fail(src, f"cannot write {out_path}: {exc}")
+        except OSError as exc:
+            return self.fail(src, f"cannot write {out_path}: {exc.strerror or one_line(exc)}")
+        self.tally.claimed[out_path] = src
+        self.tally.written += 1
+        tiles = f", tiles {self.up.last_tile}px" if self.up.last_tile else ""
+        self.console.info(f"{src} -> {out_path} ({w}x{h} -> {w * self.scale}x{h * self.scale}, "
+                          f"{time.perf_counter() - t0:.1f} s{tiles})")
+
+    def _upscale(self, src: Path, data):
+        """The model on one image, with progress: tiles as they finish, or an estimate for one pass."""
+        from lightsr.inference.progress import Progress
+
+        h, w = data.pixels.shape[:2]
+        quiet = self.settings.quiet
+        expected = None
+        if not quiet and self.up._tile_for(h, w) is None and h * w >= LONG_IMAGE_PIXELS:
+            expected = self.up.estimate_seconds(h, w)  # one pass reports nothing until it ends
+        progress = Progress(None, f"  {src.name}", unit="tile", enabled=not quiet, expected_s=expected, leave=False)
 
         def on_tile(done: int, total: int) -> None:
-            nonlocal tile_bar
-            if quiet or total <= 1:
-                return
-            if tile_bar is None:
-                tile_bar = tqdm(total=total, desc="  tiles", unit="tile", leave=False, file=sys.stderr,
-                                disable=None, position=1, dynamic_ncols=True)
-            tile_bar.update(done - tile_bar.n)
+            if total > 1:
+                progress.total = total
+                progress.set(done)
 
         try:
-            try:
-                result = upscaler.upscale_image(data, on_tile=on_tile)
-            finally:
-                if tile_bar is not None:
-                    tile_bar.close()
-            del data
-            write_image(out_path, result, fmt, quality=args.quality, overwrite=args.overwrite)
-        except FileExistsError:
-            skipped += 1
-            say(f"skip: {out_path} appeared while upscaling (use --overwrite to replace it)")
-            continue
-        except ImageError as exc:
-            fail(f"cannot write {out_path}: {exc}")
-            continue
-        except MemoryError as exc:
-            fail(f"out of memory ({exc})" if str(exc) else "out of memory")
-            continue
-        except OSError as exc:
-            fail(f"cannot write {out_path}: {exc.strerror or exc}")
-            continue
-        except RuntimeError as exc:
-            text = str(exc).strip().splitlines()
-            fail(f"the model failed: {text[0] if text else type(exc).__name__}")
-            continue
-        claimed[out_path] = src
-        written += 1
-        if not quiet:
-            tiles = f", tiles {upscaler.last_tile}px" if upscaler.last_tile else ""
-            say(f"{src} -> {out_path} ({w}x{h} -> {w * scale}x{h * scale}, {time.perf_counter() - t0:.1f} s{tiles})")
-    bar.close()
-    parts = [f"{written} written to {outdir}/"]
-    if skipped:
-        parts.append(f"{skipped} skipped (output exists)")
-    if failures:
-        parts.append(f"{failures} failed")
-    print("lightsr upscale: " + ", ".join(parts), file=sys.stderr if failures else sys.stdout)
-    return 1 if failures else 0
+            return self.up.upscale_image(data, on_tile=on_tile)
+        finally:
+            progress.close()
 
 
-def _run_demo(args, tile) -> int:
-    if args.inputs:
-        print("lightsr upscale: error: --demo takes no INPUT (it upscales the bundled sample)", file=sys.stderr)
-        return 2
-    from lightsr import CheckpointError
-    from lightsr.inference import WeightsMissing
+LONG_IMAGE_PIXELS = 512 * 512  # whole-image passes from this size on get an estimated ETA
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an exception raised while upscaling one image."""
+    from lightsr.inference.runner import NonFiniteOutput
+
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({one_line(exc)})" if str(exc) else "out of memory"
+    if isinstance(exc, NonFiniteOutput):
+        return one_line(exc)
+    if isinstance(exc, RuntimeError):
+        return f"the model failed: {one_line(exc)}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or one_line(exc)}"
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def summary(tally: Tally, outdir: Path, earlier: int) -> int:
+    parts = [f"{tally.written} written to {outdir}/"]
+    if tally.skipped or earlier:
+        parts.append(f"{tally.skipped + earlier} skipped ("
+                     + ", ".join(t for t in (f"{tally.skipped} output exists" if tally.skipped else "",
+                                             f"{earlier} earlier output(s)" if earlier else "") if t) + ")")
+    if tally.failures:
+        parts.append(f"{tally.failures} failed")
+    print("lightsr upscale: " + ", ".join(parts), file=sys.stderr if tally.failures else sys.stdout)
+    return 1 if tally.failures else 0
+
+
+# ------------------------------------------------------------------------------------------------
+def run(args) -> int:
+    from lightsr.inference.progress import Progress
+
+    settings = validate(args)
+    if args.demo:
+        return _run_demo(args, settings)
+    console = Console(settings.quiet)
+    jobs, missing, earlier = collect_inputs(args.inputs, args.recursive, settings.outdir, args.suffix)
+    for item, reason in missing:
+        console.error(item, reason)
+    for path in earlier:
+        console.info(f"skip: {path} is an output of an earlier run (in -o {settings.outdir}, named *{args.suffix})")
+    if not jobs:
+        print("lightsr upscale: no input images found" + (" (only outputs of earlier runs)" if earlier else ""),
+              file=sys.stderr)
+        return 1
+    # the model after input discovery: a typo in a path should not cost a model load
+    upscaler = load_upscaler(args, settings, console)
+    batch = Batch(args, settings, upscaler, console, jobs)
+    batch.tally.failures += len(missing)
+    config = getattr(upscaler.model, "lightsr_config", {})
+    source = getattr(upscaler.model, "lightsr_source", args.weights or "module")
+    console.info(f"lightsr upscale: {config.get('name', type(upscaler.model).__name__)} x{upscaler.scale} ({source}) on "
+                 f"{upscaler.device} {upscaler.runner.precision}, {len(jobs)} input(s) -> {settings.outdir}/")
+    with Progress(len(jobs), "images", unit="img", enabled=not settings.quiet) as bar:
+        console.bar = bar
+        for job in jobs:
+            bar.set_postfix(job.source.name[-30:])
+            batch.process(job)
+            bar.update()
+        console.bar = None
+    return summary(batch.tally, settings.outdir, len(earlier))
+
+
+def _run_demo(args, settings: Settings) -> int:
     from lightsr.inference.demo import SAMPLE, run_demo
 
-    outdir = Path(args.output or "lightsr-demo")
     t0 = time.perf_counter()
     try:
         image, figure = run_demo(
-            outdir, model=args.model, scale=args.scale, device=args.device, threads=args.threads,
-            weights=args.weights, tile=tile, tile_overlap=args.tile_overlap, precision=args.precision,
-            max_memory=int(args.max_memory * (1 << 30)) if args.max_memory else None,
+            settings.outdir, model=args.model, scale=args.scale, device=args.device, threads=args.threads,
+            weights=_resolve_weights(args, settings), tile=settings.tile, tile_overlap=args.tile_overlap,
+            precision=args.precision, max_memory=settings.max_memory,
         )
-    except (CheckpointError, WeightsMissing, ValueError, KeyError, OSError) as exc:
-        print(f"lightsr upscale: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise _as_usage_error(exc) from None
     print(f"lightsr upscale --demo: {SAMPLE.name} -> {image.name} in {time.perf_counter() - t0:.1f} s")
     print(f"  upscaled image:        {image}")
     print(f"  side-by-side figure:   {figure}")

@@ -34,7 +34,6 @@ import io
 import os
 import struct
 import sys
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field, replace
@@ -503,31 +502,26 @@ def write_tiff16(f, pixels: np.ndarray, icc_profile: bytes | None = None, rows_p
     f.seek(0, os.SEEK_END)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool = False):
     """Yield a temporary binary file beside ``path``; on success it is synced and renamed to ``path``.
 
     On any error (or Ctrl-C) the temporary file is removed and ``path`` is untouched. Without
-    ``overwrite``, an existing ``path`` is never replaced (:class:`FileExistsError`).
+    ``overwrite``, an existing ``path`` is never replaced (:class:`FileExistsError`). The temporary
+    file (``.<name>.<random>.part``) is locked while it is written, so that
+    :func:`lightsr.inference.partfiles.remove_stale_parts` removes it only once its writer is gone
+    (a run killed with SIGKILL); it gets the usual permissions (``0666 & ~umask``).
     """
+    from lightsr.inference.partfiles import part_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    tmp = Path(tmp)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+    with part_file(path) as (f, tmp):
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -539,8 +533,6 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False):
                 if path.exists():
                     raise FileExistsError(f"{path} exists") from None
                 os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def normalise_format(fmt: str) -> str:

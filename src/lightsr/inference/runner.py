@@ -7,9 +7,15 @@
   softmax, reductions) in float32. ``fp16`` on the CPU is refused with a one-line warning and
   fp32 is used instead (PyTorch's CPU half kernels are missing or very slow). A tile whose
   reduced-precision output holds NaN or Inf is computed again in fp32, with a warning.
+* **Non-finite output**: an output that still holds NaN or Inf (in fp32: broken or overflowing
+  weights) raises :class:`NonFiniteOutput`; it is never returned, so never written.
 * **Padding**: tiles are padded by reflection only when the model needs it: a model may declare
   ``size_multiple`` (input sides must be multiples of it) and ``min_size``; none of lightsr's
-  models does, so their tiles are never padded.
+  models does. Tiles smaller than :data:`MIN_SIDE` pixels (a 1x1 image) are padded by
+  replicating their edge: a network with zero-padded convolutions sees mostly border on a tiny
+  input and shifts its colour; replicated, it sees a small flat image.
+* **Memory**: :func:`available_memory` is the smaller of the system's available memory and the
+  room left under a container's cgroup limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``).
 * **Memory**: :meth:`ModelRunner.bytes_per_pixel` measures the peak tensor memory of one forward
   pass on a small probe (every tensor allocated by every operator is counted while it is alive),
   which :func:`auto_tile` turns into the largest tile that fits a memory budget.
@@ -29,7 +35,9 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 
 __all__ = [
+    "MIN_SIDE",
     "ModelRunner",
+    "NonFiniteOutput",
     "OutOfMemory",
     "PRECISIONS",
     "auto_tile",
@@ -46,8 +54,15 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "
                 "failed to allocate")
 
 
+MIN_SIDE = 16  # tiles smaller than this (in either side) are padded by edge replication
+
+
 class OutOfMemory(RuntimeError):
     """The device ran out of memory for a tile (the caller retries with smaller tiles)."""
+
+
+class NonFiniteOutput(ArithmeticError):
+    """The model's output holds NaN or Inf even in fp32: broken or overflowing weights (one line)."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -78,22 +93,111 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     return dtype, None
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes available for new allocations: CUDA free memory, or the CPU's MemAvailable."""
+def available_memory(device: torch.device, *, cgroup_root: str = "/sys/fs/cgroup",
+                     proc_self: str = "/proc/self") -> int:
+    """Bytes available for new allocations: CUDA free memory; on the CPU the smaller of the
+    system's ``MemAvailable`` and the room left under this process's cgroup memory limits."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    system = _meminfo_available(os.path.join("/proc", "meminfo") if proc_self == "/proc/self"
+                                else os.path.join(os.path.dirname(proc_self), "meminfo"))
+    limited = cgroup_available(cgroup_root, os.path.join(proc_self, "cgroup"))
+    return min(system, limited) if limited is not None else system
+
+
+def _meminfo_available(path: str) -> int:
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 4 << 30  # unknown platform: assume 4 GiB
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2, no limit) -> None
+
+
+def _inactive_file(stat_path: str) -> int:
+    """Reclaimable page cache charged to the cgroup (not really in use)."""
+    try:
+        with open(stat_path) as f:
+            fields = dict(line.split()[:2] for line in f if line.strip())
+    except (OSError, ValueError):
+        return 0
+    for key in ("inactive_file", "total_inactive_file"):
+        if fields.get(key, "").isdigit():
+            return int(fields[key])
+    return 0
+
+
+def _cgroup_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
+    """This process's (v2 path, v1 memory path) from ``/proc/self/cgroup``."""
+    v2 = v1 = None
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) != 3:
+                    continue
+                if parts[0] == "0" and parts[1] == "":
+                    v2 = parts[2]
+                elif "memory" in parts[1].split(","):
+                    v1 = parts[2]
+    except OSError:
+        pass
+    return v2, v1
+
+
+def _levels(base: str, rel: str | None) -> list[str]:
+    """``base/rel`` and its parents up to ``base`` (nested limits all apply); ``base`` alone when
+    ``rel`` does not exist there (a container sees its own cgroup as the root)."""
+    rel = (rel or "/").strip("/")
+    here = os.path.join(base, rel) if rel else base
+    if not os.path.isdir(here):
+        return [base]
+    out = []
+    while True:
+        out.append(here)
+        if os.path.normpath(here) == os.path.normpath(base):
+            return out
+        here = os.path.dirname(here)
+
+
+def cgroup_available(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes left under the tightest cgroup memory limit of this process (v2 or v1), or None if
+    no limit applies. Usage counts without the reclaimable page cache (as Docker and Kubernetes do)."""
+    v2_path, v1_path = _cgroup_paths(proc_cgroup)
+    best: int | None = None
+    if os.path.isfile(os.path.join(root, "cgroup.controllers")) or v2_path is not None and v1_path is None:
+        for level in _levels(root, v2_path):
+            limit = _read_int(os.path.join(level, "memory.max"))
+            if limit is None:
+                continue
+            used = (_read_int(os.path.join(level, "memory.current")) or 0) - _inactive_file(os.path.join(level, "memory.stat"))
+            room = max(limit - max(used, 0), 0)
+            best = room if best is None else min(best, room)
+    v1_root = os.path.join(root, "memory")
+    if os.path.isdir(v1_root):
+        for level in _levels(v1_root, v1_path):
+            limit = _read_int(os.path.join(level, "memory.limit_in_bytes"))
+            if limit is None or limit >= 1 << 60:  # v1 writes "no limit" as a huge number
+                continue
+            used = (_read_int(os.path.join(level, "memory.usage_in_bytes")) or 0) - _inactive_file(os.path.join(level, "memory.stat"))
+            room = max(limit - max(used, 0), 0)
+            best = room if best is None else min(best, room)
+    return best
 
 
 class _PeakTensorMemory(torch.utils._python_dispatch.TorchDispatchMode):
@@ -164,10 +268,12 @@ class ModelRunner:
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         h, w = x.shape[-2:]
         m = self.size_multiple
-        ph = max(self.min_size, math.ceil(h / m) * m) - h
-        pw = max(self.min_size, math.ceil(w / m) * m) - w
+        least = max(self.min_size, MIN_SIDE)
+        ph = max(least, math.ceil(h / m) * m) - h
+        pw = max(least, math.ceil(w / m) * m) - w
         if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
+            tiny = h < MIN_SIDE or w < MIN_SIDE
+            mode = "reflect" if ph < h and pw < w and not tiny else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x, h, w
 
@@ -184,17 +290,21 @@ class ModelRunner:
         x, h, w = self._pad(x)
         try:
             y = self._forward(x, self.autocast_dtype)
-            if self.autocast_dtype is not None or self.param_dtype != torch.float32:
-                if not torch.isfinite(y).all():
-                    self.stats.fp32_retries += 1
-                    self.warn(f"a tile came out with NaN/Inf in {self.precision}: recomputed in fp32")
-                    y = self._forward_fp32(x)
+            finite = bool(torch.isfinite(y).all())
+            if not finite and (self.autocast_dtype is not None or self.param_dtype != torch.float32):
+                self.stats.fp32_retries += 1
+                self.warn(f"a tile came out with NaN/Inf in {self.precision}: recomputed in fp32")
+                y = self._forward_fp32(x)
+                finite = bool(torch.isfinite(y).all())
         except Exception as exc:
             if is_oom(exc):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory") from None
             raise
+        if not finite:
+            raise NonFiniteOutput("the model's output holds NaN/Inf values even in fp32: the weights are broken "
+                                  "or overflow (nothing was written)")
         self.stats.tiles += 1
         s = self.scale
         return y[0, :, : h * s, : w * s].float().cpu()

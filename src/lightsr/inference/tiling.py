@@ -103,7 +103,7 @@ def plan_grid(height: int, width: int, tile: int | None, overlap: int, scale: in
 
 def run_tiled(
     fn: TileFn,
-    image: torch.Tensor,
+    image: torch.Tensor | np.ndarray,
     scale: int,
     sink: Sink,
     *,
@@ -111,18 +111,20 @@ def run_tiled(
     overlap: int = 32,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> TileGrid:
-    """Upscale ``image`` (C, H, W), float32 on the CPU, tile by tile; finished rows go to ``sink``.
+    """Upscale ``image`` (C, H, W) on the CPU tile by tile; finished rows go to ``sink``.
 
     Args:
-        fn: upscales one tile (C, h, w) -> (C', scale*h, scale*w), float32 on the CPU.
+        image: a float32 tensor, or any (C, H, W) array ``fn`` understands - e.g. a NumPy view of
+            8-bit pixels, so that only the tile being processed is ever converted to float.
+        fn: upscales one tile (a slice of ``image``) -> (C', scale*h, scale*w), float32 on the CPU.
         sink: called as ``sink(y0, y1, rows)`` with final output rows ``[y0, y1)`` (HR pixels) in
             increasing order; ``rows`` is a float32 tensor (C', y1 - y0, scale * W) that may be reused.
         tile: tile size in input pixels (``None`` or 0: the whole image in one piece).
         overlap: minimum overlap between neighbouring tiles, in input pixels.
         on_tile: progress callback ``on_tile(done, total)`` after each tile.
     """
-    if image.dim() != 3:
-        raise ValueError("run_tiled expects a (C, H, W) tensor")
+    if len(image.shape) != 3:
+        raise ValueError("run_tiled expects a (C, H, W) tensor or array")
     _, h, w = image.shape
     grid = TileGrid(h, w, tile, overlap, scale)
     s = scale

@@ -29,35 +29,51 @@ LAMNET_VARIANTS = {
     "lamnet_large": dict(num_groups=5, num_blocks=6),
 }
 
+# allowed option values (types come from the constructors): generous for research variants, but
+# crafted metadata can never size a model beyond them (weights.load_model checks before building)
+_COMMON_RANGES = dict(in_chans=(1, 4), dim=(1, 1024), ffn_expansion=(0.01, 16.0), img_range=(1e-3, 65535.0))
+DLGSANET_RANGES = dict(_COMMON_RANGES, groups=(1, 64), blocks=(1, 64), num_heads=(1, 64), group_channels=(1, 1024),
+                       kernel_size=(1, 63), tlc_kernel=(1, 4096))
+LAMNET_RANGES = dict(_COMMON_RANGES, num_groups=(1, 64), num_blocks=(1, 64), num_heads=(1, 64),
+                     fsa_strides=(1, 64), fsa_steps=(1, 64))
+LGUN_RANGES = dict(_COMMON_RANGES, num_blocks=(1, 256), num_mlha=(0, 256), lkcs_dilation=(1, 16),
+                   topk_ratios=(0.0, 1.0), topk_weight_init=(-1e3, 1e3), dgsa_heads=(1, 64), se_reduction=(1, 1024))
+
 register_model(ModelSpec(
     "dlgsanet_tiny", "dlgsanet", DLGSANet, DLGSANET_VARIANTS["dlgsanet_tiny"],
     description="DLGSANet-tiny: 48 ch, 3 RHDTG x 3 HDTB", paper=DLGSANET_PAPER,
     official_params={2: 565_710, 3: 572_205, 4: 581_298}, paper_params={2: 572_000, 3: 572_000, 4: 572_000},
+    option_ranges=DLGSANET_RANGES,
 ))
 register_model(ModelSpec(
     "dlgsanet_light", "dlgsanet", DLGSANet, DLGSANET_VARIANTS["dlgsanet_light"],
     description="DLGSANet-light: 48 ch, 4 RHDTG x 3 HDTB", paper=DLGSANET_PAPER,
     official_params={2: 745_188, 3: 751_683, 4: 760_776}, paper_params={2: 752_000, 3: 752_000, 4: 752_000},
+    option_ranges=DLGSANET_RANGES,
 ))
 register_model(ModelSpec(
     "dlgsanet", "dlgsanet", DLGSANet, DLGSANET_VARIANTS["dlgsanet"],
     description="DLGSANet (full): 90 ch, 6 RHDTG x 4 HDTB", paper=DLGSANET_PAPER,
     official_params={2: 4_733_724, 3: 4_745_889, 4: 4_762_920}, paper_params={4: 4_760_000},
+    option_ranges=DLGSANET_RANGES,
 ))
 register_model(ModelSpec(
     "lgun", "lgun", LGUN, {},
     description="LGUN: 64 ch, 8 MLHA + 8 DGSA blocks (our reading of the paper; no official code)",
     paper=LGUN_PAPER, paper_params={2: 675_000, 3: 684_000, 4: 696_000},
+    option_ranges=LGUN_RANGES,
 ))
 register_model(ModelSpec(
     "lamnet", "lamnet", LAMNet, LAMNET_VARIANTS["lamnet"],
     description="LAMNet: 64 ch, 4 LAM blocks x 6 ULMs", paper=LAMNET_PAPER,
     official_params={2: 828_364, 3: 837_019, 4: 849_136}, paper_params={4: 849_000},
+    option_ranges=LAMNET_RANGES,
 ))
 register_model(ModelSpec(
     "lamnet_large", "lamnet", LAMNet, LAMNET_VARIANTS["lamnet_large"],
     description="LAMNet-large: 64 ch, 5 LAM blocks x 6 ULMs", paper=LAMNET_PAPER,
     official_params={2: 1_024_028, 3: 1_032_683, 4: 1_044_800}, paper_params={4: 1_045_000},
+    option_ranges=LAMNET_RANGES,
 ))
 
 

@@ -475,10 +475,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("network_g.type: required (a lightsr model name, e.g. dlgsanet_tiny)")
     try:
         spec = get_spec(cfg.network_g.type)
-    except KeyError as exc:
-        from lightsr.models import list_models
-
-        raise ConfigError(f"network_g.type: {exc.args[0]}{_did_you_mean(cfg.network_g.type, list_models())}") from None
+    except KeyError as exc:  # lightsr.models.UnknownModel: one line with the closest names
+        raise ConfigError(f"network_g.type: {exc}") from None
     if cfg.scale not in spec.scales:
         raise ConfigError(f"scale: {cfg.network_g.type} supports {list(spec.scales)}, got {cfg.scale}")
     import inspect
