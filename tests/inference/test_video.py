@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -297,6 +296,53 @@ def test_10bit_goes_through_16_bits_and_comes_out_10bit(tmp_path):
         f = next(c.decode(video=0))
         assert f.format.name == "yuv420p10le"
         assert (f.colorspace, f.color_range, f.color_primaries, f.color_trc) == (BT2020, TV, 9, 14)
+
+
+@needs_av
+def test_default_model_and_weights_on_a_small_clip(tmp_path):
+    """The shipped default weights (x4) through the whole path: frames equal the images upscaled."""
+    clip = make_clip(tmp_path / "c.mp4", n=3, size=(24, 16))
+    out = lightsr.upscale_video(clip, tmp_path / "c_x4.mkv", codec="ffv1", pix_fmt="bgr0", tile=0, progress=False).path
+    expected = images_upscaled(clip, Upscaler(tile=0).model)
+    got = decoded(out)
+    assert len(got) == 3 and got[0][1].shape == (64, 96, 3)
+    for (_, g), want in zip(got, expected):
+        assert np.abs(g.astype(int) - want.astype(int)).max() <= 1
+
+
+@needs_av
+def test_odd_output_sides_are_cropped_to_even_for_420(tmp_path):
+    clip = make_clip(tmp_path / "odd.mkv", n=2, size=(35, 21), codec="ffv1", pix_fmt="yuv420p")
+    notes: list[str] = []
+    out = lightsr.upscale_video(clip, tmp_path / "odd_x3.mp4", model=TinySR(3), note=notes.append, progress=False).path
+    assert notes == ["yuv420p needs even sides: the 105x63 frames are cropped to 104x62"]
+    got = decoded(out)
+    assert got[0][1].shape == (62, 104, 3) and len(got) == 2
+
+
+@needs_av
+@pytest.mark.parametrize("codec,bits,dst,expected", [
+    ("hevc", 8, "o.mp4", ("libx265", "yuv420p")),
+    ("vp9", 8, "o.mkv", ("libvpx-vp9", "yuv420p")),
+    ("mpeg4", 8, "o.mp4", ("libx264", "yuv420p")),
+    ("h264", 8, "o.webm", ("libvpx-vp9", "yuv420p")),
+    ("h264", 10, "o.mp4", ("libx264", "yuv420p10le")),
+    ("prores", 10, "o.mov", ("libx265", "yuv420p10le")),
+])
+def test_default_codec_follows_the_source_family(codec, bits, dst, expected):
+    from lightsr.video.colour import Colour
+    from lightsr.video.encode import choose_output
+    from lightsr.video.probe import VideoInfo
+
+    info = VideoInfo(Path("in"), "mov", codec, 32, 24, "yuv420p", bits, MS, [0, 40], Fraction(25), Colour(), False)
+    settings, notes = choose_output(info, dst, 2)
+    assert (settings.codec, settings.pix_fmt) == expected and notes == []
+    assert settings.crf == {"libx264": 18, "libx265": 20, "libvpx-vp9": 24}[settings.codec]
+    assert (settings.width, settings.height) == (64, 48)
+    with pytest.raises(VideoError, match="cannot be stored"):
+        choose_output(info, "o.webm", 2, codec="libx264")
+    with pytest.raises(VideoError, match="--crf does not apply"):
+        choose_output(info, "o.mkv", 2, codec="ffv1", crf=10)
 
 
 # -- timestamps, audio, rotation, metadata -------------------------------------------------------

@@ -6,8 +6,8 @@ Defaults a user would pick (``docs/video.md``):
   libx265, VP9 -> libvpx-vp9, AV1 -> libsvtav1), else the container's usual one (WebM: VP9,
   others: H.264);
 * quality: constant quality (``crf``), near-transparent (:data:`~lightsr.video.formats.DEFAULT_CRF`);
-* pixel format: ``yuv420p``, or ``yuv420p10le`` for sources of more than 8 bits (a codec that
-  cannot encode 10 bits is replaced by one that can: HEVC, then AV1);
+* pixel format: ``yuv420p``, or ``yuv420p10le`` for sources of more than 8 bits; a 10-bit source
+  outside those families is written as HEVC (then AV1), more widely played than 10-bit H.264;
 * size: ``scale`` times the source, cropped by one pixel where 4:2:0 needs even sides.
 """
 from __future__ import annotations
@@ -94,8 +94,9 @@ def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | N
             raise VideoError(f"{codec} cannot encode {wanted_fmt}; it takes {listed}")
         return codec, wanted_fmt
     family = ENCODER_OF_FAMILY.get(info.codec)
-    candidates = [c for c in (family, DEFAULT_CODEC.get(muxer, "libx264")) if c and c in _muxer_codecs(muxer)]
-    candidates += [c for c in DEEP_FALLBACKS if info.bits > 8 and c in _muxer_codecs(muxer)]
+    deep = list(DEEP_FALLBACKS) if info.bits > 8 else []  # 10 bits: HEVC is more widely played than H.264 10-bit
+    order = [family, *deep, DEFAULT_CODEC.get(muxer, "libx264")]
+    candidates = [c for c in dict.fromkeys(order) if c and c in _muxer_codecs(muxer)]
     for name in candidates:
         formats = _encoder_formats(name)
         if formats is not None and (not formats or wanted_fmt in formats):

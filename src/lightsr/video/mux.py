@@ -26,8 +26,13 @@ from lightsr.video.segments import Segment, SegmentStore
 __all__ = ["Trim", "assemble"]
 
 COPIED_TYPES = ("audio", "subtitle", "attachment")
-# container-level tags that describe the old file, not the content
-_DROPPED_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
+# tags that describe the old file (or its old length), not the content: not carried over
+_STALE_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration", "bps", "number_of_frames",
+               "number_of_bytes", "_statistics_tags", "_statistics_writing_app", "_statistics_writing_date_utc"}
+
+
+def _tags(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k.lower() not in _STALE_TAGS}
 
 
 class Trim:
@@ -100,7 +105,7 @@ def _add_copied_streams(source, output, info: VideoInfo, trim: Trim, note: Calla
             note(f"stream #{stream.index} ({stream.type}, {codec}) is left out: a {output.format.name} file "
                  f"cannot hold it (convert it separately if you need it)")
             continue
-        out.metadata.update(stream.metadata)
+        out.metadata.update(_tags(stream.metadata))
         out.disposition = stream.disposition
         mapping[stream.index] = (out, trim.ticks(stream.time_base) if stream.time_base else 0)
     return mapping
@@ -132,7 +137,7 @@ def _write(output_file, settings: OutputSettings, info: VideoInfo, store, segmen
     av = require_av()
     with av.open(str(info.path), metadata_errors="replace") as source, \
             av.open(output_file, "w", format=settings.muxer) as output:
-        output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in _DROPPED_TAGS})
+        output.metadata.update(_tags(source.metadata))
         video = _video_stream(output, store, segments, info)
         video.metadata.update({k: v for k, v in source.streams[info.stream_index].metadata.items()
                                if k in ("language", "title", "handler_name")})

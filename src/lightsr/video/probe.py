@@ -125,7 +125,7 @@ def _scan(container, stream):
     return times, first, end, missing
 
 
-def _check_complete(container, times, end, time_base) -> None:
+def _check_complete(container, times: list[int], end: float) -> None:
     declared = container.duration / 1_000_000 if container.duration else None
     start = container.start_time / 1_000_000 if container.start_time else 0.0
     if declared is None:
@@ -146,7 +146,7 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
             raise VideoError("has no video frames (zero-length clip)")
         if first is None:
             raise VideoError(f"no frame of its {stream.codec_context.name} video could be decoded (corrupt?)")
-        _check_complete(container, times, end, stream.time_base)
+        _check_complete(container, times, end)
         info = _info(path, container, stream, first, times, missing)
     finally:
         container.close()
