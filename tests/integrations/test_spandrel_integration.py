@@ -4,7 +4,7 @@ through ``spandrel.ModelLoader`` as lightsr's own models and give lightsr's outp
 spandrel (installed with ``pip install --no-deps spandrel==0.4.2 einops``) imports torchvision when
 it is imported; where no working torchvision exists (this CPU torch has none), the fixture puts a
 minimal stand-in into ``sys.modules`` for this module's tests only and removes it afterwards,
-together with everything imported meanwhile (spandrel and the integration).
+together with spandrel, einops and the integration module.
 """
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
     return {"torchvision": root, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
 
 
+STAND_IN_SCOPE = {"spandrel", "torchvision", "einops"}  # what the fixture imports and then removes again
+
+
 @pytest.fixture(scope="module")
 def sp():
     """spandrel with lightsr registered; sys.modules restored after this module's tests."""
@@ -72,7 +75,10 @@ def sp():
         yield types.SimpleNamespace(spandrel=spandrel, integration=integration)
     finally:
         for name in set(sys.modules) - before:
-            del sys.modules[name]
+            if name.split(".")[0] in STAND_IN_SCOPE or name == "lightsr.integrations.spandrel":
+                del sys.modules[name]
+        if "lightsr.integrations.spandrel" not in before:
+            vars(sys.modules["lightsr.integrations"]).pop("spandrel", None)
 
 
 def _reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
