@@ -82,7 +82,7 @@ def make_clip(path: Path, *, n: int = 8, size: tuple[int, int] = (48, 32), codec
               pix_fmt: str = "yuv420p", fmt: str | None = None, pts_ms: list[int] | None = None,
               audio: bool = False, rotation: int | None = None, colour=(BT709, TV, 1, 1),
               options: dict | None = None, subtitles: bool = False, chapters: bool = False,
-              metadata: dict | None = None) -> Path:
+              metadata: dict | None = None, sar: Fraction | None = None, attachment: bool = False) -> Path:
     """Write a test clip; timestamps in milliseconds (``pts_ms``, default 25 fps)."""
     w, h = size
     pts_ms = pts_ms or [40 * i for i in range(n)]
@@ -95,6 +95,10 @@ def make_clip(path: Path, *, n: int = 8, size: tuple[int, int] = (48, 32), codec
     ctx.colorspace, ctx.color_range, ctx.color_primaries, ctx.color_trc = colour
     if rotation is not None:
         v.set_display_rotation(rotation)
+    if sar is not None:
+        ctx.sample_aspect_ratio = sar
+    if attachment:
+        out.add_attachment("font.ttf", "application/x-truetype-font", b"not really a font" * 4)
     a = out.add_stream("aac", rate=48000, layout="stereo") if audio else None
     sub = out.add_mux_stream("subrip") if subtitles else None
     if sub is not None:
@@ -348,7 +352,8 @@ def test_default_codec_follows_the_source_family(codec, bits, dst, expected):
 # -- timestamps, audio, rotation, metadata -------------------------------------------------------
 @needs_av
 def test_vfr_audio_rotation_and_metadata_kept(tmp_path):
-    clip = make_clip(tmp_path / "vfr.mp4", pts_ms=VFR_MS, audio=True, rotation=90, metadata={"title": "holiday"})
+    clip = make_clip(tmp_path / "vfr.mp4", pts_ms=VFR_MS, audio=True, rotation=90, metadata={"title": "holiday"},
+                     sar=Fraction(4, 3))
     out = tmp_path / "vfr_x2.mp4"
     lightsr.upscale_video(clip, out, model=TinySR(2), segment_frames=3, progress=False)
     src, got = decoded(clip), decoded(out)
@@ -359,6 +364,7 @@ def test_vfr_audio_rotation_and_metadata_kept(tmp_path):
         assert c.metadata.get("title") == "holiday"
         v = c.streams.video[0]
         assert v.codec_context.name == "h264" and v.width == 96 and v.height == 64
+        assert v.sample_aspect_ratio == Fraction(4, 3)
         f = next(c.decode(video=0))
         assert f.rotation == 90 and f.format.name == "yuv420p"
         assert (f.colorspace, f.color_range) == (BT709, TV)
@@ -380,15 +386,18 @@ def test_frames_trim_keeps_audio_in_sync(tmp_path):
 
 @needs_av
 def test_subtitles_and_chapters_copied_where_the_container_allows(tmp_path):
-    clip = make_clip(tmp_path / "s.mkv", n=10, subtitles=True, chapters=True)
+    clip = make_clip(tmp_path / "s.mkv", n=10, subtitles=True, chapters=True, attachment=True)
     notes: list[str] = []
     mkv = lightsr.upscale_video(clip, tmp_path / "s_x2.mkv", model=TinySR(2), progress=False, note=notes.append)
     assert packets(mkv.path, "subtitle") == packets(clip, "subtitle") and len(packets(clip, "subtitle")) == 4
     with av.open(str(mkv.path)) as c:
         assert [ch["metadata"]["title"] for ch in c.chapters()] == ["first", "second"]
+        (font,) = [s for s in c.streams if s.type == "attachment"]
+        assert font.data == b"not really a font" * 4 and font.metadata["filename"] == "font.ttf"
     assert notes == []
     mp4 = lightsr.upscale_video(clip, tmp_path / "s_x2.mp4", model=TinySR(2), progress=False, note=notes.append)
-    assert len(notes) == 1 and "(subtitle, srt) is left out" in notes[0]
+    assert notes == ["stream #1 (subtitle, srt) is left out: the mp4 container cannot hold it",
+                     "stream #2 (attachment, font.ttf) is left out: the mp4 container cannot hold it"]
     assert packets(mp4.path, "subtitle") == [] and len(decoded(mp4.path)) == 10
 
 

@@ -95,15 +95,17 @@ def _add_copied_streams(source, output, info: VideoInfo, trim: Trim, note: Calla
     for stream in source.streams:
         if stream.index == info.stream_index:
             continue
-        codec = getattr(stream.codec_context, "name", None) or "unknown codec"
+        codec = getattr(stream.codec_context, "name", None) or stream.metadata.get("filename") or "unknown codec"
         if stream.type not in COPIED_TYPES:
             note(f"stream #{stream.index} ({stream.type}, {codec}) is not copied")
             continue
         try:
+            if stream.type == "attachment" and output.format.name != "matroska":
+                raise ValueError("attachments (fonts...) exist in Matroska only")
             out = output.add_stream_from_template(stream)
         except (ValueError, TypeError, require_av().error.FFmpegError):
-            note(f"stream #{stream.index} ({stream.type}, {codec}) is left out: a {output.format.name} file "
-                 f"cannot hold it (convert it separately if you need it)")
+            note(f"stream #{stream.index} ({stream.type}, {codec}) is left out: "
+                 f"the {output.format.name} container cannot hold it")
             continue
         out.metadata.update(_tags(stream.metadata))
         out.disposition = stream.disposition

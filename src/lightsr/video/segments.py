@@ -101,13 +101,14 @@ class SegmentStore:
         plan = {"version": PLAN_VERSION, **plan}
         old = self.read_plan() if self.folder.exists() else None
         if old is not None or self._has_files():
-            done = self.finished(segments) if old == plan else []
-            if not resume:
-                raise VideoError(f"an interrupted run left {len(done) or 'its'} finished segment(s) in {self.folder}: "
-                                 f"add --resume to continue it, or delete that folder to start over")
             if old != plan:
-                raise VideoError(f"{self.folder} holds segments made with other settings or another source "
-                                 f"({_difference(old, plan)}): delete that folder, or resume with the same settings")
+                raise VideoError(f"{self.folder} holds segments of an interrupted run with other settings or another "
+                                 f"source ({_difference(old, plan)}): delete that folder to start over, or resume "
+                                 f"with the same settings")
+            done = self.finished(segments)
+            if not resume:
+                raise VideoError(f"an interrupted run left {len(done)} finished segment(s) in {self.folder}: "
+                                 f"add --resume to continue it, or delete that folder to start over")
             if clear_temps:
                 self._clear_temps()
             return done
