@@ -42,7 +42,8 @@ def test_without_torchrun_everything_is_local(monkeypatch):
         assert (job.rank, job.world_size, job.is_main, job.threads, job.owns_group) == (0, 1, True, None, False)
         assert not dist.is_initialized()
         assert job.shard(["b", "a", "c"]) == ["a", "b", "c"]
-        assert job.gather([1, 2, 3]) == [1, 2, 3] and job.gather_object("x") == ["x"]
+        assert job.gather([1, 2, 3]) == [1, 2, 3] and job.gather_object("x") == ["x"] and job.broadcast("y") == "y"
+        job.barrier()
         assert (job.finish(False), job.finish(True)) == (0, 1)
 
 
@@ -59,7 +60,9 @@ WORKER = textwrap.dedent('''
     items = [f"img_{i}.png" for i in range(7)][::-1]
     with parallel.start("cpu", threads=None) as job:
         assert dist.is_initialized() and dist.get_backend() == "gloo"
-        mine = job.shard(items)
+        listing = job.broadcast(items if job.is_main else None)  # one listing for every rank
+        assert listing == items
+        mine = job.shard(listing)
         for name in mine:
             with open(out / name, "x") as f:  # "x": a second write of the same output fails
                 f.write(str(job.rank))

@@ -112,6 +112,13 @@ class Job:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (e.g. one listing of the inputs for all ranks)."""
+        return D.broadcast_object(obj, src=0)
+
+    def barrier(self) -> None:
+        D.barrier()
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank."""
         return D.any_flag(flag, self.device)
