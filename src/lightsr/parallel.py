@@ -2,12 +2,13 @@
 gathers the per-item results and speaks for all. One machine or many: torchrun's rendezvous
 connects the processes; lightsr adds only the sharding and the gathering.
 
-    torchrun --nproc_per_node 4 -m lightsr upscale photos/ -o up/
-    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m lightsr eval ...
+    torchrun --nproc_per_node 4 job.py
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 job.py
 
 Inside a command::
 
     with parallel.start(device) as job:        # a process group only when torchrun started >1 process
+        files = job.broadcast(list_inputs() if job.is_main else None)  # one listing for all
         mine = job.shard(files)                # the sorted list, every world_size-th item from this rank
         results = [work(f) for f in mine]      # one picklable result per item, in shard order
         everything = job.gather(results)       # rank 0: all results in sorted-list order; other ranks: None
