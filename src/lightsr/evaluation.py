@@ -31,7 +31,7 @@ import io
 import json
 import math
 import os
-import sys
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lightsr.data.benchmark import BenchmarkSet, Sample, _write_png_atomic, find_benchmark
+from lightsr.data.benchmark import BenchmarkSet, Sample, find_benchmark
 from lightsr.data.imresize import imresize, imresize_tensor
 from lightsr.metrics import psnr, rgb_to_y, ssim, to_uint8
 
@@ -107,6 +107,9 @@ class Convention:
         ]
         return ", ".join(parts)
 
+
+# images in the complete benchmark sets: a set with fewer is labelled a subset in every table
+FULL_SIZES = {"Set5": 5, "Set14": 14, "B100": 100, "Urban100": 100, "Manga109": 109, "DIV2K": 100}
 
 CONVENTIONS: dict[str, Convention] = {
     "basicsr": Convention(),
@@ -239,6 +242,18 @@ class SetResult:
     def seconds(self) -> float:
         return float(sum(r.seconds for r in self.images))
 
+    @property
+    def subset(self) -> tuple[int, int] | None:
+        """(images used, images of the complete set) when this is a subset of a standard set, else None."""
+        full = FULL_SIZES.get(self.name)
+        n = len(self.images) + len(self.failures)
+        return (n, full) if full is not None and n < full else None
+
+    @property
+    def header(self) -> str:
+        sub = self.subset
+        return f"{self.name} ({sub[0]} of {sub[1]})" if sub else self.name
+
 
 @dataclass
 class EvalResult:
@@ -269,7 +284,7 @@ class EvalResult:
 
     def to_markdown(self) -> str:
         """Paper-style table: one row, PSNR/SSIM per set (2 and 4 decimals)."""
-        header = "| Method | Scale | " + " | ".join(s.name for s in self.sets) + " |"
+        header = "| Method | Scale | " + " | ".join(s.header for s in self.sets) + " |"
         rule = "|---|---|" + "---|" * len(self.sets)
         row = f"| {self.label} | x{self.scale} | " + " | ".join(self.cell(s) for s in self.sets) + " |"
         lines = [header, rule, row]
@@ -280,6 +295,10 @@ class EvalResult:
         unrounded = self.options.get("bicubic_output") == "float"
         lines.append(f"PSNR (dB) / SSIM; {self.convention_name} convention: {self.convention.describe(self.scale)}; "
                      f"{'unrounded' if unrounded else 'uint8'} output, mean of per-image values.")
+        subsets = [(s.name, *s.subset) for s in self.sets if s.subset]
+        if subsets:
+            lines.append("Subsets, not the complete sets: " + ", ".join(f"{n} = {k} of its {full} images"
+                                                                        for n, k, full in subsets) + ".")
         extras = [f"{k}={v}" for k, v in self.options.items() if v not in (None, False)]
         if extras:
             lines.append("Options: " + ", ".join(extras) + ".")
@@ -306,6 +325,7 @@ class EvalResult:
             "options": self.options,
             "sets": {
                 s.name: {"psnr": s.psnr, "ssim": s.ssim, "images": len(s.images), "failures": s.failures,
+                         "complete_set_images": FULL_SIZES.get(s.name),
                          "seconds": s.seconds, "attention_positive_share": s.sparsity, "data": s.description}
                 for s in self.sets
             },
@@ -338,8 +358,11 @@ class EvalResult:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    from lightsr.weights import file_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, file_mode())
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -347,6 +370,27 @@ def _write_text_atomic(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _save_png(img: np.ndarray, path: Path) -> None:
+    """An SR image as PNG, atomically, with the usual file permissions."""
+    from PIL import Image
+
+    from lightsr.inference.io import atomic_output
+
+    with atomic_output(path, overwrite=True) as f:
+        Image.fromarray(img).save(f, format="PNG")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed image (no ANSI codes, no traceback)."""
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc)).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else ""  # the first line: the rest is usually a trace
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + text if text else ''}"
+    if isinstance(exc, (ValueError, RuntimeError, OSError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,11 +500,12 @@ def evaluate(
         attention_stats: record the share of positive entries of DLGSANet's SparseGSA maps
             (paper Table 5), averaged per set into ``SetResult.sparsity``.
         label: name for tables (default: the model's registry name).
-        progress: show a tqdm bar per set.
+        progress: show progress per set (a bar on a terminal, a line every few seconds otherwise).
         limit: evaluate only the first ``limit`` images of each set (quick checks).
 
-    Images that fail (unreadable, wrong output size, out of memory) are recorded in
-    ``SetResult.failures`` with a one-line reason; the rest of the set is still evaluated.
+    Images that fail (unreadable, wrong output size, NaN/Inf output, out of memory) are recorded in
+    ``SetResult.failures`` with a one-line reason and never scored; the rest of the set is still
+    evaluated.
     """
     if isinstance(model, str):
         if model.lower() != "bicubic":
@@ -533,7 +578,7 @@ def evaluate(
         options = {"bicubic_output": conv.bicubic_output, "bicubic_channel": conv.bicubic_channel, "limit": limit}
     result = EvalResult(label or ("Bicubic" if is_bicubic else _model_label(model)), scale, conv, conv_name,
                         options=options)
-    from tqdm import tqdm
+    from lightsr.inference.progress import Progress
 
     save_root = Path(save_dir) if save_dir is not None else None
     for ds in sets:
@@ -541,7 +586,7 @@ def evaluate(
         result.sets.append(sr_set)
         n = len(ds) if limit is None else min(limit, len(ds))
         ctx = sparsity_ctx(model) if sparsity_ctx else contextlib.nullcontext(None)
-        bar = tqdm(total=n, desc=f"{ds.name} x{scale}", unit="img", disable=not progress, leave=False, file=sys.stderr)
+        bar = Progress(n, f"{ds.name} x{scale}", unit="img", enabled=progress, leave=False)
         with ctx as log:
             for i in range(n):
                 name = ds.names[i]
@@ -564,8 +609,12 @@ def evaluate(
                             if device.type == "cuda":
                                 torch.cuda.synchronize(device)
                             h, w = sample.hr.shape[0], sample.hr.shape[1]
-                            if y.dim() != 4 or y.shape[-2] < h or y.shape[-1] < w:
-                                raise ValueError(f"model output {tuple(y.shape)} is smaller than the HR {h}x{w}")
+                            if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[-2] < h or y.shape[-1] < w:
+                                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                                raise ValueError(f"model output {shape} is smaller than the HR {h}x{w}")
+                            if not bool(torch.isfinite(y).all()):
+                                raise ValueError("the model's output holds NaN/Inf values: the weights are broken or "
+                                                 "overflow (image not scored)")
                             sr = to_uint8(y[0, :, :h, :w])
                             del x, y
                         seconds = time.perf_counter() - t0
@@ -575,12 +624,11 @@ def evaluate(
                         if out_path.resolve() == sample.hr_path.resolve():
                             raise ValueError(f"refusing to overwrite the input {sample.hr_path}")
                         img = sr if sr.dtype == np.uint8 else np.clip(np.floor(sr + 0.5), 0, 255).astype(np.uint8)
-                        _write_png_atomic(img, out_path)
+                        _save_png(img, out_path)
                     sr_set.images.append(ImageResult(ds.name, name, p_val, s_val, lr_h, lr_w, sample.gray,
                                                      seconds, sample.lr_origin))
-                except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    sr_set.failures.append((name, msg))
+                except Exception as exc:  # noqa: BLE001 - one image's problem is recorded; the set goes on
+                    sr_set.failures.append((name, _reason(exc)))
                 finally:
                     bar.update(1)
             if log is not None and len(log):

@@ -101,6 +101,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str,
     tmp = _atomic_target(path)
     try:
         save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, file_mode())  # safetensors creates the file anew (0600 from the temp name's mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

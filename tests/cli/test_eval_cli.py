@@ -38,7 +38,9 @@ def test_bicubic_writes_table_csv_json(tmp_path, capsys, monkeypatch):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| Bicubic | x2 |" in printed and "Set5" in printed
-    assert (out / "results.md").read_text().startswith("| Method | Scale | Set5 |")
+    table = (out / "results.md").read_text()
+    assert table.startswith("| Method | Scale | Set5 (2 of 5) |")  # 2 of the 5 Set5 images: a subset, said so
+    assert "Subsets, not the complete sets: Set5 = 2 of its 5 images." in table
     assert len((out / "per_image.csv").read_text().splitlines()) == 3
     meta = json.loads((out / "results.json").read_text())
     assert meta["sets"]["Set5"]["images"] == 2 and meta["convention"]["name"] == "basicsr"

@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=200, metavar="PX", help="side of each zoomed tile (200)")
     p.add_argument("--columns", type=int, metavar="N", help="tiles per row (default: half of them, rounded up)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-download", metavar="SIZE", help="largest downloaded weights accepted, e.g. 500M (default 1G)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.add_argument("-o", "--output", required=True, metavar="PNG", help="output PNG (written atomically)")
     return p
 
@@ -134,7 +136,7 @@ def make_comparison(hr: np.ndarray, panels: list[Panel], box: tuple[int, int, in
     return canvas
 
 
-def _load_models(specs: list[str], scale: int):
+def _load_models(specs: list[str], scale: int, *, progress: bool = True, max_bytes: int | None = None):
     import lightsr
     from lightsr.evaluation import Bicubic
     from lightsr.models import get_spec
@@ -163,7 +165,7 @@ def _load_models(specs: list[str], scale: int):
                 raise ValueError(f"no pretrained weights are shipped for {name} x{scale}; use {name}:WEIGHTS")
         else:
             try:
-                weights = resolve_weights(weights, name, scale)
+                weights = resolve_weights(weights, name, scale, progress=progress, max_bytes=max_bytes)
             except OSError as exc:  # FileNotFoundError included
                 raise ValueError(str(exc)) from None
         model = lightsr.load_model(weights, name=name, scale=scale)
@@ -172,60 +174,96 @@ def _load_models(specs: list[str], scale: int):
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _read_inputs(args) -> tuple[np.ndarray, np.ndarray]:
+    """(HR, LR) as uint8 RGB: the LR from --lr or made from the HR with MATLAB-exact bicubic."""
+    from lightsr.data.benchmark import read_image
+    from lightsr.data.imresize import imresize, modcrop
+
+    s = args.scale
+    hr, _ = read_image(args.image)
+    if args.lr:
+        lr, _ = read_image(args.lr)
+        hr = hr[: lr.shape[0] * s, : lr.shape[1] * s]
+        if hr.shape[0] != lr.shape[0] * s or hr.shape[1] != lr.shape[1] * s:
+            raise ValueError(f"--lr {args.lr} ({lr.shape[1]}x{lr.shape[0]}) times {s} is larger than the HR image")
+    else:
+        hr = modcrop(hr, s)
+        if min(hr.shape[:2]) < s:
+            raise ValueError(f"{args.image}: smaller than {s}x{s} pixels")
+        lr = imresize(hr, 1 / s)
+    if hr.ndim == 2:
+        hr = np.repeat(hr[..., None], 3, axis=2)
+    if lr.ndim == 2:
+        lr = np.repeat(lr[..., None], 3, axis=2)
+    return hr, lr
+
+
+def _super_resolve(models, lr: np.ndarray, hr: np.ndarray, args) -> tuple[list[Panel], np.ndarray]:
+    """One panel per model, with progress (elapsed time and ETA) while the models run."""
     import torch
 
-    from lightsr.data.benchmark import _write_png_atomic, read_image
-    from lightsr.data.imresize import imresize, modcrop
+    from lightsr.data.imresize import imresize
     from lightsr.evaluation import Bicubic
+    from lightsr.inference.progress import Progress
     from lightsr.metrics import psnr, ssim, to_uint8
+
+    s = args.scale
+    x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None].float().div(255).to(args.device)
+    bicubic_img = imresize(lr, s)
+    panels = []
+    with Progress(len(models), "compare: models", unit="model", enabled=not args.quiet) as bar:
+        for i, (label, model) in enumerate(models):
+            bar.set_postfix(label)
+            if isinstance(model, Bicubic):
+                sr = bicubic_img
+            else:
+                with torch.inference_mode():
+                    y = model.to(args.device).eval()(x)
+                if not bool(torch.isfinite(y).all()):
+                    raise ValueError(f"{label}: the model's output holds NaN/Inf values (broken weights); no figure written")
+                sr = to_uint8(y[0, :, : hr.shape[0], : hr.shape[1]])
+            caption = f"{psnr(sr, hr, s):.2f} dB / {ssim(sr, hr, s):.4f}"
+            panels.append(Panel(args.labels[i] if args.labels else label, sr, caption))
+            bar.update()
+    return panels, bicubic_img
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightsr.inference.io import atomic_output
+    from lightsr.pretrained import parse_size
     from lightsr.weights import CheckpointError
 
     s = args.scale
+    out = Path(args.output)
+    if out.resolve() == Path(args.image).resolve() or (args.lr and out.resolve() == Path(args.lr).resolve()):
+        print("lightsr compare: error: refusing to overwrite an input image", file=sys.stderr)
+        return 2
     try:
-        hr, gray = read_image(args.image)
-        if args.lr:
-            lr, _ = read_image(args.lr)
-            hr = hr[: lr.shape[0] * s, : lr.shape[1] * s]
-        else:
-            hr = modcrop(hr, s)
-            lr = imresize(hr, 1 / s)
-        if hr.ndim == 2:
-            hr = np.repeat(hr[..., None], 3, axis=2)
-        if lr.ndim == 2:
-            lr = np.repeat(lr[..., None], 3, axis=2)
-        models = _load_models(args.models, s)
+        limit = parse_size(args.max_download) if args.max_download else None
+        hr, lr = _read_inputs(args)
+        models = _load_models(args.models, s, progress=not args.quiet, max_bytes=limit)
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"lightsr compare: {exc}", file=sys.stderr)
+        print(f"lightsr compare: error: {exc}", file=sys.stderr)
         return 2
     if args.labels and len(args.labels) != len(models):
-        print(f"lightsr compare: {len(args.labels)} labels for {len(models)} models", file=sys.stderr)
+        print(f"lightsr compare: error: {len(args.labels)} labels for {len(models)} models", file=sys.stderr)
         return 2
-    panels = [Panel("HR", hr, "PSNR / SSIM")]
-    x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None].float().div(255).to(args.device)
-    bicubic_img = imresize(lr, s)
-    for i, (label, model) in enumerate(models):
-        if isinstance(model, Bicubic):
-            sr = bicubic_img
-        else:
-            with torch.inference_mode():
-                y = model.to(args.device).eval()(x)
-            sr = to_uint8(y[0, :, : hr.shape[0], : hr.shape[1]])
-        caption = f"{psnr(sr, hr, s):.2f} dB / {ssim(sr, hr, s):.4f}"
-        panels.append(Panel(args.labels[i] if args.labels else label, sr, caption))
     if args.box:
         box = tuple(args.box)
         if box[0] < 0 or box[1] < 0 or box[0] + box[2] > hr.shape[1] or box[1] + box[3] > hr.shape[0] or min(box[2:]) < 2:
-            print(f"lightsr compare: --box {box} is outside the {hr.shape[1]}x{hr.shape[0]} image", file=sys.stderr)
+            print(f"lightsr compare: error: --box {box} is outside the {hr.shape[1]}x{hr.shape[0]} image", file=sys.stderr)
             return 2
-    else:
+    try:
+        sr_panels, bicubic_img = _super_resolve(models, lr, hr, args)
+    except ValueError as exc:
+        print(f"lightsr compare: error: {exc}", file=sys.stderr)
+        return 1
+    panels = [Panel("HR", hr, "PSNR / SSIM"), *sr_panels]
+    if not args.box:
         box = pick_box(hr, bicubic_img, args.box_size or min(hr.shape[:2]) // 4)
     title = f"{Path(args.image).stem} x{s}: region {box[2]}x{box[3]} at ({box[0]}, {box[1]}); whole-image Y PSNR / SSIM"
     fig = make_comparison(hr, panels, box, tile_size=args.tile_size, columns=args.columns, title=title)
-    out = Path(args.output)
-    if out.resolve() == Path(args.image).resolve():
-        print("lightsr compare: refusing to overwrite the input image", file=sys.stderr)
-        return 2
-    _write_png_atomic(np.asarray(fig), out)
+    with atomic_output(out, overwrite=True) as f:
+        fig.save(f, format="PNG")
     print(f"wrote {out} ({fig.width}x{fig.height}; box {box})")
     return 0

@@ -35,7 +35,10 @@ Sets without LR files get theirs from imresize(modcrop(HR, s), 1/s), cached unde
 (default $LIGHTSR_CACHE or ~/.cache/lightsr); nothing is ever written into the dataset folder.
 
 outputs (in --output, default results/eval/<model>_x<s>): results.md (the table), per_image.csv,
-results.json, and sr/<set>/<image>.png with --save-images. Exit status 1 if any image or set failed.
+results.json, and sr/<set>/<image>.png with --save-images. Exit status 1 if any image or set failed;
+when an image failed (unreadable, NaN/Inf output ...) the table is printed but no result file is
+written, so an earlier complete results.md is never replaced by a partial one. Sets with fewer
+images than the standard ones (e.g. 25 of Urban100's 100) are labelled as subsets in the tables.
 """
 
 
@@ -70,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     m.add_argument("--tile-overlap", type=int, default=16, metavar="N", help="tile overlap in LR pixels (16)")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     m.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    m.add_argument("--max-download", metavar="SIZE", help="largest --weights download accepted, e.g. 500M or 2G "
+                   "(default 1G)")
 
     d = p.add_argument_group("data")
     d.add_argument("--data", metavar="DIR", default=os.environ.get("LIGHTSR_DATA"),
@@ -112,7 +117,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _fail(msg: str) -> int:
-    print(f"lightsr eval: {msg}", file=sys.stderr)
+    from lightsr.cli.errors import one_line
+
+    print(f"lightsr eval: error: {one_line(msg)}", file=sys.stderr)
     return 2
 
 
@@ -149,8 +156,14 @@ def _load(args):
                              "(lightsr never evaluates randomly initialised weights)")
         weights = found
     else:  # a path, or an http(s)/file URL (optionally #sha256=...) fetched once into the cache
+        from lightsr.pretrained import parse_size
+
         try:
-            weights = resolve_weights(weights, args.model, args.scale)
+            limit = parse_size(args.max_download) if args.max_download else None
+        except ValueError as exc:
+            raise ValueError(f"--max-download: {exc}") from None
+        try:
+            weights = resolve_weights(weights, args.model, args.scale, progress=not args.quiet, max_bytes=limit)
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(str(exc)) from None
     options = {}
@@ -193,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
     from lightsr.evaluation import evaluate
     from lightsr.weights import CheckpointError
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     if not args.data:
         return _fail("--data DIR is required (or set LIGHTSR_DATA)")
@@ -234,9 +249,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     for set_name, image, msg in result.failures:
-        print(f"lightsr eval: {set_name}/{image}: {msg}", file=sys.stderr)
+        print(f"lightsr eval: error: {set_name}/{image}: {msg}", file=sys.stderr)
     print(result.to_markdown(), end="")
+    if result.failures:  # a partial table must never replace an earlier complete one
+        print(f"lightsr eval: {len(result.failures)} image(s) failed: the table above is partial and no result "
+              f"file was written to {out_dir}", file=sys.stderr)
+        return 1
     paths = result.write(out_dir)
     print(f"\nwrote {paths['markdown']}, {paths['csv']}, {paths['json']}"
           + (f", SR images in {out_dir / 'sr'}" if args.save_images else ""))
-    return 1 if (problems or result.failures) else 0
+    return 1 if problems else 0

@@ -22,7 +22,9 @@ examples:
         multi-node (run the same command with --node_rank 1 on the second machine)
 
 Ctrl-C or SIGTERM finishes the current iteration, writes a checkpoint and exits (130 / 143);
---resume auto continues exactly where it stopped. Outputs: models/net_g_<iter>.safetensors
+--resume auto continues exactly where it stopped. Any failure (a full disk, a bad image in a data
+worker) stops the workers and exits 1 within seconds, with one line naming the last complete
+checkpoint and the command that resumes from it (same overrides); the traceback is in train.log. Outputs: models/net_g_<iter>.safetensors
 (EMA weights, lightsr format), models/net_g_<iter>.pth (BasicSR params + params_ema),
 training_states/<iter>.state, net_g_latest / net_g_best .safetensors, train_log.csv,
 val_log.csv, train.log. See docs/training.md.
@@ -71,6 +73,7 @@ def _is_main_rank() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lightsr.cli.errors import debug_enabled
     from lightsr.data.train_dataset import DataError
     from lightsr.train.config import ConfigError, dump_config, load_config
     from lightsr.weights import CheckpointError
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from lightsr.train.trainer import TrainingError, train
 
         try:
-            return train(cfg, resume=args.resume, console=not args.quiet)
+            return train(cfg, resume=args.resume, console=not args.quiet, raise_errors=debug_enabled())
         except TrainingError as exc:
             if _is_main_rank():
                 print(f"lightsr train: error: {exc}", file=sys.stderr)

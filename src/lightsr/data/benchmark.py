@@ -92,13 +92,16 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                raise ValueError(f"{path}: {im.mode} (16-bit or float) images are not supported as benchmark images")
-            if im.mode in ("L", "LA", "1"):
-                return np.asarray(im.convert("L")), True
-            return np.asarray(im.convert("RGB")), False
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            mode = im.mode
+            if mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                gray = mode in ("L", "LA", "1")
+                return np.asarray(im.convert("L" if gray else "RGB")), gray
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on crafted files
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{path}: cannot read image ({text[:200]})") from None
+    raise ValueError(f"{path}: {mode} (16-bit or float) images are not supported as benchmark images")
 
 
 def _write_png_atomic(arr: np.ndarray, path: Path) -> None:

@@ -13,9 +13,10 @@ from lightsr.train.config import Config, ConfigError, load_config, parse_config
 __all__ = ["Config", "ConfigError", "load_config", "parse_config", "train"]
 
 
-def train(cfg: Config, resume: str | None = None, *, console: bool = True) -> int:
+def train(cfg: Config, resume: str | None = None, *, console: bool = True, raise_errors: bool = False) -> int:
     """Train from a validated :class:`Config`; returns the process exit code (0 finished,
-    130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint, 1 non-finite loss)."""
+    130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint, 1 non-finite loss or a
+    failure - logged to train.log, workers stopped; ``raise_errors=True`` re-raises it instead)."""
     from lightsr.train.trainer import train as _train
 
-    return _train(cfg, resume, console=console)
+    return _train(cfg, resume, console=console, raise_errors=raise_errors)

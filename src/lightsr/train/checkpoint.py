@@ -53,8 +53,11 @@ def atomic_torch_save(obj, path: Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from lightsr.weights import file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -207,6 +207,7 @@ class Config:
     manual_seed: int = 0
     description: str = ""
     source: Optional[str] = None  # path of the YAML file (set by load_config)
+    overrides: list[str] = field(default_factory=list)  # the key=value overrides given (set by load_config)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -332,6 +333,8 @@ def _convert(value, tp, where: str):
         if isinstance(value, bool):
             raise _Mismatch
         if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value}")
             return float(value)
         raise _Mismatch
     if tp is str:
@@ -428,6 +431,7 @@ def parse_config(raw: dict, source: str | None = None) -> Config:
         raise ConfigError(f"a training config must be a YAML mapping, got {type(raw).__name__}")
     raw = copy.deepcopy(raw)
     raw.pop("source", None)
+    raw.pop("overrides", None)
     net = raw.get("network_g")
     if isinstance(net, dict):
         net = dict(net)
@@ -459,8 +463,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
     if raw is None:
         raise ConfigError(f"{path}: empty config")
-    raw = apply_overrides(raw, list(overrides or []))
-    return parse_config(raw, str(path))
+    overrides = [str(o) for o in overrides or []]
+    raw = apply_overrides(raw, overrides)
+    cfg = parse_config(raw, str(path))
+    cfg.overrides = overrides
+    return cfg
 
 
 def _check(cfg: Config) -> None:
@@ -535,8 +542,10 @@ def _check(cfg: Config) -> None:
             "datasets.train: give exactly one of batch_size (effective batch over all processes) and "
             "batch_size_per_gpu (BasicSR: per process)"
         )
-    if (tr.batch_size or tr.batch_size_per_gpu) <= 0:
-        raise ConfigError("datasets.train.batch_size: must be positive")
+    key, batch = (("batch_size", tr.batch_size) if tr.batch_size is not None
+                  else ("batch_size_per_gpu", tr.batch_size_per_gpu))
+    if batch <= 0:
+        raise ConfigError(f"datasets.train.{key}: must be positive, got {batch}")
     if tr.num_worker_per_gpu < 0:
         raise ConfigError("datasets.train.num_worker_per_gpu: must be >= 0")
     if tr.dataset_enlarge_ratio < 1:
@@ -594,6 +603,7 @@ def config_to_dict(cfg: Config) -> dict:
     net = data.pop("network_g")
     data["network_g"] = {"type": net["type"], **net["options"]}
     data.pop("source", None)
+    data.pop("overrides", None)
     order = ["name", "description", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g",
              "path", "train", "val", "logger"]
     return {k: data[k] for k in order if k in data}

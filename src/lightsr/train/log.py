@@ -58,8 +58,11 @@ class CSVLog:
             old_fields = reader.fieldnames or self.fields
             rows = [r for r in reader if r.get("iter", "").isdigit() and int(r["iter"]) <= iteration]
         fields = old_fields if set(old_fields) >= set(self.fields) else self.fields
+        from lightsr.weights import file_mode
+
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
+            os.chmod(tmp, file_mode())
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
                 w.writeheader()

@@ -8,7 +8,14 @@ weights, every ``logger.save_checkpoint_freq`` (and at the end, and on SIGINT / 
 checkpoint set. Only global rank 0 writes files.
 
 Exit codes of :func:`train`: 0 finished, 130 stopped by SIGINT, 143 stopped by SIGTERM (in both
-cases after writing a checkpoint: ``--resume auto`` continues), 1 loss became NaN/inf.
+cases after writing a checkpoint: ``--resume auto`` continues), 1 loss became NaN/inf or the run
+failed.
+
+**A run never hangs.** Any exception - in the loop, while writing a checkpoint (a full disk), in a
+data worker - stops the data workers (killed if they do not exit at once: they ignore SIGTERM),
+is written to ``train.log`` with its traceback and to the console as one line naming the last
+complete checkpoint and the exact command that resumes from it, and :func:`train` returns 1
+within seconds. Complete checkpoint sets are never touched by a failed write.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ __all__ = ["Trainer", "TrainingError", "train", "load_pretrained", "resolve_resu
 log = logging.getLogger("lightsr.train")
 
 EXIT_OK, EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+EXIT_FAILED = 1
+WORKER_EXIT_S = 2.0  # seconds a data worker gets to exit on its own before it is killed
 TRAIN_FIELDS = ["iter", "epoch", "lr", "loss", "iter_per_s", "data_s", "elapsed_s"]
 
 
@@ -112,7 +121,7 @@ def resolve_resume(cfg: Config, resume: str | None) -> CheckpointSet | None:
         if existing:
             raise TrainingError(
                 f"{root} already holds checkpoints (newest: iteration {existing[-1].iteration}); "
-                f"continue with --resume auto, or change 'name' / path.experiments_root to start a new run"
+                f"continue with `{resume_command(cfg)}`, or change 'name' / path.experiments_root to start a new run"
             )
         return None
     if resume == "auto":
@@ -148,18 +157,50 @@ def _default_threads(local_world: int) -> int:
     return max(1, cores // max(1, local_world))
 
 
+def resume_command(cfg: Config) -> str:
+    """The shell command that continues this run: the same config and overrides, plus ``--resume auto``."""
+    import shlex
+
+    return shlex.join(["lightsr", "train", cfg.source or "CONFIG.yaml", *cfg.overrides, "--resume", "auto"])
+
+
+def _log_traceback(exc: BaseException) -> None:
+    """The traceback of ``exc`` into train.log only (the console gets one line)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "traceback:\n%s", (text,), None))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of the message; the type name too unless it is one of lightsr's own errors."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = getattr(exc, "filename2", None) or exc.filename
+        return f"{exc.strerror} ({where})" if where else exc.strerror
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else ""
+    if type(exc).__module__.startswith("lightsr") and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 # --------------------------------------------------------------------------------------------
 # trainer
 # --------------------------------------------------------------------------------------------
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | None = None, *, console: bool = True):
+    def __init__(self, cfg: Config, resume: str | None = None, *, console: bool = True, raise_errors: bool = False):
         self.cfg = cfg
         self.resume_arg = resume
         self.console = console
+        self.raise_errors = raise_errors  # re-raise a failure after the clean-up (``lightsr --debug train``)
         self.stop_signal: int | None = None
         self._old_handlers: dict[int, object] = {}
+        self.loader = None
+        self.it = 0
 
     # -- setup ----------------------------------------------------------------------------
     def _setup_runtime(self) -> None:
@@ -436,9 +477,12 @@ class Trainer:
             on_image = None
             if cfg.val.save_img and self.dist.is_main:
                 def on_image(img_name, sr, _d=save_dir):
-                    from lightsr.data.train_dataset import _write_png_atomic
+                    from PIL import Image
 
-                    _write_png_atomic(_d / f"{img_name}_{it}.png", sr)
+                    from lightsr.inference.io import atomic_output
+
+                    with atomic_output(_d / f"{img_name}_{it}.png", overwrite=True) as f:
+                        Image.fromarray(sr).save(f, format="PNG", compress_level=1)
             t0 = time.perf_counter()
             res = evaluate(model, ds, fns, self.device, rank=self.dist.rank, world_size=self.dist.world_size,
                            channels_last=self.channels_last, on_image=on_image,
@@ -467,6 +511,43 @@ class Trainer:
                     from lightsr import save_model
 
                     save_model(model, self.root / "models" / "net_g_best.safetensors", metadata=meta)
+
+    # -- failures ----------------------------------------------------------------------------
+    def _stop_workers(self) -> None:
+        """Shut the data workers down; kill the ones that do not exit (they ignore SIGTERM, so
+        Python's exit would wait for them forever)."""
+        loader, self.loader = self.loader, None
+        it = getattr(loader, "_iterator", None) if loader is not None else None
+        workers = list(getattr(it, "_workers", None) or [])
+        if it is not None:
+            try:
+                it._shutdown_workers()
+            except Exception:  # noqa: BLE001 - a half-dead loader: the kill below still applies
+                pass
+        deadline = time.monotonic() + WORKER_EXIT_S
+        for w in workers:
+            w.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
+
+    def _report_failure(self, exc: BaseException) -> int:
+        """One line on the console and in train.log (the traceback too, in train.log only)."""
+        dist = getattr(self, "dist", None)
+        if not (dist.is_main if dist is not None else os.environ.get("RANK", "0") == "0"):
+            return EXIT_FAILED
+        root = self.cfg.experiments_root()
+        last = find_checkpoints(root)
+        hint = (f"the last complete checkpoint is iteration {last[-1].iteration}: continue with `{resume_command(self.cfg)}`"
+                if last else "no complete checkpoint was written")
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {_one_line(exc)}"
+        message = f"training {what} at iteration {self.it}; {hint}"
+        if log.handlers:
+            log.error("%s (details in %s)", message, root / "train.log")
+            _log_traceback(exc)
+        else:  # failed before logging was set up
+            print(f"lightsr train: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -504,7 +585,16 @@ class Trainer:
             self._build_data()
             self._restore()
             return self._loop()
+        except (TrainingError, ConfigError):
+            raise  # before the first iteration: the caller prints it (nothing was trained)
+        except BaseException as exc:
+            self._stop_workers()
+            if isinstance(exc, KeyboardInterrupt) or self.raise_errors:
+                self._report_failure(exc)
+                raise
+            return self._report_failure(exc)
         finally:
+            self._stop_workers()
             if self.tb is not None:
                 self.tb.close()
             for name in ("train_csv", "val_csv"):
@@ -565,7 +655,7 @@ class Trainer:
         self.t_start = time.perf_counter()
         window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         window_n, window_data, window_t0 = 0, 0.0, time.perf_counter()
-        it = start
+        it = self.it = start
         data_iter = iter(self.loader)
         exit_code = EXIT_OK
         val_freq = cfg.val.val_freq if cfg.val else None
@@ -586,6 +676,7 @@ class Trainer:
                     raise
                 window_data += time.perf_counter() - t_data
                 it += 1
+                self.it = it
                 lr = self.schedule.apply(self.optimizer, it)
                 lq = lq.to(self.device, non_blocking=True)
                 gt = gt.to(self.device, non_blocking=True)
@@ -660,14 +751,17 @@ class Trainer:
             self.save_checkpoint(it)
         sig = self.stop_signal
         if is_main:
-            log.warning("stopped at iteration %d by %s; checkpoint written. Continue with: lightsr train %s --resume auto",
-                        it, signal.Signals(sig).name if sig else "a signal", cfg.source or "CONFIG.yaml")
+            log.warning("stopped at iteration %d by %s; checkpoint written. Continue with: %s",
+                        it, signal.Signals(sig).name if sig else "a signal", resume_command(cfg))
         return EXIT_SIGTERM if sig == signal.SIGTERM else EXIT_SIGINT
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
+    from lightsr.weights import file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
+    os.chmod(tmp, file_mode())
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
@@ -676,6 +770,9 @@ def _atomic_copy(src: Path, dst: Path) -> None:
             os.unlink(tmp)
 
 
-def train(cfg: Config, resume: str | None = None, *, console: bool = True) -> int:
-    """Train from a validated config; returns the exit code (see the module docstring)."""
-    return Trainer(cfg, resume, console=console).run()
+def train(cfg: Config, resume: str | None = None, *, console: bool = True, raise_errors: bool = False) -> int:
+    """Train from a validated config; returns the exit code (see the module docstring).
+
+    ``raise_errors``: re-raise a failure (after stopping the workers and logging it) instead of
+    returning 1."""
+    return Trainer(cfg, resume, console=console, raise_errors=raise_errors).run()
