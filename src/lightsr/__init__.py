@@ -30,15 +30,21 @@ _LAZY = {
     "upscale": ("lightsr.inference", "upscale"),
     "upscale_video": ("lightsr.video", "upscale_video"),
     "evaluate": ("lightsr.evaluation", "evaluate"),
+    "Upscaler": ("lightsr.inference", "Upscaler"),
 }
+# sub-packages reachable as attributes after a bare `import lightsr` (lightsr.inference.Upscaler ...)
+_SUBMODULES = frozenset({"bench", "cli", "complexity", "data", "evaluation", "export", "inference", "metrics",
+                         "models", "ops", "pretrained", "train", "video", "weights"})
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lightsr.{name}")  # the import binds it as an attribute too
     raise AttributeError(f"module 'lightsr' has no attribute {name!r}")
