@@ -207,7 +207,7 @@ def test_library_is_built_once_into_the_cache(tmp_path):
     first = _child(_PROBE, LIGHTSR_CACHE=str(tmp_path))
     assert first.startswith("True True ")
     built = sorted((tmp_path / "native").iterdir())
-    assert len(built) == 1 and built[0].name.startswith("focal_attention-") and built[0].suffix == ".so"
+    assert len(built) == 1 and built[0].name.startswith("lightsr_native-") and built[0].suffix == ".so"
     mtime = built[0].stat().st_mtime_ns
     assert _child(_PROBE, LIGHTSR_CACHE=str(tmp_path)).startswith("True True ")
     assert sorted((tmp_path / "native").iterdir()) == built and built[0].stat().st_mtime_ns == mtime

@@ -4,7 +4,9 @@
 * the gated depth-wise-conv feed-forward networks: Restormer's GDFN (DLGSANet) and LAMNet's
   dual-gated DGFN, plus a plain conv FFN for ablations,
 * the one-step pixel-shuffle reconstruction head and the RGB mean shift,
-* a depth-wise ``nn.Conv2d`` that routes through the selected depth-wise op (faster 1 x K backward).
+* ``nn.Conv2d`` subclasses (same parameters and state-dict keys) that route 1x1 and depth-wise
+  convolutions through the selected ops (:func:`lightsr.ops.pointwise_conv`,
+  :func:`lightsr.ops.depthwise_conv2d`): matrix products and native kernels on the CPU.
 """
 from __future__ import annotations
 
@@ -32,14 +34,26 @@ class LayerNorm2d(nn.Module):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d(c, c, k, padding=p, groups=c)`` (same parameters and keys) computed with
-    ``get_op("depthwise_conv2d")``: the fast op has a faster weight gradient for 1 x K kernels."""
+    """``nn.Conv2d(c, c, k, padding=p, dilation=d, groups=c)`` (same parameters and keys) computed
+    with ``get_op("depthwise_conv2d")``."""
 
-    def __init__(self, channels: int, kernel_size, padding, bias: bool = True):
-        super().__init__(channels, channels, kernel_size, padding=padding, groups=channels, bias=bias)
+    def __init__(self, channels: int, kernel_size, padding, bias: bool = True, dilation=1):
+        super().__init__(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return get_op("depthwise_conv2d")(x, self.weight, self.bias, self.padding)
+        return get_op("depthwise_conv2d")(x, self.weight, self.bias, self.padding, self.dilation)
+
+
+class Conv1x1(nn.Conv2d):
+    """``nn.Conv2d(c_in, c_out, 1)`` (same parameters and keys) computed with ``get_op("pointwise_conv")``;
+    ``forward(x, residual, scale)`` returns ``residual + scale * conv(x)`` in one product."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale)
 
 
 class _Relayout(torch.autograd.Function):
@@ -85,16 +99,18 @@ class GatedDconvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool, dual_gate: bool = False):
         super().__init__()
         self.dual_gate = dual_gate
-        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
-        self.project_out = nn.Conv2d(hidden * 2 if dual_gate else hidden, dim, 1, bias=bias)
+        self.project_in = Conv1x1(dim, hidden * 2, bias=bias)
+        self.dwconv = DepthwiseConv2d(hidden * 2, 3, padding=1, bias=bias)
+        self.project_out = Conv1x1(hidden * 2 if dual_gate else hidden, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        g = F.gelu(x1)
-        if not self.dual_gate:
-            return self.project_out(g * x2)
-        return conv1x1_of_concat(self.project_out, g * x1, g * x2)  # project_out(concat[g*x1, g*x2])
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + scale * FFN(x)`` (the layer's residual added inside the last product)."""
+        # dwconv, split, GELU and the gate(s) in one op (one native pass on the CPU)
+        gate = "dual" if self.dual_gate else "gelu"
+        gated = get_op("gated_depthwise_conv2d")(self.project_in(x), self.dwconv.weight, self.dwconv.bias,
+                                                 self.dwconv.padding, gate)
+        return self.project_out(gated, residual, scale)
 
 
 class ConvFFN(nn.Module):
@@ -102,11 +118,12 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool = True):
         super().__init__()
-        self.project_in = nn.Conv2d(dim, hidden, 1, bias=bias)
-        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+        self.project_in = Conv1x1(dim, hidden, bias=bias)
+        self.project_out = Conv1x1(hidden, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_out(F.gelu(self.project_in(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project_out(F.gelu(self.project_in(x)), residual, scale)
 
 
 def pixel_shuffle_head(dim: int, scale: int, out_channels: int = 3) -> nn.Sequential:

@@ -34,7 +34,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.models.blocks import GatedDconvFFN, LayerNorm2d, MeanShift, pixel_shuffle_head, relayout
+from lightsr.models.blocks import (
+    Conv1x1,
+    DepthwiseConv2d,
+    GatedDconvFFN,
+    LayerNorm2d,
+    MeanShift,
+    pixel_shuffle_head,
+    relayout,
+)
 from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["DLGSANet", "SparseGSA", "MHDLSA", "collect_attention_sparsity"]
@@ -68,10 +76,10 @@ class DynamicDWConv(nn.Module):
         hidden = channels // reduction
         self.kernel_size = kernel_size
         self.conv1 = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1),
-            nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden),
+            Conv1x1(channels, hidden),
+            DepthwiseConv2d(hidden, kernel_size, padding=kernel_size // 2),
         )
-        self.conv2 = nn.Sequential(nn.Conv2d(hidden, kernel_size**2 * (channels // group_channels), 1))
+        self.conv2 = nn.Sequential(Conv1x1(hidden, kernel_size**2 * (channels // group_channels)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # weight = conv2(conv1(x)): (B, G*K*K, H, W), the raw linear output. The fused op applies
@@ -89,12 +97,13 @@ class MHDLSA(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 7, group_channels: int = 6):
         super().__init__()
-        self.conv0 = nn.Conv2d(dim, dim, 1, bias=False)
+        self.conv0 = Conv1x1(dim, dim, bias=False)
         self.conv = DynamicDWConv(dim, kernel_size, group_channels)
-        self.conv1 = nn.Conv2d(dim, dim, 1, bias=False)
+        self.conv1 = Conv1x1(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv1(self.conv(self.conv0(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + MHDLSA(x)`` (the residual added inside the last 1x1 product)."""
+        return self.conv1(self.conv(self.conv0(x)), residual)
 
 
 class SparseGSA(nn.Module):
@@ -124,9 +133,9 @@ class SparseGSA(nn.Module):
         self.tlc = tlc
         self.tlc_kernel = tlc_kernel
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
+        self.qkv = Conv1x1(dim, dim * 3, bias=False)
+        self.qkv_dwconv = DepthwiseConv2d(dim * 3, 3, padding=1, bias=False)
+        self.project_out = Conv1x1(dim, dim, bias=False)
         self.sparsity_log: list[torch.Tensor] | None = None  # see collect_attention_sparsity
 
     def _activate(self, attn: torch.Tensor) -> torch.Tensor:
@@ -150,7 +159,8 @@ class SparseGSA(nn.Module):
             self.sparsity_log.append((attn > 0).float().mean(dim=(-2, -1)).flatten().detach().cpu())
         return (attn @ v).reshape(n, c, h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + SparseGSA(x)`` (the residual added inside the last 1x1 product)."""
         qkv = self.qkv_dwconv(self.qkv(x))
         if self.training:
             # the attention works on rows of h*w pixels: NCHW makes them contiguous (no copies in
@@ -163,7 +173,7 @@ class SparseGSA(nn.Module):
             out = self.attend(qkv)
         # attn @ v gives NCHW; project_out (and its backward, which hands the gradient on to
         # qkv_dwconv) runs about 2x faster with both operands in the model's layout
-        return self.project_out(out.contiguous(memory_format=preferred_memory_format(x)))
+        return self.project_out(out.contiguous(memory_format=preferred_memory_format(x)), residual)
 
 
 class LocalLayer(nn.Module):
@@ -177,8 +187,8 @@ class LocalLayer(nn.Module):
         self.IDynamic_ffn = GatedDconvFFN(dim, int(dim * ffn_expansion), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.IDynamicDWConv(self.norm1(x))
-        return x + self.IDynamic_ffn(self.norm2(x))
+        x = self.IDynamicDWConv(self.norm1(x), residual=x)  # x + MHDLSA(LN(x))
+        return self.IDynamic_ffn(self.norm2(x), residual=x)  # x + GDFN(LN(x))
 
 
 class GlobalLayer(nn.Module):
@@ -192,8 +202,8 @@ class GlobalLayer(nn.Module):
         self.restormer_ffn = GatedDconvFFN(dim, int(dim * ffn_expansion), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.restormer_attn(self.norm3(x))
-        return x + self.restormer_ffn(self.norm4(x))
+        x = self.restormer_attn(self.norm3(x), residual=x)  # x + SparseGSA(LN(x))
+        return self.restormer_ffn(self.norm4(x), residual=x)  # x + GDFN(LN(x))
 
 
 class RHDTG(nn.Module):

@@ -8,7 +8,9 @@ dynamic depth-wise conv          :func:`dynamic_dwconv`                :func:`dy
 focal separable attention        :func:`focal_attention`               :func:`focal_attention_reference`
 test-time local converter        :func:`tlc`                           :func:`tlc_reference`
 channels-first LayerNorm         :func:`layer_norm_2d`                 :func:`layer_norm_2d_reference`
-depth-wise conv (1 x K backward) :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
+depth-wise conv                  :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
+depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`gated_depthwise_conv2d_reference`
+1x1 conv (+ residual)            :func:`pointwise_conv`                :func:`pointwise_conv_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. They are pure
@@ -37,7 +39,12 @@ import contextlib
 import torch
 
 from lightsr.ops._common import exporting
-from lightsr.ops.depthwise_conv import depthwise_conv2d, depthwise_conv2d_reference
+from lightsr.ops.depthwise_conv import (
+    depthwise_conv2d,
+    depthwise_conv2d_reference,
+    gated_depthwise_conv2d,
+    gated_depthwise_conv2d_reference,
+)
 from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv,
     dynamic_dwconv_composite,
@@ -53,6 +60,7 @@ from lightsr.ops.focal_attention import (
     patch_size_of,
 )
 from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference
+from lightsr.ops.pointwise import pointwise_conv, pointwise_conv_reference
 from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 
 __all__ = [
@@ -68,10 +76,14 @@ __all__ = [
     "focal_attention",
     "focal_attention_composite",
     "focal_attention_reference",
+    "gated_depthwise_conv2d",
+    "gated_depthwise_conv2d_reference",
     "get_op",
     "layer_norm_2d",
     "layer_norm_2d_reference",
     "patch_size_of",
+    "pointwise_conv",
+    "pointwise_conv_reference",
     "preferred_memory_format",
     "tlc",
     "tlc_reference",
@@ -87,6 +99,8 @@ _FAST = {
     "tlc": tlc,
     "layer_norm_2d": layer_norm_2d,
     "depthwise_conv2d": depthwise_conv2d,
+    "gated_depthwise_conv2d": gated_depthwise_conv2d,
+    "pointwise_conv": pointwise_conv,
 }
 _REFERENCE = {
     "dynamic_dwconv": dynamic_dwconv_reference,
@@ -95,6 +109,8 @@ _REFERENCE = {
     "tlc": tlc_reference,
     "layer_norm_2d": layer_norm_2d_reference,
     "depthwise_conv2d": depthwise_conv2d_reference,
+    "gated_depthwise_conv2d": gated_depthwise_conv2d_reference,
+    "pointwise_conv": pointwise_conv_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}

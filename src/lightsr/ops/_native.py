@@ -1,9 +1,16 @@
 """Optional native (C) kernels, compiled on first use with the system C compiler and loaded with ctypes.
 
-Only the focal separable attention has one (``native/focal_attention.c``): on CPU in float32 it
-computes the forward and the whole backward in one pass over each row / column, without the
-padded copies and per-tap passes of the PyTorch implementation (``benchmarks/ops_speed.py``
-times both). Everything else, and every other device and dtype, stays pure PyTorch.
+Every ``native/*.c`` file is compiled into one shared library:
+
+* ``focal_attention.c``: the focal separable attention on CPU in float32, forward and the whole
+  backward in one pass over each row / column (wrappers :func:`fsa_forward`, :func:`fsa_backward`);
+* ``depthwise.c``: channels-last depth-wise convolutions in float32 and bfloat16, with the gates of
+  the gated feed-forward networks fused (used by :mod:`lightsr.ops.depthwise_conv`);
+* ``dynamic_dwconv.c``: the apply of DLGSANet's pixel-wise dynamic convolution
+  (:mod:`lightsr.ops.dynamic_dwconv`).
+
+Every other device stays pure PyTorch. :func:`run_rows` splits a kernel's rows over torch's
+intra-op threads (ctypes releases the GIL during the call).
 
 Why ctypes and a plain C file rather than ``torch.utils.cpp_extension``: the kernel needs no
 torch headers, so it compiles in about a second with ``cc`` alone (a torch C++ extension takes
@@ -30,12 +37,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "enabled", "use_native", "fsa_forward", "fsa_backward", "library_path", "build_error",
-           "vector_tanh"]
+__all__ = ["available", "enabled", "use_native", "fsa_forward", "fsa_backward", "library", "library_path",
+           "build_error", "run_rows", "vector_tanh"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("native") / "focal_attention.c"
+_DIR = Path(__file__).with_name("native")
+_SOURCES = sorted(_DIR.glob("*.c"))
+_HEADERS = sorted(_DIR.glob("*.h"))
 _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "error": None, "path": None, "vector_tanh": False,
                 "enabled": os.environ.get("LIGHTSR_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")}
@@ -52,7 +61,7 @@ def _cache_dir() -> Path:
 def _variants() -> list[tuple[list[str], list[str]]]:
     """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised tanhf
     (libmvec, glibc >= 2.35) where the CPU has them, then plain."""
-    base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-Wno-psabi"]
+    base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - very old torch
@@ -74,16 +83,18 @@ def _compiler() -> str | None:
 
 def _compile(cc: str, flags: list[str], libs: list[str]) -> Path:
     """The cached library for this source, compiler and flags (built atomically if missing)."""
-    key = hashlib.sha256(_SOURCE.read_bytes() + cc.encode() + " ".join(flags + libs).encode()).hexdigest()[:16]
+    text = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES + _HEADERS)
+    key = hashlib.sha256(text + cc.encode() + " ".join(flags + libs).encode()).hexdigest()[:16]
     out_dir = _cache_dir()
-    path = out_dir / f"focal_attention-{key}.so"
+    path = out_dir / f"lightsr_native-{key}.so"
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".focal_attention-", suffix=".so", dir=out_dir)
+    fd, tmp = tempfile.mkstemp(prefix=".lightsr_native-", suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SOURCES), *libs], capture_output=True, text=True,
+                              timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
         os.replace(tmp, path)
@@ -113,9 +124,27 @@ def _build() -> ctypes.CDLL:
     lib.lightsr_fsa_backward.restype = ctypes.c_int
     lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 20
     lib.lightsr_fsa_vector_tanh.restype = ctypes.c_int
+    for name in ("_depthwise_native",):
+        _declare(lib, name)
     _state["path"] = path
     _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())
     return lib
+
+
+def _declare(lib: ctypes.CDLL, module: str) -> None:
+    """argtypes of the entry points that ``lightsr.ops.<module>`` declares in its ``NATIVE_SIGNATURES``."""
+    import importlib
+
+    signatures = importlib.import_module(f"lightsr.ops.{module}").NATIVE_SIGNATURES
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = argtypes
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library when enabled and built (compiling on the first call), else None."""
+    return _library() if _state["enabled"] else None
 
 
 def _library() -> ctypes.CDLL | None:
@@ -175,19 +204,28 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def _run_lines(fn, args_before: list, lines: int) -> None:
-    """Call ``fn(*args_before, line0, line1)`` over [0, lines), split over torch's intra-op threads
-    (ctypes releases the GIL during the call)."""
-    threads = max(1, torch.get_num_threads())
-    if threads == 1 or lines < 4 * threads:
-        _check_rc([fn(*args_before, 0, lines)])
-        return
+def run_rows(fn, rows: int, min_rows: int = 4) -> list[int]:
+    """Call ``fn(part, row0, row1)`` over [0, rows) split into one part per intra-op thread of torch
+    (fewer when there are under ``min_rows`` rows per thread), in parallel; the return codes."""
+    threads = max(1, min(torch.get_num_threads(), rows // max(1, min_rows)))
+    if threads <= 1:
+        return [fn(0, 0, rows)]
     key = (os.getpid(), threads)  # a forked child must not reuse the parent's (threadless) pool
     pool = _pool.get(key)
     if pool is None:
         pool = _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="lightsr-native")
-    bounds = [lines * i // threads for i in range(threads + 1)]
-    _check_rc(list(pool.map(lambda i: fn(*args_before, bounds[i], bounds[i + 1]), range(threads))))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    return list(pool.map(lambda i: fn(i, bounds[i], bounds[i + 1]), range(threads)))
+
+
+def threads_for(rows: int, min_rows: int = 4) -> int:
+    """How many parts :func:`run_rows` splits ``rows`` into."""
+    return max(1, min(torch.get_num_threads(), rows // max(1, min_rows)))
+
+
+def _run_lines(fn, args_before: list, lines: int) -> None:
+    """Call ``fn(*args_before, line0, line1)`` over [0, lines), split over torch's intra-op threads."""
+    _check_rc(run_rows(lambda _, a, b: fn(*args_before, a, b), lines))
 
 
 def _check_rc(codes: list[int]) -> None:

@@ -1,26 +1,28 @@
-"""Static depth-wise convolution with a faster backward for 1 x K kernels (LAMNet's LSAM).
+"""Static depth-wise convolutions, alone or followed by the gate of a gated feed-forward network.
 
-LAMNet predicts each focal-attention kernel with a depth-wise ``1 x 23`` (horizontal) or
-``23 x 1`` (vertical) convolution. On CPU in the channels-last layout, oneDNN computes the
-*weight gradient* of the ``1 x K`` case several times slower than that of the ``K x 1`` case
-(forward + backward of 16 x 32 x 48 x 48 with ``F.conv2d``: 46 ms vs 6.5 ms in
-``benchmarks/ops_speed.py --backward``, docs/speed.md), while the forward and the input
-gradient are fast for both. Transposing height and width turns one into the other:
-
-    dL/dw[c, 0, k] (1 x K, on x, g)  =  dL/dw[c, k, 0] (K x 1, on x^T, g^T)
+Every model runs depth-wise convolutions on full-resolution feature maps (DLGSANet's and LAMNet's
+FFNs, SparseGSA's q/k/v, LAMNet's 1 x 23 kernel predictors, LGUN's large-kernel sequences). They
+do 9-49 multiply-adds per value, so they are bound by memory traffic, and oneDNN's channels-last
+kernels reach a small fraction of that bound on the CPUs measured here (docs/speed.md).
 
 * :func:`depthwise_conv2d_reference` - ``F.conv2d(..., groups=C)``: the test oracle.
-* :func:`depthwise_conv2d` - the same forward; the backward asks aten for the input gradient
-  alone, computes the weight gradient of a ``1 x K`` kernel on CPU channels-last tensors through
-  the transposed ``K x 1`` problem (two transposing copies of the size of the input), and the
-  bias gradient as a plain sum. Everything else (other kernels, other layouts, GPUs) uses aten's
-  own weight gradient.
+* :func:`depthwise_conv2d` - on CPU tensors with unit channel stride (the models' channels-last
+  layout, or a channel slice of it) in float32 or bfloat16: the native kernel
+  (``native/depthwise.c`` through :mod:`lightsr.ops._depthwise_native`: one pass, all taps of a
+  pixel's channels accumulated in registers; backward = the same kernel with the flipped
+  taps + a weight-gradient kernel). Elsewhere (GPUs, NCHW, no compiler, ``LIGHTSR_NATIVE=0``,
+  while the MAC counter, an exporter or ``torch.compile`` looks): aten, with a faster weight
+  gradient for ``1 x K`` kernels on channels-last CPU tensors (oneDNN computes it several times
+  slower than the ``K x 1`` one; transposing height and width turns one into the other:
+  ``dL/dw[c, 0, k] (1 x K, on x, g) = dL/dw[c, k, 0] (K x 1, on x^T, g^T)``).
+* :func:`gated_depthwise_conv2d` (reference :func:`gated_depthwise_conv2d_reference`): the
+  convolution followed by :func:`apply_gate` - GDFN's ``GELU(d1) * d2`` or DGFN's
+  ``[GELU(d1) d1, GELU(d1) d2]`` - fused into the native kernel's forward (the convolution's
+  output is not written at inference).
 
-Both share one forward convolution (``_conv``), which runs a 1 x K kernel that would be computed
-in bfloat16/float16 on the CPU in float32: oneDNN's bfloat16 1 x 23 depth-wise convolution hangs.
-
-It is an ``autograd.Function`` around aten convolutions, not an opaque custom op: the MAC
-counter sees the same convolutions (forward and backward) as for ``nn.Conv2d``.
+Under CPU bf16 autocast the native kernel reads and writes bfloat16 (float32 arithmetic). The aten
+path runs a 1 x K kernel that would be computed in bfloat16/float16 on the CPU in float32:
+oneDNN's bfloat16 1 x 23 depth-wise convolution hangs.
 """
 from __future__ import annotations
 
@@ -29,9 +31,16 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from lightsr.ops import _depthwise_native
 from lightsr.ops._common import exporting, memory_format_of
 
-__all__ = ["depthwise_conv2d", "depthwise_conv2d_reference"]
+__all__ = [
+    "apply_gate",
+    "depthwise_conv2d",
+    "depthwise_conv2d_reference",
+    "gated_depthwise_conv2d",
+    "gated_depthwise_conv2d_reference",
+]
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -65,10 +74,13 @@ def _conv(x, weight, bias, padding) -> torch.Tensor:
 
 
 def depthwise_conv2d_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
 ) -> torch.Tensor:
     """Depth-wise convolution, stride 1, zero padding ``(ph, pw)``: plain ``F.conv2d`` (autograd's backward)."""
     _check(x, weight)
+    if tuple(dilation) != (1, 1):
+        return F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation), groups=x.shape[1])
     return _conv(x, weight, bias, padding)
 
 
@@ -131,12 +143,83 @@ class _DepthwiseConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+
+def _native_eligible(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
+    """The native kernel may run: plain eager CPU execution (no exporter, compiler or dispatch mode
+    such as the MAC counter, which must see aten convolutions) and a supported input."""
+    if exporting() or not _plain_tensors(x, weight):
+        return False
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return False
+    return _depthwise_native.supported(x, weight, padding, dilation)
+
+
+def _plain_tensors(*tensors) -> bool:
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
+    """The native kernel, in bfloat16 under CPU bf16 autocast (float32 arithmetic either way)."""
+    if torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16:
+        x = x.to(torch.bfloat16)
+    code = _depthwise_native.GATES[gate]
+    if _needs_grad(x, weight, bias):
+        return _depthwise_native.NativeDepthwise.apply(x, weight, bias, tuple(padding), tuple(dilation), code)
+    return _depthwise_native.forward(x, weight, bias, padding, dilation, code, False)[0]
+
+
 def depthwise_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
 ) -> torch.Tensor:
-    """Depth-wise convolution (same result as the reference) with the faster 1 x K weight gradient."""
+    """Depth-wise convolution (same result as the reference): the native kernel on channels-last
+    CPU tensors, else aten with the faster 1 x K weight gradient."""
     _check(x, weight)
-    if (exporting() or _reduced_precision_line_on_cpu(x, weight) or not torch.is_grad_enabled()
-            or not (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))):
+    if _native_eligible(x, weight, padding, dilation):
+        return _native_call(x, weight, bias, padding, dilation, "none")
+    if tuple(dilation) != (1, 1):
+        return F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation), groups=x.shape[1])
+    if (exporting() or _reduced_precision_line_on_cpu(x, weight) or not _needs_grad(x, weight, bias)):
         return _conv(x, weight, bias, padding)
     return _DepthwiseConv.apply(x, weight, bias, tuple(padding))
+
+
+# --- depth-wise convolution + the gate of a gated feed-forward network -------------------------
+
+GATES = ("gelu", "dual")
+
+
+def apply_gate(d: torch.Tensor, gate: str) -> torch.Tensor:
+    """``gelu``: GELU(d1) * d2 (Restormer's GDFN); ``dual``: [GELU(d1) * d1, GELU(d1) * d2] (LAMNet's
+    DGFN), with d1 / d2 the halves of ``d``'s channels."""
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    d1, d2 = d.chunk(2, dim=1)
+    g = F.gelu(d1)
+    return g * d2 if gate == "gelu" else torch.cat([g * d1, g * d2], dim=1)
+
+
+def gated_depthwise_conv2d_reference(x, weight, bias, padding, gate: str) -> torch.Tensor:
+    """``apply_gate(conv(x), gate)`` with aten's convolution (the test oracle)."""
+    _check(x, weight)
+    return apply_gate(F.conv2d(x, weight, bias, padding=tuple(padding), groups=x.shape[1]), gate)
+
+
+def gated_depthwise_conv2d(x, weight, bias, padding, gate: str) -> torch.Tensor:
+    """The reference's result; on channels-last CPU tensors in one native pass (the convolution's
+    output is never written in inference; in training it is kept for the backward)."""
+    _check(x, weight)
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+    if x.shape[1] % 2:
+        raise ValueError(f"a gated convolution needs an even number of channels, got {x.shape[1]}")
+    if _native_eligible(x, weight, padding, (1, 1)):
+        return _native_call(x, weight, bias, padding, (1, 1), gate)
+    return apply_gate(depthwise_conv2d(x, weight, bias, padding), gate)

@@ -1,0 +1,213 @@
+/* Body of the depth-wise convolution kernels for one storage type; included by depthwise.c once
+ * per type with T (element type), SFX (name suffix), LD / ST (8-wide load / store as float32
+ * vectors) and LDS / STS (scalar). See depthwise.c for the semantics. */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+/* acc[c] = bias[c] + sum over the valid taps of w[tap][c] * x[pixel + tap offset][c]; xb points at
+ * the image's first element. Channels in blocks of 32 (four vectors kept in registers across the
+ * taps), then 8, then one at a time. */
+static inline void FN(conv_pixel)(const T *xb, const float *w, const float *bias, float *acc, const dw_geom *g,
+                                  i64 oh, i64 ow, i64 i0, i64 i1, i64 j0, i64 j1)
+{
+    const i64 C = g->C, KW = g->KW, xh = g->xh, xw = g->xw;
+    const v8 zero = {0};
+    i64 c = 0;
+    for (; c + 32 <= C; c += 32) {
+        v8 a0 = bias ? ld_f32(bias + c) : zero, a1 = bias ? ld_f32(bias + c + 8) : zero;
+        v8 a2 = bias ? ld_f32(bias + c + 16) : zero, a3 = bias ? ld_f32(bias + c + 24) : zero;
+        for (i64 i = i0; i < i1; ++i) {
+            const T *xr = xb + (oh + i * g->DH - g->PH) * xh + c;
+            const float *wr = w + i * KW * C + c;
+            for (i64 j = j0; j < j1; ++j) {
+                const T *xp = xr + (ow + j * g->DW - g->PW) * xw;
+                const float *wp = wr + j * C;
+                a0 += ld_f32(wp) * LD(xp);
+                a1 += ld_f32(wp + 8) * LD(xp + 8);
+                a2 += ld_f32(wp + 16) * LD(xp + 16);
+                a3 += ld_f32(wp + 24) * LD(xp + 24);
+            }
+        }
+        st_f32(acc + c, a0);
+        st_f32(acc + c + 8, a1);
+        st_f32(acc + c + 16, a2);
+        st_f32(acc + c + 24, a3);
+    }
+    for (; c + 8 <= C; c += 8) {
+        v8 a0 = bias ? ld_f32(bias + c) : zero;
+        for (i64 i = i0; i < i1; ++i)
+            for (i64 j = j0; j < j1; ++j)
+                a0 += ld_f32(w + (i * KW + j) * C + c) * LD(xb + (oh + i * g->DH - g->PH) * xh + (ow + j * g->DW - g->PW) * xw + c);
+        st_f32(acc + c, a0);
+    }
+    if (c < C && C >= 8) { /* the last channels as one vector overlapping the previous block */
+        c = C - 8;
+        v8 a0 = bias ? ld_f32(bias + c) : zero;
+        for (i64 i = i0; i < i1; ++i)
+            for (i64 j = j0; j < j1; ++j)
+                a0 += ld_f32(w + (i * KW + j) * C + c) * LD(xb + (oh + i * g->DH - g->PH) * xh + (ow + j * g->DW - g->PW) * xw + c);
+        st_f32(acc + c, a0);
+        return;
+    }
+    for (; c < C; ++c) {
+        float a = bias ? bias[c] : 0.0f;
+        for (i64 i = i0; i < i1; ++i)
+            for (i64 j = j0; j < j1; ++j)
+                a += w[(i * KW + j) * C + c] * LDS(xb + (oh + i * g->DH - g->PH) * xh + (ow + j * g->DW - g->PW) * xw + c);
+        acc[c] = a;
+    }
+}
+
+static inline void FN(store_row)(T *dst, const float *src, i64 n)
+{
+    i64 c = 0;
+    for (; c + 8 <= n; c += 8)
+        ST(dst + c, ld_f32(src + c));
+    for (; c < n; ++c)
+        STS(dst + c, src[c]);
+}
+
+static inline void FN(load_row)(float *dst, const T *src, i64 n)
+{
+    i64 c = 0;
+    for (; c + 8 <= n; c += 8)
+        st_f32(dst + c, LD(src + c));
+    for (; c < n; ++c)
+        dst[c] = LDS(src + c);
+}
+
+/* the gate applied to one pixel's C convolution outputs (tmp: 2 C floats of scratch) */
+static inline void FN(epilogue)(const float *acc, float *tmp, T *yp, i64 C, i64 gate)
+{
+    const i64 m = C / 2;
+    if (gate == GATE_NONE) {
+        FN(store_row)(yp, acc, C);
+        return;
+    }
+    gelu_only(acc, tmp, m);
+    if (gate == GATE_GELU) {
+        for (i64 c = 0; c < m; ++c)
+            tmp[c] *= acc[m + c];
+        FN(store_row)(yp, tmp, m);
+        return;
+    }
+    for (i64 c = 0; c < m; ++c) {
+        tmp[C + c] = tmp[c] * acc[c];
+        tmp[C + m + c] = tmp[c] * acc[m + c];
+    }
+    FN(store_row)(yp, tmp + C, C);
+}
+
+/* y (and d, the convolution before the gate, when not NULL) for output rows [r0, r1) of B * H */
+int FN(lightsr_dw_forward)(const T *x, const float *w, const float *bias, T *y, T *d, const dw_geom *g,
+                           i64 r0, i64 r1)
+{
+    const i64 C = g->C, H = g->H, W = g->W;
+    float *acc = (float *)malloc(sizeof(float) * (size_t)(3 * C + 8));
+    if (!acc)
+        return 2;
+    float *tmp = acc + C;
+    for (i64 r = r0; r < r1; ++r) {
+        const i64 b = r / H, oh = r % H;
+        i64 i0, i1;
+        tap_range(oh, g->PH, g->DH, g->KH, H, &i0, &i1);
+        const T *xb = x + b * g->xb;
+        for (i64 ow = 0; ow < W; ++ow) {
+            i64 j0, j1;
+            tap_range(ow, g->PW, g->DW, g->KW, W, &j0, &j1);
+            FN(conv_pixel)(xb, w, bias, acc, g, oh, ow, i0, i1, j0, j1);
+            if (d)
+                FN(store_row)(d + b * g->db + oh * g->dh + ow * g->dw, acc, C);
+            FN(epilogue)(acc, tmp, y + b * g->yb + oh * g->yh + ow * g->yw, C, g->gate);
+        }
+    }
+    free(acc);
+    return 0;
+}
+
+/* gd = d(gate)/d(d) applied to gy, for rows [r0, r1): gy has the strides y, d and gd those of d */
+int FN(lightsr_dw_gate_backward)(const T *gy, const T *d, T *gd, const dw_geom *g, i64 r0, i64 r1)
+{
+    const i64 C = g->C, m = C / 2, H = g->H, W = g->W;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(5 * C + 8));
+    if (!buf)
+        return 2;
+    float *dv = buf, *gv = buf + C, *ge = buf + 2 * C, *dge = ge + m, *out = buf + 3 * C;
+    for (i64 r = r0; r < r1; ++r) {
+        const i64 b = r / H, oh = r % H;
+        for (i64 ow = 0; ow < W; ++ow) {
+            const i64 off = b * g->db + oh * g->dh + ow * g->dw;
+            FN(load_row)(dv, d + off, C);
+            FN(load_row)(gv, gy + b * g->yb + oh * g->yh + ow * g->yw, g->gate == GATE_GELU ? m : C);
+            gelu_and_grad(dv, ge, dge, m);
+            if (g->gate == GATE_GELU) {
+                for (i64 c = 0; c < m; ++c) {
+                    out[c] = gv[c] * dv[m + c] * dge[c];
+                    out[m + c] = gv[c] * ge[c];
+                }
+            } else {
+                for (i64 c = 0; c < m; ++c) {
+                    const float g1 = gv[c], g2 = gv[m + c];
+                    out[c] = g1 * (ge[c] + dv[c] * dge[c]) + g2 * dv[m + c] * dge[c];
+                    out[m + c] = g2 * ge[c];
+                }
+            }
+            FN(store_row)(gd + off, out, C);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* gw[tap][c] += sum over the rows' pixels of gy[pixel][c] * x[pixel + tap offset][c] and
+ * gb[c] += gy[pixel][c] (gb may be NULL); gy has the strides y of the geometry */
+int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, const dw_geom *g, i64 r0, i64 r1)
+{
+    const i64 C = g->C, H = g->H, W = g->W, KW = g->KW;
+    float *gv = (float *)malloc(sizeof(float) * (size_t)(C + 8));
+    if (!gv)
+        return 2;
+    for (i64 r = r0; r < r1; ++r) {
+        const i64 b = r / H, oh = r % H;
+        i64 i0, i1;
+        tap_range(oh, g->PH, g->DH, g->KH, H, &i0, &i1);
+        const T *xb = x + b * g->xb;
+        for (i64 ow = 0; ow < W; ++ow) {
+            i64 j0, j1;
+            tap_range(ow, g->PW, g->DW, g->KW, W, &j0, &j1);
+            FN(load_row)(gv, gy + b * g->yb + oh * g->yh + ow * g->yw, C);
+            if (gb) {
+#pragma omp simd
+                for (i64 c = 0; c < C; ++c)
+                    gb[c] += gv[c];
+            }
+            for (i64 i = i0; i < i1; ++i) {
+                const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh;
+                for (i64 j = j0; j < j1; ++j) {
+                    const T *xp = xr + (ow + j * g->DW - g->PW) * g->xw;
+                    float *wp = gw + (i * KW + j) * C;
+                    i64 c = 0;
+                    for (; c + 8 <= C; c += 8)
+                        st_f32(wp + c, ld_f32(wp + c) + ld_f32(gv + c) * LD(xp + c));
+                    if (c < C && C >= 8) { /* overlapping last vector, the lanes done already masked */
+                        const i64 s = C - 8;
+                        const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + (int)(c - s)) ;
+                        const v8 prod = ld_f32(gv + s) * LD(xp + s);
+                        st_f32(wp + s, ld_f32(wp + s) + (v8)((i32x8)prod & (i32x8)keep));
+                        c = C;
+                    }
+                    for (; c < C; ++c)
+                        wp[c] += gv[c] * LDS(xp + c);
+                }
+            }
+        }
+    }
+    free(gv);
+    return 0;
+}
+
+#undef FN
+#undef CAT
+#undef CAT_

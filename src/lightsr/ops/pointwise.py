@@ -1,0 +1,78 @@
+"""1x1 (point-wise) convolutions as matrix products on channels-last tensors.
+
+Most of every model's multiply-adds are 1x1 convolutions (projections, FFN in/out, q/k/v). On a
+channels-last CPU tensor a 1x1 convolution *is* a matrix product of the (pixels, C_in) view with
+the (C_in, C_out) weight, with no copy on either side. aten's convolution does not always see it:
+with one thread and batch 1 it takes the ``_slow_conv2d`` (im2col) path, and its backward goes
+through oneDNN's convolution backward. :func:`pointwise_conv` calls the BLAS product (``F.linear``,
+``torch.addmm``) directly, forward and backward, and can add a residual in the same product
+(``residual + scale * conv(x)``: the product accumulates onto the residual, one pass less).
+
+* :func:`pointwise_conv_reference` - ``residual + scale * F.conv2d(x, w, b)`` (the test oracle).
+* :func:`pointwise_conv` - the product on CPU tensors with unit channel stride, in plain eager
+  execution; elsewhere (GPUs, NCHW, while the MAC counter or an exporter looks) the reference.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lightsr.ops._common import exporting
+
+__all__ = ["pointwise_conv", "pointwise_conv_reference"]
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[2:] != (1, 1) or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"a 1x1 convolution expects x (B, C, H, W) and weight (C_out, C, 1, 1); got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+
+
+def pointwise_conv_reference(x, weight, bias=None, residual=None, scale=None) -> torch.Tensor:
+    """``residual + scale * conv1x1(x)`` (``residual`` / ``scale`` optional; ``scale`` broadcasts
+    like (1, C_out, 1, 1))."""
+    _check(x, weight)
+    y = F.conv2d(x, weight, bias)
+    if scale is not None:
+        y = y * scale.reshape(1, -1, 1, 1)
+    return y if residual is None else residual + y
+
+
+def _eligible(x: torch.Tensor, *others) -> bool:
+    if x.device.type != "cpu" or (x.shape[1] > 1 and x.stride(1) != 1) or exporting():
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in (x, *others))
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) channels-last -> the (B*H*W, C) view (a copy only for non-dense layouts)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _as_image(rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def pointwise_conv(x, weight, bias=None, residual=None, scale=None) -> torch.Tensor:
+    """The reference's result; a matrix product on channels-last CPU tensors (the output is
+    channels-last). Under autocast the product runs in the autocast dtype, as a convolution would."""
+    _check(x, weight)
+    if not _eligible(x, weight, bias, residual, scale):
+        return pointwise_conv_reference(x, weight, bias, residual, scale)
+    b, _, h, w = x.shape
+    wm = weight.reshape(weight.shape[0], -1)
+    if scale is not None:
+        s = scale.reshape(-1)
+        wm = wm * s[:, None]
+        bias = None if bias is None else bias * s
+    fuse = residual is not None and (residual.shape[1] == 1 or residual.stride(1) == 1)
+    if not fuse or torch.is_autocast_enabled("cpu"):
+        # under autocast the product runs in bf16 and the residual stream stays float32 (as with a conv)
+        y = F.linear(x.permute(0, 2, 3, 1), wm, bias).permute(0, 3, 1, 2)
+        return y if residual is None else residual + y
+    out = torch.addmm(_rows(residual), _rows(x), wm.t())
+    if bias is not None:
+        out.add_(bias)  # addmm's backward does not need its output
+    return _as_image(out, b, h, w)

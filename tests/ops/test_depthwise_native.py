@@ -1,0 +1,197 @@
+"""The native depth-wise convolution (with and without the fused FFN gates) and the 1x1 convolution
+as a matrix product, against their references: values and every gradient, odd sizes (1x1, sizes
+that are no multiple of anything), batch > 1, channel counts with and without a vector tail,
+channel slices, dilation, threads, bfloat16 storage and CPU bf16 autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightsr.ops import (
+    _native,
+    depthwise_conv2d,
+    depthwise_conv2d_reference,
+    gated_depthwise_conv2d,
+    gated_depthwise_conv2d_reference,
+    pointwise_conv,
+    pointwise_conv_reference,
+)
+from lightsr.ops import _depthwise_native
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
+
+SIZES = [(1, 1), (1, 23), (7, 9), (17, 30)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def _input(b, c, h, w, layout="channels_last"):
+    if layout == "channel_slice":  # the second half of a channels-last tensor's channels (LAMNet's chunk)
+        return torch.randn(b, 2 * c, h, w).contiguous(memory_format=torch.channels_last)[:, c:]
+    return torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+
+
+def _grads(fn, tensors, g):
+    leaves = [t.detach().clone(memory_format=torch.preserve_format).requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    out.backward(g.to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _compare(fast, ref, tensors, tol=1e-5):
+    """fast vs the float64 reference: output and the gradient of every tensor."""
+    with torch.no_grad():
+        shape = ref(*[t.double() for t in tensors]).shape
+    g = torch.randn(shape, dtype=torch.float64)
+    out_r, grads_r = _grads(ref, [t.double() for t in tensors], g)
+    out_f, grads_f = _grads(fast, tensors, g)
+    assert out_f.shape == out_r.shape and _rel(out_f, out_r) < tol
+    for a, b in zip(grads_f, grads_r):
+        assert _rel(a, b) < tol
+    return out_f
+
+
+@needs_native
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("b,c,kernel,dilation", [(2, 12, (7, 7), (1, 1)), (3, 40, (3, 3), (1, 1)),
+                                                  (1, 32, (1, 23), (1, 1)), (2, 32, (23, 1), (1, 1)),
+                                                  (2, 16, (5, 5), (2, 2)), (1, 5, (3, 3), (1, 1))])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
+def test_depthwise_native_matches_reference(b, c, kernel, dilation, h, w, layout):
+    pad = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    x, wt, bias = _input(b, c, h, w, layout), torch.randn(c, 1, *kernel), torch.randn(c)
+    assert _depthwise_native.supported(x, wt, pad, dilation)
+    out = _compare(lambda x, w, b: depthwise_conv2d(x, w, b, pad, dilation),
+                   lambda x, w, b: depthwise_conv2d_reference(x, w, b, pad, dilation), [x, wt, bias])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_native
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("b,c", [(2, 192), (3, 24), (1, 10)])
+@pytest.mark.parametrize("gate", ["gelu", "dual"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_native_matches_reference(b, c, h, w, gate, bias):
+    x, wt = _input(b, c, h, w), torch.randn(c, 1, 3, 3) * 0.3
+    tensors = [x, wt] + ([torch.randn(c)] if bias else [])
+
+    def fast(x, w, b=None):
+        return gated_depthwise_conv2d(x, w, b, (1, 1), gate)
+
+    def ref(x, w, b=None):
+        return gated_depthwise_conv2d_reference(x, w, b, (1, 1), gate)
+
+    out = _compare(fast, ref, tensors)
+    assert out.shape[1] == (c // 2 if gate == "gelu" else c)
+    with torch.no_grad():  # inference: the pre-gate output is not kept, same values
+        assert torch.equal(fast(*tensors), out)
+
+
+@needs_native
+def test_depthwise_native_threads_are_bit_identical():
+    x, wt, bias = _input(2, 24, 33, 17), torch.randn(24, 1, 3, 3), torch.randn(24)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(_grads(lambda x, w, b: gated_depthwise_conv2d(x, w, b, (1, 1), "gelu"), [x, wt, bias],
+                               torch.ones(2, 12, 33, 17)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1][0], outs[1][1][0])
+    # weight gradients are sums of per-thread partial sums: equal up to rounding
+    assert _rel(outs[0][1][1], outs[1][1][1]) < 1e-6
+
+
+@needs_native
+@pytest.mark.parametrize("gate", [None, "gelu", "dual"])
+def test_depthwise_native_bfloat16(gate):
+    """bfloat16 storage, float32 arithmetic: within bfloat16 rounding of the float32 result, and
+    under CPU bf16 autocast a float32 input is read as bfloat16."""
+    x, wt, bias = _input(2, 16, 9, 13), torch.randn(16, 1, 3, 3) * 0.3, torch.randn(16)
+
+    def run(x):
+        if gate is None:
+            return depthwise_conv2d(x, wt, bias, (1, 1))
+        return gated_depthwise_conv2d(x, wt, bias, (1, 1), gate)
+
+    with torch.no_grad():
+        ref = run(x.bfloat16().float())
+        out = run(x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = run(x)
+    assert out.dtype == torch.bfloat16 and auto.dtype == torch.bfloat16
+    assert _rel(out.float(), ref) < 1e-2 and torch.equal(out, auto)
+
+
+@needs_native
+def test_depthwise_native_backward_under_bf16_autocast():
+    x = _input(2, 16, 8, 8).requires_grad_(True)
+    wt, bias = torch.randn(16, 1, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gated_depthwise_conv2d(x, wt, bias, (1, 1), "dual")
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and wt.grad.dtype == torch.float32 and bias.grad is not None
+    ref = gated_depthwise_conv2d_reference(x.detach(), wt.detach().requires_grad_(True), bias.detach(), (1, 1), "dual")
+    assert torch.isfinite(wt.grad).all() and ref.shape == y.shape
+
+
+def test_nchw_and_no_native_take_aten(monkeypatch):
+    """NCHW tensors, and LIGHTSR_NATIVE=0 (use_native(False)), run aten: same values."""
+    x, wt, bias = torch.randn(2, 8, 6, 7), torch.randn(8, 1, 3, 3), torch.randn(8)
+    assert not _depthwise_native.supported(x, wt, (1, 1), (1, 1))
+    ref = gated_depthwise_conv2d_reference(x, wt, bias, (1, 1), "gelu")
+    assert torch.allclose(gated_depthwise_conv2d(x, wt, bias, (1, 1), "gelu"), ref, atol=1e-6)
+    with _native.use_native(False):
+        xc = x.contiguous(memory_format=torch.channels_last)
+        assert not _depthwise_native.supported(xc, wt, (1, 1), (1, 1))
+        assert torch.allclose(gated_depthwise_conv2d(xc, wt, bias, (1, 1), "gelu"), ref, atol=1e-6)
+
+
+def test_gated_rejects_bad_arguments():
+    x, wt = torch.randn(1, 6, 4, 4), torch.randn(6, 1, 3, 3)
+    with pytest.raises(ValueError, match="gate"):
+        gated_depthwise_conv2d(x, wt, None, (1, 1), "relu")
+    with pytest.raises(ValueError, match="even"):
+        gated_depthwise_conv2d(torch.randn(1, 5, 4, 4), torch.randn(5, 1, 3, 3), None, (1, 1), "gelu")
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("b,cin,cout", [(1, 48, 192), (3, 7, 5)])
+@pytest.mark.parametrize("bias,residual,scale", [(True, False, False), (False, True, False), (True, True, True)])
+def test_pointwise_matches_reference(b, cin, cout, h, w, bias, residual, scale):
+    tensors = [_input(b, cin, h, w), torch.randn(cout, cin, 1, 1)]
+    names = ["x", "w"]
+    if bias:
+        tensors.append(torch.randn(cout)), names.append("b")
+    if residual:
+        tensors.append(_input(b, cout, h, w)), names.append("residual")
+    if scale:
+        tensors.append(torch.randn(1, cout, 1, 1)), names.append("scale")
+
+    def call(fn):
+        def run(x, w, *rest):
+            kwargs = {"bias" if n == "b" else n: v for n, v in zip(names[2:], rest)}
+            return fn(x, w, **kwargs)
+        return run
+
+    out = _compare(call(pointwise_conv), call(pointwise_conv_reference), tensors)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pointwise_on_nchw_and_meta_uses_the_convolution():
+    x, wt = torch.randn(2, 4, 3, 5), torch.randn(6, 4, 1, 1)
+    assert torch.allclose(pointwise_conv(x, wt), pointwise_conv_reference(x, wt), atol=1e-6)
+    y = pointwise_conv(x.to("meta"), wt.to("meta"))
+    assert y.device.type == "meta" and y.shape == (2, 6, 3, 5)
+
+
+def test_pointwise_under_bf16_autocast_keeps_the_residual_in_float32():
+    x, wt, res = _input(1, 8, 4, 4), torch.randn(8, 8, 1, 1), _input(1, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pointwise_conv(x, wt, residual=res)
+    assert y.dtype == torch.float32
+    assert _rel(y, pointwise_conv_reference(x, wt, residual=res)) < 2e-2
