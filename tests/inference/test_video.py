@@ -347,6 +347,10 @@ def test_default_codec_follows_the_source_family(codec, bits, dst, expected):
         choose_output(info, "o.webm", 2, codec="libx264")
     with pytest.raises(VideoError, match="--crf does not apply"):
         choose_output(info, "o.mkv", 2, codec="ffv1", crf=10)
+    narrow = VideoInfo(Path("in"), "mov", codec, 24, 24, "yuv420p", bits, MS, [0], None, Colour(), False)
+    assert choose_output(narrow, dst, 2)[0].codec != "libx265"  # x265 crashes on some frames 48 pixels wide
+    with pytest.raises(VideoError, match="narrower than 64"):
+        choose_output(narrow, "o.mkv", 2, codec="libx265")
 
 
 # -- timestamps, audio, rotation, metadata -------------------------------------------------------

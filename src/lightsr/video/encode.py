@@ -28,6 +28,8 @@ from lightsr.video.probe import VideoInfo
 __all__ = ["OutputSettings", "SegmentWriter", "choose_output"]
 
 DEEP_FALLBACKS = ("libx265", "libsvtav1")
+# libx265 as shipped in PyAV's wheels corrupts the heap on some frames narrower than 64 pixels (48 wide)
+MIN_WIDTH = {"libx265": 64}
 SEGMENT_MUXERS = ("mp4", "mov", "matroska")  # mp4/mov keep any time base exactly
 _SEGMENT_SUFFIX = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv"}
 
@@ -81,8 +83,11 @@ def _codec_options(codec: str, crf: int | None) -> dict:
     return options
 
 
-def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | None) -> tuple[str, str]:
+def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | None, width: int) -> tuple[str, str]:
     wanted_fmt = pix_fmt or ("yuv420p10le" if info.bits > 8 else "yuv420p")
+    if codec and width < MIN_WIDTH.get(codec, 0):
+        raise VideoError(f"{codec} is not used for frames narrower than {MIN_WIDTH[codec]} pixels "
+                         f"(it can crash on them): choose another --codec")
     if codec:
         formats = _encoder_formats(codec)
         if formats is None:
@@ -96,7 +101,8 @@ def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | N
     family = ENCODER_OF_FAMILY.get(info.codec)
     deep = list(DEEP_FALLBACKS) if info.bits > 8 else []  # 10 bits: HEVC is more widely played than H.264 10-bit
     order = [family, *deep, DEFAULT_CODEC.get(muxer, "libx264")]
-    candidates = [c for c in dict.fromkeys(order) if c and c in _muxer_codecs(muxer)]
+    candidates = [c for c in dict.fromkeys(order)
+                  if c and c in _muxer_codecs(muxer) and width >= MIN_WIDTH.get(c, 0)]
     for name in candidates:
         formats = _encoder_formats(name)
         if formats is not None and (not formats or wanted_fmt in formats):
@@ -119,7 +125,7 @@ def choose_output(info: VideoInfo, dst: str | Path, scale: int, *, codec: str | 
     if muxer is None:
         raise VideoError(f"cannot write video as {suffix or 'a file without suffix'}: use "
                          f"{', '.join(sorted(CONTAINERS))}")
-    codec, pix_fmt = _pick_codec(info, muxer, codec, pix_fmt)
+    codec, pix_fmt = _pick_codec(info, muxer, codec, pix_fmt, info.width * scale)
     if crf is not None and codec not in DEFAULT_CRF:
         raise VideoError(f"--crf does not apply to {codec} (it applies to {', '.join(DEFAULT_CRF)})")
     crf = DEFAULT_CRF.get(codec) if crf is None else int(crf)

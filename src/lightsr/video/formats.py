@@ -18,9 +18,10 @@ __all__ = [
     "parse_frames",
 ]
 
-# file suffix -> FFmpeg muxer name
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
-VIDEO_SUFFIXES = frozenset(CONTAINERS) | {".gif"}
+# output file suffix -> FFmpeg muxer name
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+# inputs: any of those, AVI, and GIF when animated
+VIDEO_SUFFIXES = frozenset(CONTAINERS) | {".avi", ".gif"}
 # inputs whose container is a poor home for a modern codec: the output is written as MP4
 _OUTPUT_SUFFIX = {".gif": ".mp4", ".avi": ".mp4"}
 

@@ -129,7 +129,8 @@ def _chapters(source, trim: Trim) -> list:
 def _video_stream(output, store, segments, info: VideoInfo):
     av = require_av()
     with av.open(str(store.path(segments[0]))) as part:
-        stream = output.add_stream_from_template(part.streams.video[0])
+        # opaque: the template's codec is the segment's decoder (libdav1d for AV1 has no encoder twin)
+        stream = output.add_stream_from_template(part.streams.video[0], opaque=True)
     if info.display_matrix is not None:
         stream.set_display_matrix(info.display_matrix)
     return stream

@@ -30,14 +30,14 @@ class VideoInfo:
 
     path: Path
     container: str
-    codec: str
+    codec: str  # the format's name (``av1``), not the decoder's (``libdav1d``)
     width: int
     height: int
     pix_fmt: str
     bits: int
     time_base: Fraction
     times: list[int]
-    rate: Fraction | None
+    rate: Fraction  # nominal: the timestamps are what counts
     colour: Colour
     is_rgb: bool
     display_matrix: tuple[int, ...] | None = None
@@ -155,18 +155,31 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoInfo:
     return info
 
 
+def _frame_rate(stream, times: list[int]) -> Fraction:
+    """The nominal frame rate handed to encoders: FFmpeg's average / guessed rate when plausible,
+    else the mean rate of the timestamps (e.g. Matroska's 1000 "fps" of its millisecond clock)."""
+    measured = None
+    if len(times) > 1 and times[-1] > times[0] and stream.time_base:
+        measured = Fraction(len(times) - 1) / ((times[-1] - times[0]) * stream.time_base)
+        measured = measured.limit_denominator(1001)
+    for rate in (stream.average_rate, stream.guessed_rate, measured):
+        if rate and 1 <= rate <= 240:
+            return Fraction(rate)
+    return Fraction(25)
+
+
 def _info(path, container, stream, first, times, missing) -> VideoInfo:
     matrix, rotation = _display_matrix(first)
     fmt = first.format
     times = list(range(len(times))) if missing else sorted(set(times))
-    rate = stream.average_rate or stream.guessed_rate
+    rate = _frame_rate(stream, times)
     others = [f"#{s.index} {s.type} ({getattr(s.codec_context, 'name', None) or 'unknown codec'})"
               for s in container.streams if s.index != stream.index]
     return VideoInfo(
-        path=path, container=container.format.name, codec=stream.codec_context.name,
+        path=path, container=container.format.name, codec=stream.codec_context.codec.canonical_name,
         width=first.width, height=first.height, pix_fmt=fmt.name, bits=pixel_bits(fmt.name),
         time_base=1 / Fraction(rate) if missing and rate else stream.time_base, times=times,
-        rate=Fraction(rate) if rate else None, colour=Colour.of(first), is_rgb=bool(fmt.is_rgb) or fmt.name == "pal8",
+        rate=rate, colour=Colour.of(first), is_rgb=bool(fmt.is_rgb) or fmt.name == "pal8",
         display_matrix=matrix, rotation=rotation, sample_aspect_ratio=stream.sample_aspect_ratio,
         stream_index=stream.index, timestamps=not missing, other_streams=others,
     )

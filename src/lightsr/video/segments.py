@@ -92,33 +92,33 @@ class SegmentStore:
             return None
 
     def prepare(self, plan: dict, segments: list[Segment], resume: bool, clear_temps: bool = True) -> list[Segment]:
-        """Create or check the folder; returns the segments already finished (resumed).
+        """Create or check the folder; returns the segments already finished (to reuse).
 
-        Without ``resume`` a folder left by an interrupted run is an error (its work is never
-        thrown away silently); with ``resume`` its plan must equal ``plan``. ``clear_temps``
-        removes partial files of killed runs (not when other ranks may be writing theirs).
+        Finished segments are never thrown away silently: without ``resume`` they are an error
+        (resume, or delete the folder), and so are segments made with another plan. A folder
+        without finished segments is simply reused.
         """
         plan = {"version": PLAN_VERSION, **plan}
         old = self.read_plan() if self.folder.exists() else None
-        if old is not None or self._has_files():
-            if old != plan:
-                raise VideoError(f"{self.folder} holds segments of an interrupted run with other settings or another "
-                                 f"source ({_difference(old, plan)}): delete that folder to start over, or resume "
-                                 f"with the same settings")
+        if old == plan:
             done = self.finished(segments)
-            if not resume:
+            if done and not resume:
                 raise VideoError(f"an interrupted run left {len(done)} finished segment(s) in {self.folder}: "
                                  f"add --resume to continue it, or delete that folder to start over")
-            if clear_temps:
-                self._clear_temps()
-            return done
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._write_plan(plan)
-        return []
+        elif self._has_segments():
+            raise VideoError(f"{self.folder} holds segments of an interrupted run with other settings or another "
+                             f"source ({_difference(old, plan)}): delete that folder to start over, or resume "
+                             f"with the same settings")
+        else:
+            done = []
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write_plan(plan)
+        if clear_temps:
+            self._clear_temps()
+        return done
 
-    def _has_files(self) -> bool:
-        """Visible files (segments, a plan); hidden ones are temporary files of a writer."""
-        return self.folder.is_dir() and any(not p.name.startswith(".") for p in self.folder.iterdir())
+    def _has_segments(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.glob("segment_*"))
 
     def _clear_temps(self) -> None:
         """Remove partial segment files of a killed run (finished ones are never touched)."""
