@@ -83,31 +83,43 @@ def _codec_options(codec: str, crf: int | None) -> dict:
     return options
 
 
-def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | None, width: int) -> tuple[str, str]:
-    wanted_fmt = pix_fmt or ("yuv420p10le" if info.bits > 8 else "yuv420p")
-    if codec and width < MIN_WIDTH.get(codec, 0):
+def _check_requested(codec: str, muxer: str, pix_fmt: str, width: int) -> None:
+    formats = _encoder_formats(codec)
+    if formats is None:
+        raise VideoError(f"no video encoder named {codec!r} in this FFmpeg build")
+    if codec not in _muxer_codecs(muxer):
+        raise VideoError(f"{codec} cannot be stored in a {muxer} file: choose another --codec or container")
+    if formats and pix_fmt not in formats:
+        listed = ", ".join(formats[:8]) + (", ..." if len(formats) > 8 else "")
+        raise VideoError(f"{codec} cannot encode {pix_fmt}; it takes {listed}")
+    if width < MIN_WIDTH.get(codec, 0):
         raise VideoError(f"{codec} is not used for frames narrower than {MIN_WIDTH[codec]} pixels "
                          f"(it can crash on them): choose another --codec")
-    if codec:
-        formats = _encoder_formats(codec)
-        if formats is None:
-            raise VideoError(f"no video encoder named {codec!r} in this FFmpeg build")
-        if codec not in _muxer_codecs(muxer):
-            raise VideoError(f"{codec} cannot be stored in a {muxer} file: choose another --codec or container")
-        if formats and wanted_fmt not in formats:
-            listed = ", ".join(formats[:8]) + (", ..." if len(formats) > 8 else "")
-            raise VideoError(f"{codec} cannot encode {wanted_fmt}; it takes {listed}")
-        return codec, wanted_fmt
-    family = ENCODER_OF_FAMILY.get(info.codec)
-    deep = list(DEEP_FALLBACKS) if info.bits > 8 else []  # 10 bits: HEVC is more widely played than H.264 10-bit
-    order = [family, *deep, DEFAULT_CODEC.get(muxer, "libx264")]
-    candidates = [c for c in dict.fromkeys(order)
-                  if c and c in _muxer_codecs(muxer) and width >= MIN_WIDTH.get(c, 0)]
-    for name in candidates:
+
+
+def _default_codec(info: VideoInfo, muxer: str, pix_fmt: str, width: int) -> str:
+    """The source's family, then (10 bits) HEVC and AV1, then the container's usual codec."""
+    deep = list(DEEP_FALLBACKS) if info.bits > 8 else []  # HEVC is more widely played than 10-bit H.264
+    order = [ENCODER_OF_FAMILY.get(info.codec), *deep, DEFAULT_CODEC.get(muxer, "libx264")]
+    for name in dict.fromkeys(c for c in order if c):
         formats = _encoder_formats(name)
-        if formats is not None and (not formats or wanted_fmt in formats):
-            return name, wanted_fmt
-    raise VideoError(f"no encoder here writes {wanted_fmt} into a {muxer} file: pass --codec / --pix-fmt")
+        if (formats is not None and (not formats or pix_fmt in formats) and name in _muxer_codecs(muxer)
+                and width >= MIN_WIDTH.get(name, 0)):
+            return name
+    raise VideoError(f"no encoder here writes {pix_fmt} into a {muxer} file: pass --codec / --pix-fmt")
+
+
+def _pick_codec(info: VideoInfo, muxer: str, codec: str | None, pix_fmt: str | None, width: int) -> tuple[str, str]:
+    av = require_av()
+    pix_fmt = pix_fmt or ("yuv420p10le" if info.bits > 8 else "yuv420p")
+    try:
+        av.video.format.VideoFormat(pix_fmt)
+    except (ValueError, TypeError):
+        raise VideoError(f"unknown pixel format {pix_fmt!r} (e.g. yuv420p, yuv420p10le, yuv444p)") from None
+    if codec:
+        _check_requested(codec, muxer, pix_fmt, width)
+        return codec, pix_fmt
+    return _default_codec(info, muxer, pix_fmt, width), pix_fmt
 
 
 def _even_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:

@@ -11,6 +11,7 @@ segment's file is deleted, so the store only ever holds finished segments.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from itertools import groupby
@@ -63,8 +64,9 @@ def runs(segments: list[Segment]) -> list[list[Segment]]:
 
 
 def _decode_worker(info: VideoInfo, run: list[Segment], out: _Channel, errors: list) -> None:
+    frames = iter_frames(info, run[0].start, run[-1].stop)
     try:
-        for item in iter_frames(info, run[0].start, run[-1].stop):
+        for item in frames:
             out.put(item)
         out.put(_END)
     except _Stopped:
@@ -72,6 +74,8 @@ def _decode_worker(info: VideoInfo, run: list[Segment], out: _Channel, errors: l
     except BaseException as exc:  # handed to the calling thread
         errors.append(exc)
         out.stop.set()
+    finally:
+        frames.close()  # closes the file now, not whenever the generator is collected
 
 
 class _SegmentFiles:
@@ -165,7 +169,8 @@ def _encode_run(info, run, store, upscaler, settings, on_frame, depth: int) -> N
             _upscale_loop(upscaler, frames, encoded, on_frame)
         except BaseException:
             stop.set()
-            encoded.put(_ABORT)
+            with contextlib.suppress(_Stopped):  # the encoder may have stopped already (its error is raised below)
+                encoded.put(_ABORT)
             raise
         finally:
             encoder.join()
