@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ from lightsr.cli.video_args import (
     video_output_path,
 )
 from lightsr.inference import Upscaler
-from lightsr.video.progress import Progress, format_eta
 
 try:
     import av
@@ -107,18 +106,24 @@ def test_output_names(tmp_path):
     assert is_video_path("x.mov") and not is_video_path("x.jpg")
 
 
-def test_progress_without_a_terminal_prints_rate_and_eta():
-    stream = io.StringIO()
-    seen = []
-    bar = Progress(5, "clip.mp4", initial=1, stream=stream, interval=0.0, callback=lambda d, t: seen.append((d, t)))
-    for _ in range(4):
-        bar.update()
-    bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 5 and seen == [(2, 5), (3, 5), (4, 5), (5, 5)]
-    assert lines[0].startswith("clip.mp4: 2/5 frames (40%), ") and "frames/s, ETA " in lines[0]
-    assert lines[-1].startswith("clip.mp4: 5/5 frames (100%)") and lines[-1].endswith("ETA 0:00")
-    assert format_eta(3725) == "1:02:05" and format_eta(65) == "1:05"
+@needs_av
+def test_progress_without_a_terminal_prints_frames_per_second_and_eta(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIGHTSR_PROGRESS_INTERVAL", "0.01")
+    src = clip(tmp_path / "c.mp4", n=6)
+    lines = Lines()
+    slow = Upscaler(Nearest())
+    upscale = slow.upscale_pixels
+
+    def upscale_slowly(pixels):
+        time.sleep(0.03)
+        return upscale(pixels)
+
+    slow.upscale_pixels = upscale_slowly
+    assert upscale_video_file(src, tmp_path / "o.mp4", parser().parse_args([]), slow, **lines.kwargs())
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("c.mp4: ")]
+    counted = [line for line in printed if not line.startswith("c.mp4: 0/6")]  # after the first frame
+    assert counted, f"no progress line without a terminal: {printed}"
+    assert all(" | ETA " in line and " frames/s" in line for line in counted)
 
 
 def test_without_pyav_each_video_gets_one_install_line(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ PyAV (``pip install "lightsr[video]"``) is imported only when a video is actuall
 without it, :class:`VideoError` says how to install it.
 
 Modules: :mod:`~lightsr.video.formats` (video paths, defaults; no PyAV needed), ``probe``,
-``colour``, ``decode``, ``encode``, ``segments``, ``pipeline``, ``mux``, ``progress``, ``api``,
-``preview``.
+``colour``, ``decode``, ``encode``, ``segments``, ``pipeline``, ``mux``, ``api``, ``preview``;
+progress lines come from :mod:`lightsr.inference.progress`.
 """
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ from lightsr.video.errors import VideoError, require_av
 from lightsr.video.mux import Trim, assemble
 from lightsr.video.pipeline import QUEUE_DEPTH, encode_segments
 from lightsr.video.probe import VideoInfo, probe_video
-from lightsr.video.progress import Progress
 from lightsr.video.segments import SegmentStore, list_segments, segments_for_rank
 
 __all__ = ["DEFAULT_SEGMENT_FRAMES", "VideoResult", "frame_range", "make_upscaler", "upscale_video"]
@@ -205,12 +204,25 @@ def upscale_video(
 
 
 def _run(info, todo, store, upscaler, settings, progress, total, initial, label) -> float:
+    """Encode ``todo`` with progress: a bar on a terminal, else a line every few seconds, with frames/s and ETA
+    of this run's frames (segments resumed from an earlier run are counted apart)."""
+    from lightsr.inference.progress import Progress
+
+    frames = sum(s.frames for s in todo)
     callback = progress if callable(progress) else None
-    bar = Progress(total, label, initial=initial, enabled=progress is True and bool(todo), callback=callback)
+    bar = Progress(frames, label, unit="frame", enabled=progress is True and frames > 0)
+    resumed = f", {initial} resumed" if initial else ""
     t0 = time.perf_counter()
+
+    def on_frame() -> None:
+        bar.update()
+        bar.set_postfix(f"{bar.done / (time.perf_counter() - t0):.2f} frames/s{resumed}")
+        if callback is not None:
+            callback(initial + bar.done, total)
+
     try:
         with terminate_as_interrupt():
-            encode_segments(info, todo, store, upscaler, settings, on_frame=bar.update)
+            encode_segments(info, todo, store, upscaler, settings, on_frame=on_frame)
     finally:
         bar.close()
     return time.perf_counter() - t0
