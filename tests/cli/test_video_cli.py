@@ -191,7 +191,7 @@ def test_model_failure_is_one_line_and_ctrl_c_says_how_to_resume(tmp_path):
     args = parser().parse_args(["--segment-frames", "2", "-q"])
     failing = Upscaler(Nearest(fail_at=2, fail=RuntimeError("boom\nsecond line")))
     assert not upscale_video_file(src, tmp_path / "a.mp4", args, failing, **lines.kwargs())
-    assert lines.err == [f"error: {src}: RuntimeError: boom (--debug shows the traceback)"]
+    assert lines.err == [f"error: {src}: the model failed: boom second line"]
     interrupted = Upscaler(Nearest(fail_at=4, fail=KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         upscale_video_file(src, tmp_path / "b.mp4", args, interrupted, **lines.kwargs())

@@ -96,7 +96,7 @@ def upscale_video_file(src: Path, out_path: Path, args, upscaler, *,
     try:
         return _upscale_one(src, out_path, args, upscaler, say, err)
     except VideoError as exc:
-        err(f"error: {src}: {exc}")
+        err(f"error: {src}: {exc}")  # already one line
     except FileExistsError:
         say(f"skip: {out_path} exists (use --overwrite to replace it)")
         return True
@@ -109,12 +109,23 @@ def upscale_video_file(src: Path, out_path: Path, args, upscaler, *,
                 f"run the same command with --resume to continue")
         raise
     except Exception as exc:  # one line per file; the traceback only under --debug
-        if getattr(args, "debug", False):
+        from lightsr.cli.errors import debug_enabled
+
+        if debug_enabled() or getattr(args, "debug", False):
             traceback.print_exc()
-        text = str(exc).strip().splitlines()
-        err(f"error: {src}: {type(exc).__name__}: {text[0] if text else 'failed'}"
-            + ("" if getattr(args, "debug", False) else " (--debug shows the traceback)"))
+        err(f"error: {src}: {_reason(exc)}")
     return False
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an unexpected failure, worded as for images (``lightsr upscale``)."""
+    from lightsr.cli.errors import one_line
+
+    if isinstance(exc, RuntimeError):
+        return f"the model failed: {one_line(exc)}"
+    if isinstance(exc, OSError):
+        return exc.strerror or one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _upscale_one(src: Path, out_path: Path, args, upscaler, say, err) -> bool:
