@@ -386,6 +386,8 @@ def test_frames_trim_keeps_audio_in_sync(tmp_path):
     kept = [(t - Fraction(150, 1000), data) for t, data in src_audio
             if t + Fraction(1024, 48000) > Fraction(150, 1000) and t < Fraction(300, 1000)]
     assert packets(out, "audio") == kept
+    with pytest.raises(VideoError, match="selects no frame"):
+        lightsr.upscale_video(clip, tmp_path / "none.mp4", model=TinySR(2), frames=(10, None), progress=False)
 
 
 @needs_av
