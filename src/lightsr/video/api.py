@@ -197,7 +197,8 @@ def upscale_video(
     result = VideoResult(None, sum(s.frames for s in todo), stop - first, sum(s.frames for s in done), seconds, notes)
     if shard is not None:
         return result
-    assemble(info, settings, store, segments, dst, Trim(info, first, stop), overwrite=overwrite, note=say)
+    with terminate_as_interrupt():  # SIGTERM while assembling: the partial output is removed too
+        assemble(info, settings, store, segments, dst, Trim(info, first, stop), overwrite=overwrite, note=say)
     store.remove()
     result.path = dst
     return result
