@@ -56,33 +56,13 @@ class Conv1x1(nn.Conv2d):
         return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale)
 
 
-class _Relayout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-        ctx.input_format = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
-        return x.contiguous(memory_format=memory_format)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad.contiguous(memory_format=ctx.input_format), None
-
-
-def relayout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """``x.contiguous(memory_format=...)`` whose gradient goes back in ``x``'s own layout.
-
-    A plain ``.contiguous()`` passes the gradient through in the *new* layout, so the layer
-    that produced ``x`` gets a gradient whose layout differs from its input's (oneDNN's
-    convolution backwards are about 2x slower on such mixed layouts)."""
-    if not torch.is_grad_enabled() or not x.requires_grad:
-        return x.contiguous(memory_format=memory_format)
-    return _Relayout.apply(x, memory_format)
-
-
-def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``conv(concat[a, b], dim=1)`` for a 1x1 ``conv``, as ``conv(a, W[:, :Ca]) + conv(b, W[:, Ca:])``:
-    the same products without the concat copy (forward and backward)."""
+def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor | None = None,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + scale * conv(concat[a, b], dim=1)`` for a 1x1 ``conv``, as two products
+    ``W[:, :Ca] a`` and ``W[:, Ca:] b`` accumulated in turn: no concat copy (forward and backward)."""
     w, ca = conv.weight, a.shape[1]
-    return F.conv2d(a, w[:, :ca], conv.bias) + F.conv2d(b, w[:, ca:])
+    op = get_op("pointwise_conv")
+    return op(b, w[:, ca:], None, op(a, w[:, :ca], conv.bias, residual, scale), scale)
 
 
 class GatedDconvFFN(nn.Module):

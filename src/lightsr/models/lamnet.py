@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from lightsr.models.blocks import (
+    Conv1x1,
     ConvFFN,
     DepthwiseConv2d,
     GatedDconvFFN,
@@ -75,7 +76,7 @@ class PreNormResidual(nn.Module):
         self.fn = fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(x, self.fn(self.norm(x)), self.alpha)  # fn(LN(x)) * alpha + x in one pass
+        return self.fn(self.norm(x), residual=x, scale=self.alpha)  # x + alpha * fn(LN(x)), in fn's last product
 
 
 def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,24 +117,24 @@ class UnifiedLinearMixer(nn.Module):
         self.iem = iem
         # persistent int32 buffer, as in the official code (present in official checkpoints)
         self.register_buffer("kernel_map", torch.tensor(self.taps, dtype=torch.int32))
-        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.proj_in = Conv1x1(dim, dim)
         self.h_kernel = nn.Sequential(
             DepthwiseConv2d(half, (1, patch), padding=(0, patch // 2)),
-            nn.Conv2d(half, num_heads * n_taps, 1),
+            Conv1x1(half, num_heads * n_taps),
             nn.Tanh(),
         )
         self.v_kernel = nn.Sequential(
             DepthwiseConv2d(half, (patch, 1), padding=(patch // 2, 0)),
-            nn.Conv2d(half, num_heads * n_taps, 1),
+            Conv1x1(half, num_heads * n_taps),
             nn.Tanh(),
         )
         if csm == "csm":  # Channel Selective Mixer: squeeze 1x1 -> ReLU -> 1x1
-            self.channel_branch = nn.Sequential(nn.Conv2d(half, half // 2, 1), nn.ReLU(inplace=True), nn.Conv2d(half // 2, half, 1))
+            self.channel_branch = nn.Sequential(Conv1x1(half, half // 2), nn.ReLU(inplace=True), Conv1x1(half // 2, half))
         elif csm == "linear":
-            self.channel_branch = nn.Sequential(nn.Conv2d(half, half, 1))
+            self.channel_branch = nn.Sequential(Conv1x1(half, half))
         else:
             self.channel_branch = nn.Identity()
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.proj_out = Conv1x1(dim, dim)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "kernel_map"
@@ -145,7 +146,9 @@ class UnifiedLinearMixer(nn.Module):
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + scale * ULM(x)`` (the residual added inside the last 1x1 products)."""
         fsa = get_op("focal_attention")
         x1, x2 = self.proj_in(x).chunk(2, dim=1)
         x_c = self.channel_branch(x1)
@@ -154,7 +157,7 @@ class UnifiedLinearMixer(nn.Module):
         x_s = fsa(a, _logits(self.v_kernel, a), self.taps, dim=-2, activation="tanh")  # vertical, kernel predicted from it
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
-        return conv1x1_of_concat(self.proj_out, x_c, x_s)  # proj_out(concat[x_c, x_s])
+        return conv1x1_of_concat(self.proj_out, x_c, x_s, residual, scale)  # proj_out(concat[x_c, x_s])
 
 
 def _logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

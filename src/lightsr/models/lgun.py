@@ -70,8 +70,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.models.blocks import LayerNorm2d, pixel_shuffle_head
-from lightsr.ops import preferred_memory_format
+from lightsr.models.blocks import Conv1x1, DepthwiseConv2d, LayerNorm2d, pixel_shuffle_head
+from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["LGUN", "MLHA", "DGSA", "SAFFN"]
 
@@ -86,11 +86,9 @@ class LKCS(nn.Module):
     def __init__(self, channels: int, kernels: Sequence[int], dilation: int = 2, bias: bool = False):
         super().__init__()
         k1, k2, k3 = (int(k) for k in kernels)
-        self.dw = nn.Conv2d(channels, channels, k1, padding=k1 // 2, groups=channels, bias=bias)
-        self.dw_d = nn.Conv2d(
-            channels, channels, k2, padding=dilation * (k2 // 2), dilation=dilation, groups=channels, bias=bias
-        )
-        self.pw = nn.Conv2d(channels, channels, k3, padding=k3 // 2, bias=bias)
+        self.dw = DepthwiseConv2d(channels, k1, padding=k1 // 2, bias=bias)
+        self.dw_d = DepthwiseConv2d(channels, k2, padding=dilation * (k2 // 2), bias=bias, dilation=dilation)
+        self.pw = Conv1x1(channels, channels, bias=bias) if k3 == 1 else nn.Conv2d(channels, channels, k3, padding=k3 // 2, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw(self.dw_d(self.dw(x)))
@@ -113,11 +111,12 @@ class MLHA(nn.Module):
         if stf and dim % self.parts:
             raise ValueError(f"dim {dim} must split into {self.parts} equal parts")
         width = dim // self.parts if stf else dim
-        self.proj_in = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.proj_in = Conv1x1(dim, dim, bias=bias)
         self.lkcs = nn.ModuleList(LKCS(width, k, dilation, bias) for k in lkcs_kernels)
-        self.proj_out = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.proj_out = Conv1x1(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + MLHA(x)`` (the residual added inside the last 1x1 product)."""
         f_in = self.proj_in(x)
         if self.stf:
             xs = f_in.chunk(self.parts, dim=1)
@@ -129,7 +128,7 @@ class MLHA(nn.Module):
             weights = f_in
             for lkcs in self.lkcs:
                 weights = lkcs(weights)
-        return self.proj_out(f_in * weights)  # F_MLHA = F_in (.) Concat(y_1..y_s)
+        return self.proj_out(f_in * weights, residual)  # F_MLHA = F_in (.) Concat(y_1..y_s)
 
 
 class DGSA(nn.Module):
@@ -154,10 +153,10 @@ class DGSA(nn.Module):
         head_dim = dim // num_heads
         self.topk = [max(1, min(head_dim, int(head_dim * float(r)))) for r in topk_ratios]
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.qkv = Conv1x1(dim, dim * 3, bias=bias)
+        self.qkv_dwconv = DepthwiseConv2d(dim * 3, 3, padding=1, bias=bias)
         self.stage_weights = nn.Parameter(torch.full((len(self.topk),), float(weight_init))) if self.topk else None
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.project_out = Conv1x1(dim, dim, bias=bias)
 
     def attention(self, attn: torch.Tensor) -> torch.Tensor:
         """Fused attention map sum_n w_n softmax(T_{k_n}(attn)) (or softmax(attn) when dense)."""
@@ -174,15 +173,11 @@ class DGSA(nn.Module):
             fused = term if fused is None else fused + term
         return fused
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + DGSA(x)``: A = MTS(norm(q)^T norm(k) * temperature), out = A v (per head)."""
         qkv = self.qkv_dwconv(self.qkv(x))
-        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
-        out = self.attention(attn) @ v
-        return self.project_out(out.reshape(b, c, h, w))
+        out = get_op("channel_attention")(qkv, self.num_heads, self.temperature, self.attention)
+        return self.project_out(out, residual)
 
 
 class SqueezeExcitation(nn.Module):
@@ -202,13 +197,14 @@ class SAFFN(nn.Module):
     def __init__(self, dim: int, expansion: float = 2.0, se_reduction: int = 4, bias: bool = False):
         super().__init__()
         hidden = int(dim * expansion)
-        self.project_in = nn.Conv2d(dim, hidden, 1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=bias)
+        self.project_in = Conv1x1(dim, hidden, bias=bias)
+        self.dwconv = DepthwiseConv2d(hidden, 3, padding=1, bias=bias)
         self.se = SqueezeExcitation(hidden, se_reduction)
-        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+        self.project_out = Conv1x1(hidden, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_out(F.gelu(self.se(self.dwconv(self.project_in(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + FFN(x)`` (the residual added inside the last 1x1 product)."""
+        return self.project_out(F.gelu(self.se(self.dwconv(self.project_in(x)))), residual)
 
 
 class LGUBlock(nn.Module):
@@ -222,8 +218,8 @@ class LGUBlock(nn.Module):
         self.ffn = ffn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        x = self.mixer(self.norm1(x), residual=x)  # x + mixer(Norm(x))
+        return self.ffn(self.norm2(x), residual=x)  # x + FFN(Norm(x))
 
 
 class LGUN(nn.Module):

@@ -11,6 +11,7 @@ channels-first LayerNorm         :func:`layer_norm_2d`                 :func:`la
 depth-wise conv                  :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
 depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`gated_depthwise_conv2d_reference`
 1x1 conv (+ residual)            :func:`pointwise_conv`                :func:`pointwise_conv_reference`
+channel (transposed) attention   :func:`channel_attention`             :func:`channel_attention_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. They are pure
@@ -39,6 +40,7 @@ import contextlib
 import torch
 
 from lightsr.ops._common import exporting
+from lightsr.ops.channel_attention import channel_attention, channel_attention_reference
 from lightsr.ops.depthwise_conv import (
     depthwise_conv2d,
     depthwise_conv2d_reference,
@@ -66,6 +68,8 @@ from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 __all__ = [
     "OPS",
     "build_kernel_map",
+    "channel_attention",
+    "channel_attention_reference",
     "depthwise_conv2d",
     "depthwise_conv2d_reference",
     "dynamic_dwconv",
@@ -93,6 +97,7 @@ __all__ = [
 ]
 
 _FAST = {
+    "channel_attention": channel_attention,
     "dynamic_dwconv": dynamic_dwconv,
     "dynamic_dwconv_fused": dynamic_dwconv_fused,
     "focal_attention": focal_attention,
@@ -103,6 +108,7 @@ _FAST = {
     "pointwise_conv": pointwise_conv,
 }
 _REFERENCE = {
+    "channel_attention": channel_attention_reference,
     "dynamic_dwconv": dynamic_dwconv_reference,
     "dynamic_dwconv_fused": dynamic_dwconv_fused_reference,
     "focal_attention": focal_attention_reference,

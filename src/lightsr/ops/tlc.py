@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from lightsr.ops._common import memory_format_of
+
 __all__ = ["tlc", "tlc_reference", "tlc_windows"]
 
 Window = tuple[int, int, int, int]  # (top, left, height, width)
@@ -105,8 +107,9 @@ def tlc(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int
         parts = views[0] if len(views) == 1 else torch.cat(views, dim=0)  # no copy for a single window
         y = fn(parts)
         y = y.view(len(chunk), b, *y.shape[1:])
-        if out is None:
-            out = y.new_zeros(b, y.shape[2], h, w)
+        if out is None:  # in the layout of fn's output (channels-last on CPU): no strided accumulation
+            out = torch.empty((b, y.shape[2], h, w), dtype=y.dtype, device=y.device,
+                              memory_format=memory_format_of(y[0])).zero_()
         for n, (i, j, _, _) in enumerate(chunk):
             out[:, :, i : i + wh, j : j + ww] += y[n]
     return out.mul_(_inverse_coverage(h, w, kh, kw, out.device, out.dtype))
