@@ -124,7 +124,7 @@ def _build() -> ctypes.CDLL:
     lib.lightsr_fsa_backward.restype = ctypes.c_int
     lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 20
     lib.lightsr_fsa_vector_tanh.restype = ctypes.c_int
-    for name in ("_depthwise_native",):
+    for name in ("_depthwise_native", "_dynamic_native"):
         _declare(lib, name)
     _state["path"] = path
     _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())

@@ -1,0 +1,106 @@
+"""ctypes bindings of ``native/dynamic_dwconv.c``: the apply, input-gradient and kernel-gradient
+loops of the dynamic depth-wise convolution on one strip of the planar canvas (float32 CPU).
+
+:mod:`lightsr.ops.dynamic_dwconv` builds the canvas, the kernels (one matrix product per strip)
+and the strips, and calls these in place of its per-tap tensor passes when :func:`usable` says so.
+Every tensor argument is a strided view whose last (column) stride is 1; the strides are passed
+to the kernel, nothing is copied here.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from lightsr.ops import _native
+
+__all__ = ["NATIVE_SIGNATURES", "apply", "fused_forward_channels_last", "grad_input", "usable",
+           "usable_channels_last", "weight_grad"]
+
+_FIELDS = ("G", "P", "R", "L", "K", "og", "oc", "orow", "xg", "xc", "xrow", "wg", "wt", "wrow", "sg", "sc", "srow")
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_longlong) for name in _FIELDS]
+
+
+class _ClGeom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "row_base")]
+
+
+_p, _i64 = ctypes.c_void_p, ctypes.c_longlong
+NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
+                     for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
+NATIVE_SIGNATURES["lightsr_dyn_apply_cl"] = [_p, _p, _p, ctypes.POINTER(_ClGeom), _i64, _i64]
+_STRIP_KERNELS = 2**19  # kernel values generated per strip (2 MiB in float32: L2-sized)
+
+
+def usable(t: torch.Tensor) -> bool:
+    """The native loops run on float32 CPU canvases (also those of bfloat16 / float16 inputs)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and _native.library() is not None
+
+
+def _strides(t: torch.Tensor, dims: tuple[int, ...]) -> list[int]:
+    if t.stride(-1) != 1:
+        raise ValueError("dynamic_dwconv native loops need unit column stride")
+    return [t.stride(d) for d in dims]
+
+
+def _run(name: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, geom: _Geom, lines: int) -> None:
+    fn = getattr(_native.library(), name)
+    pa, pb, pc = (ctypes.c_void_p(t.data_ptr()) for t in (a, b, c))
+    _native.run_rows(lambda _, l0, l1: fn(pa, pb, pc, ctypes.byref(geom), l0, l1), lines, min_rows=1)
+
+
+def apply(o: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, k: int) -> None:
+    """o (G, P, R, L) = sum_t w (G, K*K, 1, R, L)[:, t] * (xp (G, P, >= R + K - 1, >= L + K - 1) shifted by t)."""
+    g, p, r, n = o.shape
+    geom = _Geom(g, p, r, n, k, *_strides(o, (0, 1, 2)), *_strides(xp, (0, 1, 2)), *_strides(w, (0, 1, 3)), 0, 0, 0)
+    _run("lightsr_dyn_apply", o, xp, w, geom, g * r)
+
+
+def grad_input(gp: torch.Tensor, gs: torch.Tensor, w: torch.Tensor, k: int) -> None:
+    """gp (G, P, R + K - 1, L + K - 1: the strip's rows of the padded gradient) += the adjoint of
+    :func:`apply` for the output gradient gs (G, P, R, L)."""
+    g, p, r, n = gs.shape
+    geom = _Geom(g, p, r, n, k, *_strides(gp, (0, 1, 2)), *_strides(gs, (0, 1, 2)), *_strides(w, (0, 1, 3)), 0, 0, 0)
+    _run("lightsr_dyn_grad_input", gp, gs, w, geom, g * (r + k - 1))
+
+
+def weight_grad(gw: torch.Tensor, xp: torch.Tensor, gs: torch.Tensor, k: int) -> None:
+    """gw (G, K*K, R, L)[:, t] = sum over each group's channels of gs (G, P, R, L) * (xp shifted by t)."""
+    g, p, r, n = gs.shape
+    geom = _Geom(g, p, r, n, k, 0, 0, 0, *_strides(xp, (0, 1, 2)), *_strides(gw, (0, 1, 2)), *_strides(gs, (0, 1, 2)))
+    _run("lightsr_dyn_weight_grad", gw, xp, gs, geom, g * r)
+
+
+def usable_channels_last(x: torch.Tensor, hidden: torch.Tensor) -> bool:
+    """The channels-last forward: CPU float32 / bfloat16 dense channels-last x and hidden."""
+    def dense_cl(t):
+        return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.numel() > 0
+            and dense_cl(x) and dense_cl(hidden) and _native.library() is not None)
+
+
+def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, groups: int) -> torch.Tensor:
+    """The fused op's forward on channels-last tensors, without the canvas: per strip of rows one
+    matrix product makes the pixels' kernels (pixel-major rows) and the native loop applies them."""
+    b, c, h, w = x.shape
+    xf = x.float().contiguous(memory_format=torch.channels_last)
+    rows = hidden.permute(0, 2, 3, 1).reshape(b * h * w, -1).float()
+    nk = conv_weight.shape[0]
+    wk_t = conv_weight.detach().float().reshape(nk, -1).t()
+    bias = None if conv_bias is None else conv_bias.detach().float()
+    y = torch.empty(xf.shape, dtype=torch.float32, memory_format=torch.channels_last)
+    fn = _native.library().lightsr_dyn_apply_cl
+    per = max(1, _STRIP_KERNELS // max(1, w * nk))
+    for r0 in range(0, b * h, per):
+        r1 = min(b * h, r0 + per)
+        pix = rows[r0 * w : r1 * w]
+        kw = torch.mm(pix, wk_t) if bias is None else torch.addmm(bias, pix, wk_t)
+        geom = _ClGeom(b, h, w, c, groups, c // groups, k, r0)
+        args = [ctypes.c_void_p(t.data_ptr()) for t in (xf, kw, y)]
+        codes = _native.run_rows(lambda _, a, z: fn(*args, ctypes.byref(geom), r0 + a, r0 + z), r1 - r0, min_rows=1)
+        if any(codes):
+            raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
