@@ -1,0 +1,82 @@
+"""The native loops of the dynamic depth-wise convolution (canvas apply / gradients, and the
+channels-last forward) against the float64 reference and the pure-PyTorch path: odd sizes, batch
+> 1, group widths below, at and above one vector, bfloat16 inputs, threads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightsr.ops import _dynamic_native, _native, dynamic_dwconv_fused, dynamic_dwconv_fused_reference
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
+
+
+def _rel(a, b) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def _case(b, c, groups, k, ch, h, w, dtype=torch.float32):
+    cl = torch.channels_last
+    x = torch.randn(b, c, h, w).contiguous(memory_format=cl).to(dtype)
+    hidden = torch.randn(b, ch, h, w).contiguous(memory_format=cl).to(dtype)
+    weight = torch.randn(groups * k * k, ch, 1, 1) * 0.3
+    bias = torch.randn(groups * k * k) * 0.1
+    return x, hidden, weight, bias
+
+
+CASES = [(1, 48, 8, 7, 12, 1, 1), (2, 48, 8, 7, 12, 9, 13), (3, 20, 2, 5, 4, 6, 17), (2, 9, 3, 3, 5, 11, 7),
+         (1, 16, 1, 7, 3, 3, 40)]
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,groups,k,ch,h,w", CASES)
+def test_native_forward_and_gradients_match_reference(b, c, groups, k, ch, h, w):
+    x, hidden, weight, bias = _case(b, c, groups, k, ch, h, w)
+    assert _dynamic_native.usable_channels_last(x, hidden)
+    leaves64 = [t.double().requires_grad_(True) for t in (x, hidden, weight, bias)]
+    ref = dynamic_dwconv_fused_reference(*leaves64, k)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(g)
+    leaves = [t.clone().requires_grad_(True) for t in (x, hidden, weight, bias)]
+    out = dynamic_dwconv_fused(*leaves, k)
+    out.backward(g.float())
+    assert _rel(out, ref) < 2e-6
+    for a, r in zip(leaves, leaves64):
+        assert _rel(a.grad, r.grad) < 2e-6
+    with torch.no_grad():
+        assert _rel(dynamic_dwconv_fused(x, hidden, weight, bias, k), ref) < 2e-6
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,groups,k,ch,h,w", CASES[1:3])
+def test_native_equals_pytorch_path(b, c, groups, k, ch, h, w):
+    x, hidden, weight, bias = _case(b, c, groups, k, ch, h, w)
+    with torch.no_grad():
+        fast = dynamic_dwconv_fused(x, hidden, weight, bias, k)
+        with _native.use_native(False):
+            plain = dynamic_dwconv_fused(x, hidden, weight, bias, k)
+    assert _rel(fast, plain) < 1e-6
+
+
+@needs_native
+def test_native_bfloat16_inputs():
+    x, hidden, weight, bias = _case(2, 48, 8, 7, 12, 10, 11, torch.bfloat16)
+    with torch.no_grad():
+        out = dynamic_dwconv_fused(x, hidden, weight, bias, 7)
+        ref = dynamic_dwconv_fused_reference(x.double(), hidden.double(), weight.double(), bias.double(), 7)
+    assert out.dtype == torch.bfloat16 and _rel(out, ref) < 1e-2
+
+
+@needs_native
+def test_native_threads_are_identical():
+    x, hidden, weight, bias = _case(2, 48, 8, 7, 12, 17, 9)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(dynamic_dwconv_fused(x, hidden, weight, bias, 7))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
