@@ -211,3 +211,21 @@ def test_library_is_built_once_into_the_cache(tmp_path):
     mtime = built[0].stat().st_mtime_ns
     assert _child(_PROBE, LIGHTSR_CACHE=str(tmp_path)).startswith("True True ")
     assert sorted((tmp_path / "native").iterdir()) == built and built[0].stat().st_mtime_ns == mtime
+
+
+@needs_native
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_bfloat16_inputs_take_the_native_kernel(dim, monkeypatch):
+    """bf16 CPU inputs (LAMNet under CPU autocast) run the float32 native kernel on converted
+    copies: bf16 output within bf16 rounding of the reference, gradients flow back as bf16."""
+    calls = []
+    real = _native.fsa_forward
+    monkeypatch.setattr(_native, "fsa_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    taps = build_kernel_map()
+    x = _cl(torch.randn(2, 64, 9, 30))[:, 32:].bfloat16().requires_grad_(True)
+    k = _cl(torch.randn(2, 4 * len(taps), 9, 30)).bfloat16().requires_grad_(True)
+    y = focal_attention(x, k, taps, dim, "tanh")
+    ref = focal_attention_reference(x.detach().double(), k.detach().double(), taps, dim, "tanh")
+    assert calls and y.dtype == torch.bfloat16 and _rel(y, ref) < 1e-2
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(k.grad.float()).all()

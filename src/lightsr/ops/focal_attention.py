@@ -321,12 +321,12 @@ def _forward_impl(
     return y, xp, kc
 
 
-def _use_native(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+def _use_native(x: torch.Tensor, kernel: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
     """The native kernel takes float32 CPU tensors whose channels are adjacent in memory (channels-last,
     or a channel slice of it: the layout the models use on CPU), when it could be built. NCHW inputs
     stay on the PyTorch path, which works on whole planes: converting them for the native kernel
     costs more than it saves at inference sizes (benchmarks/ops_speed.py)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and kernel.dtype == torch.float32
+    return (x.device.type == "cpu" and x.dtype == dtype and kernel.dtype == dtype
             and x.dim() == 4 and (x.stride(1) == 1 or x.shape[1] == 1) and _native.available())
 
 
@@ -444,7 +444,11 @@ def focal_attention(
     lengths = [int(n) for _, n in kernel_map]
     if not starts or min(lengths) < 1:
         raise ValueError("kernel_map must hold (start, length >= 1) taps")
+    dtype = x.dtype
+    if dtype == torch.bfloat16 and _use_native(x, kernel, torch.bfloat16):
+        # bf16 (CPU autocast): the float32 native kernel on converted copies beats the PyTorch path
+        x, kernel = x.float(), kernel.float()
     act = int(activation == "tanh" and _use_native(x, kernel) and _native.vector_tanh())
     if not act:
         kernel = _activate(kernel, activation)
-    return _focal_attention_op(x, kernel, starts, lengths, int(dim), act)[0]
+    return _focal_attention_op(x, kernel, starts, lengths, int(dim), act)[0].to(dtype)
