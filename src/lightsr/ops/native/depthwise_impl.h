@@ -161,48 +161,121 @@ int FN(lightsr_dw_gate_backward)(const T *gy, const T *d, T *gd, const dw_geom *
     return 0;
 }
 
+/* gw[tap][c] += gy[pixel][c] * x[pixel + tap offset][c] for one pixel, every valid tap, all channels */
+static inline void FN(wgrad_pixel)(const T *xb, const float *gv, float *gw, const dw_geom *g, i64 oh, i64 ow,
+                                   i64 i0, i64 i1)
+{
+    const i64 C = g->C, KW = g->KW;
+    i64 j0, j1;
+    tap_range(ow, g->PW, g->DW, KW, g->W, &j0, &j1);
+    for (i64 i = i0; i < i1; ++i) {
+        const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh;
+        for (i64 j = j0; j < j1; ++j) {
+            const T *xp = xr + (ow + j * g->DW - g->PW) * g->xw;
+            float *wp = gw + (i * KW + j) * C;
+            i64 c = 0;
+            for (; c + 8 <= C; c += 8)
+                st_f32(wp + c, ld_f32(wp + c) + ld_f32(gv + c) * LD(xp + c));
+            for (; c < C; ++c)
+                wp[c] += gv[c] * LDS(xp + c);
+        }
+    }
+}
+
+/* Interior columns [w0, w1) of one row (every tap column valid), channels [cb, cb + 8), taps
+ * (i, jc .. jc + NJ): NJ accumulators in registers over the whole column run, added to gw once
+ * (lanes below `keep_from` skipped: the overlapping last channel vector). */
+#define WGRAD_RUN(NJ)                                                                                           \
+    static inline void FN(wgrad_run_##NJ)(const T *gyr, const T *xr, float *gw, const dw_geom *g, i64 i, i64 jc, \
+                                           i64 cb, i64 w0, i64 w1, int keep_from)                                \
+    {                                                                                                            \
+        v8 acc[NJ];                                                                                              \
+        for (int jj = 0; jj < NJ; ++jj)                                                                          \
+            acc[jj] = (v8){0};                                                                                   \
+        const i64 step = g->DW * g->xw;                                                                          \
+        for (i64 ow = w0; ow < w1; ++ow) {                                                                       \
+            const v8 gvec = LD(gyr + ow * g->yw + cb);                                                           \
+            const T *xs = xr + (ow + jc * g->DW - g->PW) * g->xw + cb;                                           \
+            for (int jj = 0; jj < NJ; ++jj)                                                                      \
+                acc[jj] += gvec * LD(xs + jj * step);                                                            \
+        }                                                                                                        \
+        const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + keep_from);                          \
+        for (int jj = 0; jj < NJ; ++jj) {                                                                        \
+            float *wp = gw + (i * g->KW + jc + jj) * g->C + cb;                                                  \
+            st_f32(wp, ld_f32(wp) + (v8)((i32x8)acc[jj] & (i32x8)keep));                                         \
+        }                                                                                                        \
+    }
+WGRAD_RUN(1)
+WGRAD_RUN(2)
+WGRAD_RUN(3)
+WGRAD_RUN(4)
+WGRAD_RUN(5)
+WGRAD_RUN(6)
+WGRAD_RUN(7)
+WGRAD_RUN(8)
+#undef WGRAD_RUN
+
+static void FN(wgrad_interior)(const T *gyr, const T *xb, float *gw, const dw_geom *g, i64 oh, i64 i0, i64 i1,
+                               i64 w0, i64 w1)
+{
+    const i64 C = g->C, KW = g->KW;
+    for (i64 cb = 0; cb < C; cb += 8) {
+        int keep_from = 0;
+        i64 c = cb;
+        if (cb + 8 > C) { /* the last channels as a vector overlapping the previous block */
+            c = C - 8;
+            keep_from = (int)(cb - c);
+        }
+        for (i64 i = i0; i < i1; ++i) {
+            const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh;
+            for (i64 jc = 0; jc < KW; jc += 8) {
+                const i64 nj = KW - jc < 8 ? KW - jc : 8;
+                switch (nj) {
+                case 1: FN(wgrad_run_1)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 2: FN(wgrad_run_2)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 3: FN(wgrad_run_3)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 4: FN(wgrad_run_4)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 5: FN(wgrad_run_5)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 6: FN(wgrad_run_6)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                case 7: FN(wgrad_run_7)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                default: FN(wgrad_run_8)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+                }
+            }
+        }
+    }
+}
+
 /* gw[tap][c] += sum over the rows' pixels of gy[pixel][c] * x[pixel + tap offset][c] and
- * gb[c] += gy[pixel][c] (gb may be NULL); gy has the strides y of the geometry */
+ * gb[c] += gy[pixel][c] (gb may be NULL); gy has the strides y of the geometry. Columns whose taps
+ * all fall inside the image run as register-blocked column runs, the others pixel by pixel. */
 int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, const dw_geom *g, i64 r0, i64 r1)
 {
-    const i64 C = g->C, H = g->H, W = g->W, KW = g->KW;
+    const i64 C = g->C, H = g->H, W = g->W;
     float *gv = (float *)malloc(sizeof(float) * (size_t)(C + 8));
     if (!gv)
         return 2;
+    /* interior columns: ow - PW >= 0 and ow + (KW - 1) DW - PW < W */
+    i64 w0 = g->PW, w1 = W - ((g->KW - 1) * g->DW - g->PW);
+    if (C < 8 || w0 >= w1)
+        w0 = w1 = W; /* no interior run: every pixel on the per-pixel path */
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, oh = r % H;
         i64 i0, i1;
         tap_range(oh, g->PH, g->DH, g->KH, H, &i0, &i1);
         const T *xb = x + b * g->xb;
+        const T *gyr = gy + b * g->yb + oh * g->yh;
         for (i64 ow = 0; ow < W; ++ow) {
-            i64 j0, j1;
-            tap_range(ow, g->PW, g->DW, g->KW, W, &j0, &j1);
-            FN(load_row)(gv, gy + b * g->yb + oh * g->yh + ow * g->yw, C);
+            FN(load_row)(gv, gyr + ow * g->yw, C);
             if (gb) {
 #pragma omp simd
                 for (i64 c = 0; c < C; ++c)
                     gb[c] += gv[c];
             }
-            for (i64 i = i0; i < i1; ++i) {
-                const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh;
-                for (i64 j = j0; j < j1; ++j) {
-                    const T *xp = xr + (ow + j * g->DW - g->PW) * g->xw;
-                    float *wp = gw + (i * KW + j) * C;
-                    i64 c = 0;
-                    for (; c + 8 <= C; c += 8)
-                        st_f32(wp + c, ld_f32(wp + c) + ld_f32(gv + c) * LD(xp + c));
-                    if (c < C && C >= 8) { /* overlapping last vector, the lanes done already masked */
-                        const i64 s = C - 8;
-                        const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + (int)(c - s)) ;
-                        const v8 prod = ld_f32(gv + s) * LD(xp + s);
-                        st_f32(wp + s, ld_f32(wp + s) + (v8)((i32x8)prod & (i32x8)keep));
-                        c = C;
-                    }
-                    for (; c < C; ++c)
-                        wp[c] += gv[c] * LDS(xp + c);
-                }
-            }
+            if (ow < w0 || ow >= w1)
+                FN(wgrad_pixel)(xb, gv, gw, g, oh, ow, i0, i1);
         }
+        if (w0 < w1)
+            FN(wgrad_interior)(gyr, xb, gw, g, oh, i0, i1, w0, w1);
     }
     free(gv);
     return 0;
