@@ -183,8 +183,8 @@ class DGSA(nn.Module):
 class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
-        self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
+        self.fc1 = Conv1x1(channels, channels // reduction)
+        self.fc2 = Conv1x1(channels // reduction, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean(dim=(2, 3), keepdim=True)

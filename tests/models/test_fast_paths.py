@@ -1,0 +1,45 @@
+"""The fast CPU path of every model avoids aten's slow paths: no ``_slow_conv2d`` (im2col) call in a
+forward or a training step's backward, at one thread and batch 1, where aten picks it for every 1x1
+convolution. (aten also picks it for a dense 3x3 convolution at batch 1 on fewer than 20,480 input
+values - the RGB input of an image under 83 x 83 pixels - where it is the faster one; the test
+input is larger.) The fast path's outputs and gradients equal the reference path's (tests/models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from lightsr.models import create_model
+
+MODELS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
+
+
+def _op_names(fn) -> set[str]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with profile() as prof:
+            fn()
+    finally:
+        torch.set_num_threads(threads)
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_slow_convolution_in_inference_or_training(name):
+    torch.manual_seed(0)
+    model = create_model(name, 4)
+    x = torch.rand(1, 3, 84, 84)  # 3 x 84 x 84 > 20480 values: aten's own size rule for dense 3x3 convs
+
+    def inference():
+        with torch.inference_mode():
+            model.eval()(x)
+
+    def training_step():
+        model.train()
+        F.l1_loss(model(torch.rand(2, 3, 16, 16)), torch.rand(2, 3, 64, 64)).backward()
+
+    names = _op_names(inference) | _op_names(training_step)
+    slow = sorted(n for n in names if "slow_conv" in n or "thnn_conv" in n)
+    assert not slow, slow
