@@ -62,6 +62,44 @@ def test_cuda_check_runs_on_cpu(capsys):
     assert sum(line.startswith("| imdn |") and line.rstrip().endswith("| ok |") for line in out.splitlines()) == 2
 
 
+def test_cuda_check_ops_variants_switch_and_restore(monkeypatch):
+    """The Triton variant swaps the models' op table and restores it; its wrappers pass keyword
+    arguments on (LAMNet calls the focal attention with dim=, activation=) and, on a CPU without
+    triton's interpreter, fall back to today's ops: the same outputs."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import torch
+
+    from lightsr import ops
+    from lightsr.models import create_model
+
+    cc = _load("cuda_check")
+    before = dict(ops._FAST)
+    model = create_model("lamnet", 2, num_groups=1, num_blocks=1).eval()
+    x = torch.rand(1, 3, 6, 7)
+    with torch.no_grad(), cc.ops_variant("ops"):
+        want = model(x)
+    with torch.no_grad(), cc.ops_variant("triton"):
+        assert ops._FAST["focal_attention"] is not before["focal_attention"]
+        got = model(x)
+    assert ops._FAST == before and torch.equal(got, want)
+    assert not cc.dispatch_wired(torch.device("cpu"))
+
+
+def test_cuda_check_speed_tables_on_cpu(capsys):
+    """--infer-speed and --train-table print one row per model on the CPU (no Triton, graphs fall
+    back): IMDN is the yardstick (ratio 1.00), the step table has the reference and today's ops."""
+    cc = _load("cuda_check")
+    rc = cc.main(["--device", "cpu", "--infer-speed", "--models-list", "dlgsanet_tiny", "imdn", "--infer-size", "8", "8",
+                  "--dtypes", "float32", "--repeats", "1", "--train-table", "--train-batch", "1", "--train-patch", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    infer = {line.split("|")[1].strip(): line for line in out.splitlines() if re.match(r"\| (imdn|dlgsanet_tiny) \| float32", line)}
+    assert set(infer) == {"imdn", "dlgsanet_tiny"} and infer["imdn"].rstrip().endswith("| 1.00 |")
+    assert "CUDA graphs need a CUDA device" in out  # the graph column ran eagerly, and says so
+    step = [line for line in out.splitlines() if line.startswith("| dlgsanet_tiny |") and line.count("|") == 8]
+    assert len(step) == 1 and re.search(r"\| \d+\.\d\dx \|", step[0])  # reference, ops, speed-up, 2 launch cells, kernels
+
+
 def test_model_card_reads_each_stage_recipe(tmp_path):
     """A run folder's config, logs and device line become one row of a card's training table:
     batch x crop, loss (L1 when the config names none), peak lr, iterations, time, best Set5."""
