@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -241,11 +242,14 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
 
 def _read_torch(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the outcome says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        full = str(exc)
         text = _one_line(exc)
-        found = re.search(r"(?:Unsupported global|GLOBAL|Unsupported operand)[: ]+([\w.]+)", text)
-        if found or "weights_only" in text.lower() or "weights only" in text.lower():
+        found = re.search(r"(?:GLOBAL|Unsupported global:?)\s+([\w.]+)", full)
+        if found or "weights_only" in full.lower() or "weights only" in full.lower():
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: refused to load: the file holds pickled Python objects{what}, not only tensors, "
@@ -370,14 +374,14 @@ def check_finite(sd: Mapping[str, torch.Tensor], path: str | os.PathLike | None 
 def _metadata_model(path: Path, meta: Mapping[str, str]) -> tuple[str, int, dict]:
     """(architecture, scale, options) from lightsr safetensors metadata, every field checked."""
     version = str(meta.get("format_version", FORMAT_VERSION))
-    if not version.isdigit() or int(version) > int(FORMAT_VERSION):
+    if not re.fullmatch(r"[0-9]{1,6}", version) or int(version) > int(FORMAT_VERSION):
         raise CheckpointError(f"{path}: written by a newer lightsr (format_version {version!r}); upgrade lightsr")
     arch = meta.get("arch")
     if not arch:
         raise CheckpointError(f"{path}: lightsr metadata without an 'arch' entry (the model name)")
     scale = str(meta.get("scale", ""))
-    if not scale.isdigit() or len(scale) > 3:
-        raise CheckpointError(f"{path}: metadata 'scale' must be a whole number, got {scale[:20]!r}")
+    if not re.fullmatch(r"[0-9]{1,2}", scale):
+        raise CheckpointError(f"{path}: metadata 'scale' must be a small whole number (2, 3, 4), got {scale[:20]!r}")
     text = meta.get("options", "{}")
     try:
         options = json.loads(text) if len(text) < 100_000 else None
@@ -502,7 +506,8 @@ def load_model(
     try:
         expected = expected_state_dict(found_name, found_scale, merged, limit)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot build {found_name} x{found_scale}: {_one_line(exc)}") from None
+        more = f" (the file holds {in_file:,})" if "values" in str(exc) and "more than" in str(exc) else ""
+        raise CheckpointError(f"{path}: cannot build {found_name} x{found_scale}: {_one_line(exc)}{more}") from None
     if strict:
         problem = _mismatch_report(_StateOnly(expected), sd)
         if problem:
