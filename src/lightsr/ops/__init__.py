@@ -14,18 +14,21 @@ depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`ga
 channel (transposed) attention   :func:`channel_attention`             :func:`channel_attention_reference`
 ===============================  ====================================  ======================================
 
-All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. They are pure
-PyTorch except one optional native kernel: on CPU in float32 (channels-last inputs, the models' CPU
-layout) the focal attention runs a small C
-file compiled on first use with the system compiler (:mod:`lightsr.ops._native`; no compiler or
-``LIGHTSR_NATIVE=0``: the PyTorch implementation, tested equal). The dynamic convolution and the focal attention
+All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
+fast ops run native C kernels where they pay (``native/*.c``, compiled on first use with the
+system C compiler into one library by :mod:`lightsr.ops._native`; no compiler or
+``LIGHTSR_NATIVE=0``: the PyTorch implementations, tested equal): the channels-last depth-wise
+convolutions with the FFN gates fused (float32 and bfloat16 storage), the loops of the dynamic
+convolution, and the focal attention; the 1x1 convolutions and the channel attention are BLAS
+products on channels-last rows with no layout copy. Every other device runs PyTorch. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
-``meta`` device. In plain eager execution (no dispatch mode, no profiler, not compiling) the
+``meta`` device (the 1x1 and depth-wise ops fall back to aten convolutions under the counter, which
+counts those). In plain eager execution (no dispatch mode, no profiler, not compiling) the
 wrappers call the same implementation directly, which spares the custom op's first-call import
 of ``torch._dynamo`` (about 2 s of every ``lightsr upscale``). While an exporter traces a model
 (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``) the wrappers record plain-aten composites instead
-(:func:`dynamic_dwconv_composite`, :func:`focal_attention_composite`), which exporters know.
+(:func:`dynamic_dwconv_composite`, :func:`focal_attention_composite`, aten convolutions), which exporters know.
 
 :func:`use_reference_ops` switches every model to the reference versions (the benchmarks time
 fast against reference in one run with it). With the fast ops on CPU the models also run in
