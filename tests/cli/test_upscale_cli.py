@@ -204,3 +204,143 @@ def test_two_inputs_with_the_same_output_name(tmp_path, weights, capsys, overwri
     assert "same output name" in err and "cat.jpg" in err
     assert read_image(out / "cat_x2.png").size == (16, 16)  # the first input's result, kept
     assert [p.name for p in out.iterdir()] == ["cat_x2.png"]
+
+
+# -- issue 22 ------------------------------------------------------------------------------------------
+def test_outputs_of_earlier_runs_are_never_inputs(tmp_path, weights, capsys):
+    """`upscale in -o in` twice: the second run does not upscale a_x2.png into a_x2_x2.png (item 5)."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src / "sub" / "b.png")
+    for _ in range(2):
+        assert run(src, "-o", src, "--weights", weights) == 0
+    assert sorted(p.name for p in src.iterdir() if p.is_file()) == ["a.png", "a_x2.png"]
+    out = capsys.readouterr().out
+    assert "skip: " in out and "a_x2.png is an output of an earlier run" in out
+    for _ in range(2):  # recursive: outputs beside the inputs in every sub-folder
+        assert run(src, "-o", src, "--weights", weights, "--recursive", "--quiet") == 0
+    assert sorted(p.name for p in (src / "sub").iterdir()) == ["b.png", "b_x2.png"]
+    assert not list(src.rglob("*_x2_x2*"))
+    # a glob into the output folder, and a custom suffix
+    assert run(str(src / "*.png"), "-o", src, "--weights", weights, "--suffix", "_up{scale}x", "--quiet") == 0
+    assert run(str(src / "*.png"), "-o", src, "--weights", weights, "--suffix", "_up{scale}x", "--quiet") == 0
+    assert sorted(p.name for p in src.glob("a*")) == ["a.png", "a_up2x.png", "a_x2.png", "a_x2_up2x.png"]
+    # a file named explicitly is always an input
+    assert run(src / "a_x2.png", "-o", tmp_path / "o2", "--weights", weights, "--quiet") == 0
+    assert (tmp_path / "o2" / "a_x2_x2.png").is_file()
+
+
+def test_stale_part_files_of_a_killed_run_are_removed(tmp_path, weights, capsys):
+    import os
+    import time
+
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".a_x2.png.x1y2z3w4.part"  # what a SIGKILL during a write leaves
+    stale.write_bytes(b"\x89PNG half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert run(src, "-o", out, "--weights", weights) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png"]
+    assert "removed 1 unfinished .part file" in capsys.readouterr().err
+
+
+def test_nan_weights_exit_non_zero_and_write_nothing(tmp_path, weights, capsys):
+    """Item 2: NaN weights are refused at load; overflowing weights fail the image; nothing is written."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lightsr.weights import read_checkpoint
+
+    sd, meta = read_checkpoint(weights)
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src)
+    bad = {k: v.clone() for k, v in sd.items()}
+    name = sorted(bad)[3]
+    bad[name].view(-1)[0] = float("nan")
+    save_file(bad, tmp_path / "nan.safetensors", metadata=meta)
+    out = tmp_path / "out"
+    assert run(src, "-o", out, "--weights", tmp_path / "nan.safetensors") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"tensor '{name}' holds 1 NaN/Inf value" in err[0]
+    assert not out.exists()
+    # finite weights that overflow: the image fails (exit 1), nothing is written, no black image
+    big = {k: v * 1e6 if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(big, tmp_path / "big.safetensors", metadata=meta)
+    assert run(src, "-o", out, "--weights", tmp_path / "big.safetensors") == 1
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and "0 written" in err
+    assert not out.exists() or list(out.iterdir()) == []
+    del load_file, torch
+
+
+def test_progress_lines_without_a_terminal(tmp_path, weights, capsys, monkeypatch):
+    """Item 9: tiles and images report elapsed time and ETA as plain lines when stderr is not a tty."""
+    import time
+
+    import lightsr.cli.upscale as up
+
+    monkeypatch.setenv("LIGHTSR_PROGRESS_INTERVAL", "0.01")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(RNG.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)).save(src / f"p{i}.png")
+    assert run(src, "-o", tmp_path / "o", "--weights", weights, "--tile", "16", "--tile-overlap", "4") == 0
+    err = capsys.readouterr().err
+    tiles = [line for line in err.splitlines() if line.startswith("  p0.png: ")]
+    images = [line for line in err.splitlines() if line.startswith("images: ")]
+    assert tiles and "elapsed" in tiles[-1] and "ETA" in tiles[-1] and "/9 (" in tiles[-1]
+    assert images and "elapsed" in images[-1] and "ETA" in images[-1]
+    assert "\r" not in err
+    # a whole image in one pass: an estimated ETA while it runs
+    from lightsr.inference import Upscaler
+
+    monkeypatch.setattr(up, "LONG_IMAGE_PIXELS", 1)
+    original = Upscaler.upscale_image
+
+    def slow(self, *args, **kwargs):  # a pass long enough for the heartbeat to speak
+        time.sleep(0.3)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Upscaler, "upscale_image", slow)
+    assert run(src, "-o", tmp_path / "o2", "--weights", weights, "--tile", "0") == 0
+    whole = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  p0.png")]
+    assert whole and "(estimate)" in whole[0] and "elapsed" in whole[0]
+    # -q: no progress at all
+    assert run(src, "-o", tmp_path / "o3", "--weights", weights, "--tile", "16", "-q") == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("lightsr upscale: 2 written")
+
+
+def test_memory_refusal_message_is_consistent(tmp_path, weights, capsys, monkeypatch):
+    """Item 11: 'needs 17.9 GiB but only 20.7 GiB is free' contradicted itself."""
+    import lightsr.inference.runner as runner
+
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(src)
+    monkeypatch.setattr(runner, "available_memory", lambda device, **kw: 55_000)  # 49152 bytes needed
+    assert run(src, "-o", tmp_path / "o", "--weights", weights) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert "needs 0.0 GiB" not in line or "more than the" in line
+    assert "128x128 output needs" in line and "more than the" in line and "80% of the" in line
+
+
+def test_weights_urls_quiet_and_capped(tmp_path, weights, capsys, monkeypatch):
+    """Item 9: -q hides the download progress; --max-download caps a download, nothing is cached."""
+    monkeypatch.setenv("LIGHTSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIGHTSR_PROGRESS_INTERVAL", "0")
+    src = tmp_path / "a.png"
+    Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(src)
+    url = weights.as_uri()
+    assert run(src, "-o", tmp_path / "o", "--weights", url, "--max-download", "1k") == 2
+    err = capsys.readouterr().err
+    assert "more than the download limit of 1.0 KB" in err and "--max-download" in err
+    assert not list((tmp_path / "cache").rglob("*.safetensors")) and not list((tmp_path / "cache").rglob("*.part"))
+    assert run(src, "-o", tmp_path / "o", "--weights", url, "-q") == 0
+    assert "downloading" not in capsys.readouterr().err
+    assert run(src, "-o", tmp_path / "o2", "--weights", url + "x", "--max-download", "lots") == 2
+    assert "--max-download" in capsys.readouterr().err
