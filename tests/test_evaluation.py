@@ -216,3 +216,35 @@ def test_set5_bicubic_reproduces_published_rows():
     for s, (p, q) in published.items():
         r = evaluate("bicubic", find_benchmark(root, "Set5", s), scale=s, convention="matlab-y", progress=False)
         assert abs(r.sets[0].psnr - p) <= 0.01 and abs(r.sets[0].ssim - q) <= 0.001, (s, r.sets[0].psnr, r.sets[0].ssim)
+
+
+# -- issue 22 -------------------------------------------------------------------------------------------
+def test_non_finite_outputs_are_failures_not_scores(tmp_path):
+    """Item 2: NaN outputs were scored (5.51 dB with a numpy warning); now each is a failure."""
+    ds = _make_set(tmp_path)
+
+    class Broken(Nearest):
+        def forward(self, x):
+            y = super().forward(x).clone()
+            y[..., 1, 1] = float("nan")
+            return y
+
+    res = evaluate(Broken(2), ds, progress=False)
+    assert res.sets[0].images == [] and len(res.failures) == 3
+    assert all("NaN/Inf" in msg for _, _, msg in res.failures)
+    assert "failed" in res.to_markdown()
+
+
+def test_subsets_are_labelled(tmp_path):
+    """Item 11: the tables say when a set is a subset of the standard one (e.g. Urban100: 25 of 100)."""
+    ds = _make_set(tmp_path, n=3)
+    res = evaluate(Nearest(2), ds, progress=False)
+    assert "| Synth |" in res.to_markdown()  # not a standard set: no claim
+    for name, full in (("Urban100", 100), ("Manga109", 109)):
+        sub = BenchmarkSet(ds.hr_dir, 2, name=name, cache_dir=tmp_path / "cache")
+        md = evaluate(Nearest(2), sub, progress=False).to_markdown()
+        assert f"| {name} (3 of {full}) |" in md and f"{name} = 3 of its {full} images" in md
+    r = evaluate(Nearest(2), BenchmarkSet(ds.hr_dir, 2, name="Set5", cache_dir=tmp_path / "cache"), progress=False,
+                 limit=2)
+    assert json.loads(r.to_json())["sets"]["Set5"]["complete_set_images"] == 5
+    assert "| Set5 (2 of 5) |" in r.to_markdown()

@@ -212,3 +212,141 @@ def test_scale_and_name_mismatch(tmp_path):
 
 def test_public_api():
     assert callable(lightsr.load_model) and callable(lightsr.save_model) and lightsr.__version__
+
+
+# --- issue 22: validated before anything is built ------------------------------------------------------
+def _tiny():
+    torch.manual_seed(0)
+    return create_model("dlgsanet_tiny", 2, dim=12, groups=1, blocks=1, num_heads=2)
+
+
+def _with_metadata(tmp_path, name: str, **changes) -> "os.PathLike":
+    from safetensors.torch import save_file
+
+    from lightsr.weights import read_checkpoint
+
+    src = save_model(_tiny(), tmp_path / "base.safetensors")
+    sd, meta = read_checkpoint(src)
+    meta.update({k: v for k, v in changes.items() if v is not None})
+    for k in [k for k, v in changes.items() if v is None]:
+        meta.pop(k)
+    save_file(sd, tmp_path / name, metadata=meta)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"dim": 2400}, "option dim: 2400 is outside the allowed range"),
+    ({"dim": "48"}, "option dim: expected an integer"),
+    ({"groups": 64, "blocks": 64}, "describe a model of more than"),  # in range, but far larger than the file
+    ({"tlc": 1}, "option tlc: expected true or false"),
+    ({"evil": 1}, "unknown option(s) evil"),
+])
+def test_crafted_metadata_is_refused_before_building(tmp_path, monkeypatch, options, message):
+    """Issue 22 item 3: options are checked against the registry's types and ranges, and the shapes
+    they imply are computed on the meta device, before any real model exists."""
+    import json
+
+    import lightsr.models as models
+
+    path = _with_metadata(tmp_path, "crafted.safetensors", options=json.dumps(options))
+    built = []
+    original = models.create_model
+
+    def tracking(*args, **kwargs):
+        model = original(*args, **kwargs)
+        built.append(next(iter(model.parameters())).device.type)
+        return model
+
+    monkeypatch.setattr(models, "create_model", tracking)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    assert message in _one_line(exc) and str(path) in str(exc.value)
+    assert "cpu" not in built  # nothing was built for real
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arch": None}, "without an 'arch' entry"),
+    ({"arch": "resnet"}, "unknown model 'resnet'"),
+    ({"scale": "four"}, "metadata 'scale' must be a small whole number"),
+    ({"options": "{dim"}, "'options' is not valid JSON"),
+    ({"options": "[1]"}, "must be a JSON object"),
+    ({"format_version": "7"}, "written by a newer lightsr"),
+])
+def test_broken_metadata_is_one_clear_line(tmp_path, changes, message):
+    """Issue 22 item 4: e.g. `error: 'arch'` (a KeyError) became a sentence."""
+    with pytest.raises(CheckpointError) as exc:
+        load_model(_with_metadata(tmp_path, "m.safetensors", **changes))
+    assert message in _one_line(exc)
+
+
+def test_crafted_dim_refused_with_little_memory(tmp_path):
+    """Issue 22 item 3: the shipped-size file with options dim=2400 / 4800 once cost 5 GB (and would
+    exhaust 24 GB); refused now within a fresh process's small footprint (peak RSS < 1 GB)."""
+    import json
+    import subprocess
+    import sys
+
+    paths = [_with_metadata(tmp_path, f"d{d}.safetensors", options=json.dumps({"dim": d})) for d in (2400, 4800)]
+    paths.append(_with_metadata(tmp_path, "g.safetensors", options=json.dumps({"groups": 64, "blocks": 64, "dim": 1024})))
+    code = ("import resource, sys, lightsr\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n        lightsr.load_model(p)\n    except lightsr.CheckpointError:\n        print('refused')\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert lines[:3] == ["refused"] * 3
+    assert int(lines[3]) < 1 << 20, f"peak RSS {int(lines[3]) / 1024:.0f} MB"  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    """Issue 22 item 2: NaN / Inf (or absurd magnitudes) are refused at load, naming the first bad tensor."""
+    model = _tiny()
+    name = "deep_feature_extraction.0.body.0.IDynamicDWConv.conv0.weight"
+    with torch.no_grad():
+        model.state_dict()[name].view(-1)[5] = value
+    path = save_model(model, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    assert f"tensor {name!r}" in _one_line(exc) and "refusing to load" in str(exc.value)
+    torch.save({"params": model.state_dict()}, tmp_path / "bad.pth")  # the .pth path too
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_model(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"root:x:0:0:root:/root:/bin/bash\n", "it is a text file"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(100), "it is a JPEG image"),
+    (b"<!DOCTYPE html><html>404</html>", "it is an HTML/XML page"),
+    (b"PK\x03\x04" + bytes(100), "zip"),
+])
+def test_files_that_are_not_weights_are_named(tmp_path, content, what):
+    """Issue 22 item 4: a text file as .pth said `error: 101`; a JPEG said "pickled objects other
+    than tensors", cut mid-sentence, with ANSI codes."""
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    msg = _one_line(exc)
+    assert what in msg and "\x1b" not in msg and msg.endswith(")")
+
+
+def test_pickled_code_refusal_names_the_global(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"params": {"w": _Evil()}}, f, protocol=2)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    msg = _one_line(exc)
+    assert "system" in msg and "never runs pickled code" in msg and "\x1b" not in msg
+
+
+def test_weights_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        st = save_model(_tiny(), tmp_path / "m.safetensors")
+        pth = save_basicsr_checkpoint(tmp_path / "m.pth", _tiny().state_dict())
+    finally:
+        os.umask(old)
+    assert st.stat().st_mode & 0o777 == 0o644 and pth.stat().st_mode & 0o777 == 0o644

@@ -127,3 +127,35 @@ def test_compare_writes_a_figure(tmp_path, capsys):
     assert rc == 2 and "outside" in capsys.readouterr().err
     rc = main(["compare", str(tmp_path / "hr.png"), "--scale", "2", "--model", "dlgsanet", "-o", str(out)])
     assert rc == 2 and "no pretrained weights" in capsys.readouterr().err
+
+
+def test_broken_weights_never_replace_earlier_results(tmp_path, capsys):
+    """Item 2: NaN weights exit 2 at load; weights that overflow fail every image (exit 1); in both
+    cases the results.md of an earlier complete run stays as it was."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lightsr.weights import read_checkpoint
+
+    data = _data(tmp_path, n=1)
+    out = tmp_path / "o"
+    torch.manual_seed(0)
+    good = lightsr.save_model(lightsr.create_model("imdn", 2, num_blocks=1), tmp_path / "good.safetensors")
+    assert main(["eval", "--weights", str(good), "--data", str(data), "-o", str(out), "--quiet"]) == 0
+    before = (out / "results.md").read_text()
+    sd, meta = read_checkpoint(good)
+    nan = {k: v.clone() for k, v in sd.items()}
+    nan["fea_conv.weight"].view(-1)[0] = float("nan")
+    save_file(nan, tmp_path / "nan.safetensors", metadata=meta)
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(tmp_path / "nan.safetensors"), "--data", str(data), "-o", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tensor 'fea_conv.weight' holds 1 NaN/Inf value" in err[0]
+    big = {k: v * 1e6 if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(big, tmp_path / "big.safetensors", metadata=meta)
+    assert main(["eval", "--weights", str(tmp_path / "big.safetensors"), "--data", str(data), "-o", str(out),
+                 "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "NaN/Inf" in captured.err and "no result file was written" in captured.err and "Traceback" not in captured.err
+    assert (out / "results.md").read_text() == before

@@ -393,7 +393,8 @@ def parse_value(text: str):
         raise ConfigError(f"cannot parse override value {text!r}: {exc}") from None
     if isinstance(value, str):
         try:
-            return float(value) if any(c in value for c in ".eE") or value.lower() in ("inf", "nan") else int(value)
+            special = value.lower().lstrip("+-") in ("inf", "nan", "infinity")
+            return float(value) if any(c in value for c in ".eE") or special else int(value)
         except ValueError:
             return value
     return value
@@ -497,13 +498,10 @@ def _check(cfg: Config) -> None:
                 f"network_g.{key}: unknown option of {cfg.network_g.type}{_did_you_mean(key, valid_opts)} "
                 f"Valid options: {', '.join(valid_opts)}"
             )
-    try:  # build on the meta device: checks the option values too, at no cost
-        import torch
+    try:  # types and ranges first, then a build on the meta device: checks the values too, at no cost
+        from lightsr.weights import expected_state_dict
 
-        from lightsr.models import create_model
-
-        with torch.device("meta"):
-            create_model(cfg.network_g.type, cfg.scale, **cfg.network_g.options)
+        expected_state_dict(cfg.network_g.type, cfg.scale, cfg.network_g.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"network_g: cannot build {cfg.network_g.type} x{cfg.scale}: {exc}") from None
     if "train" not in cfg.datasets:

@@ -180,6 +180,8 @@ def _one_line(exc: BaseException) -> str:
         where = getattr(exc, "filename2", None) or exc.filename
         return f"{exc.strerror} ({where})" if where else exc.strerror
     lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return f"in a data worker: {' '.join(lines[-1].split())}"  # the original exception's own last line
     text = " ".join(lines[0].split()) if lines else ""
     if type(exc).__module__.startswith("lightsr") and text:
         return text
