@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +102,28 @@ def test_cuda_check_speed_tables_on_cpu(capsys):
     assert "CUDA graphs need a CUDA device" in out  # the graph column ran eagerly, and says so
     step = [line for line in out.splitlines() if line.startswith("| dlgsanet_tiny |") and line.count("|") == 8]
     assert len(step) == 1 and re.search(r"\| \d+\.\d\dx \|", step[0])  # reference, ops, speed-up, 2 launch cells, kernels
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run(tmp_path):
+    """`bash benchmarks/gpu_session.sh --dry-run`: the whole lease script on the CPU at toy sizes
+    (Triton under its interpreter when installed, CUDA graphs falling back to eager) exits 0 and
+    leaves every table; with ../shared also the training cycle's weights and resume state."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHON"] = sys.executable
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run", "--out", str(out)], cwd=BENCH.parent, env=env,
+                       capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    for name in ("correctness", "inference", "train_step"):
+        assert (out / f"{name}.md").is_file() and (out / f"{name}.json").is_file(), name
+    assert "correctness failures: 0" in (out / "correctness.md").read_text()
+    assert "| dlgsanet_tiny |" in (out / "train_step.md").read_text()
+    shared = Path(os.environ.get("LIGHTSR_SHARED", BENCH.parents[1] / "shared"))
+    if (shared / "datasets" / "train").is_dir():
+        assert (out / "net_g_latest.safetensors").is_file() and (out / "resume.tgz").is_file()
 
 
 def test_model_card_reads_each_stage_recipe(tmp_path):
