@@ -159,3 +159,17 @@ def test_broken_weights_never_replace_earlier_results(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "NaN/Inf" in captured.err and "no result file was written" in captured.err and "Traceback" not in captured.err
     assert (out / "results.md").read_text() == before
+
+
+def test_compare_reports_progress_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Issue 22 item 9: compare printed nothing until it had finished."""
+    monkeypatch.setenv("LIGHTSR_PROGRESS_INTERVAL", "0")
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "hr.png")
+    w = lightsr.save_model(lightsr.create_model("pan", 2, num_blocks=1), tmp_path / "pan_x2.safetensors")
+    argv = ["compare", str(tmp_path / "hr.png"), "--scale", "2", "--model", "bicubic", "--model", str(w),
+            "-o", str(tmp_path / "fig.png")]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("compare: models: ")]
+    assert lines and "2/2 (100%)" in lines[-1] and "elapsed" in lines[-1] and "ETA" in lines[-1]
+    assert main([*argv, "--quiet"]) == 0
+    assert "compare: models" not in capsys.readouterr().err

@@ -217,7 +217,7 @@ def test_outputs_of_earlier_runs_are_never_inputs(tmp_path, weights, capsys):
         assert run(src, "-o", src, "--weights", weights) == 0
     assert sorted(p.name for p in src.iterdir() if p.is_file()) == ["a.png", "a_x2.png"]
     out = capsys.readouterr().out
-    assert "skip: " in out and "a_x2.png is an output of an earlier run" in out
+    assert "skip: " in out and "a_x2.png: output(s) of an earlier run" in out
     for _ in range(2):  # recursive: outputs beside the inputs in every sub-folder
         assert run(src, "-o", src, "--weights", weights, "--recursive", "--quiet") == 0
     assert sorted(p.name for p in (src / "sub").iterdir()) == ["b.png", "b_x2.png"]

@@ -509,8 +509,10 @@ def run(args) -> int:
     jobs, missing, earlier = collect_inputs(args.inputs, args.recursive, settings.outdir, args.suffix)
     for item, reason in missing:
         console.error(item, reason)
-    for path in earlier:
-        console.info(f"skip: {path} is an output of an earlier run (in -o {settings.outdir}, named *{args.suffix})")
+    if earlier:
+        more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+        console.info(f"skip: {earlier[0]}{more}: output(s) of an earlier run (in -o {settings.outdir}, named "
+                     f"*{args.suffix}), never taken as inputs")
     if not jobs:
         print("lightsr upscale: no input images found" + (" (only outputs of earlier runs)" if earlier else ""),
               file=sys.stderr)
