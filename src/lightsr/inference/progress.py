@@ -7,7 +7,8 @@ it prints a plain line at most every ``interval`` seconds::
 
 and a background thread keeps printing while one step takes long (a whole image in one pass, a
 model in ``lightsr compare``), so a run is never silent for minutes; with ``expected_s`` (an
-estimate of the step's duration) that line carries an ETA too. The interval defaults to 5 s
+estimate of the step's duration) that line carries an ETA too. A task that printed lines ends
+with one more holding its final count. The interval defaults to 5 s
 (``LIGHTSR_PROGRESS_INTERVAL``).
 """
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Progress:
         self._bar = None
         self._thread = None
         self._tty = enabled and _isatty(self.stream)
+        self._lines, self._last_done = 0, None
         self.leave = leave
         if not enabled:
             return
@@ -167,13 +169,15 @@ class Progress:
 
     def _line(self) -> None:
         self._last_line = time.monotonic()
+        self._lines += 1
+        self._last_done = self.done
         try:
             print(self.status(), file=self.stream, flush=True)
         except (OSError, ValueError):  # a closed stream: progress is never worth a crash
             pass
 
     def _heartbeat(self) -> None:
-        tick = min(1.0, self.interval)
+        tick = max(0.01, min(1.0, self.interval))
         while not self._stop.wait(tick):
             with self._lock:
                 if self._tty:
@@ -192,6 +196,8 @@ class Progress:
             self._stop.set()
             self._thread.join()
             self._thread = None
+            if not self._tty and self._lines and self._last_done != self.done:
+                self._line()  # a long task's log ends with its final count
         if self._bar is not None:
             self._bar.close()
             self._bar = None
