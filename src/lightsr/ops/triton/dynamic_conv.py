@@ -231,8 +231,9 @@ def _grad_params(grad, x, src, wk, bias, k: int):
     fused = wk is not None
     rows = s.groups * k * k
     n = s.b * s.blocks
-    pcw = x.new_empty((n, rows, s.ch) if fused else (0,), dtype=torch.float32)
-    pcb = x.new_empty((n, rows) if fused and bias is not None else (0,), dtype=torch.float32)
+    # partial sums of the 1x1's gradients (one-element placeholders when unused: never a null pointer)
+    pcw = x.new_empty((n, rows, s.ch) if fused else (1,), dtype=torch.float32)
+    pcb = x.new_empty((n, rows) if fused and bias is not None else (1,), dtype=torch.float32)
     if x.numel():
         m, sk_r, sk_c = _wk2(wk, x)
         consts = s.consts(fused, bias is not None)

@@ -10,7 +10,8 @@ covers (23 for LAMNet's 13 taps), kept on the device per kernel map. Then
 
     out[c, p] = sum_e x[c, p + o_e] * k[t_e, p] / len_e                        (forward)
     dx[c, q]  = sum_e dy[c, q - o_e] * k[t_e, q - o_e] / len_e                 (gather, no atomics)
-    dk[t, p]  = sum_{e: t_e = t} (1 / len_e) sum_{c in group} dy[c, p] x[c, p + o_e]
+    dk[t, p]  = sum_{e: t_e = t} (1 / len_e) sum_{c in group} dy[c, p] x[c, p + o_e]   (entries -> taps:
+                one small matrix product)
 
 One program per (block of pixels, image, kernel group): the group's coefficients are loaded once
 as an (entries, BLOCK) tile and used for each of its channels; forward and backward are one
@@ -88,7 +89,8 @@ def _fwd_kernel(x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, out_ptr, H, W, G, CG, N
 def _bwd_kernel(g_ptr, x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, gx_ptr, gk_ptr, H, W, G, CG, NT, E,
                 sg_b, sg_c, sg_h, sg_w, sx_b, sx_c, sx_h, sx_w, sk_b, sk_c, sk_h, sk_w,
                 sdx_b, sdx_c, sdx_h, sdx_w, sdk_b, sdk_c, sdk_h, sdk_w,
-                E_PAD: tl.constexpr, BLOCK: tl.constexpr, VERTICAL: tl.constexpr, ACT: tl.constexpr):
+                E_PAD: tl.constexpr, NT_PAD: tl.constexpr, BLOCK: tl.constexpr, VERTICAL: tl.constexpr,
+                ACT: tl.constexpr):
     b = tl.program_id(1) // G
     g = tl.program_id(1) % G
     b64 = b.to(tl.int64)
@@ -117,15 +119,18 @@ def _bwd_kernel(g_ptr, x_ptr, k_ptr, off_ptr, tap_ptr, inv_ptr, gx_ptr, gk_ptr, 
         gs = tl.load(g_ptr + b64 * sg_b + c * sg_c + hs * sg_h + ws * sg_w, mask=src_m, other=0.0).to(tl.float32)
         tl.store(gx_ptr + b64 * sdx_b + c * sdx_c + h * sdx_h + w * sdx_w,
                  tl.sum(gs * coef, axis=0).to(gx_ptr.dtype.element_ty), mask=qm)
-    acc = acc * inv[:, None]
-    for t in range(NT):
-        gk = tl.sum(tl.where((tap == t)[:, None] & em[:, None], acc, 0.0), axis=0)
-        row = g * NT + t
-        if ACT:
-            th = tanh(tl.load(k_ptr + b64 * sk_b + row * sk_c + h * sk_h + w * sk_w, mask=qm, other=0.0).to(tl.float32))
-            gk = gk * (1.0 - th * th)
-        tl.store(gk_ptr + b64 * sdk_b + row * sdk_c + h * sdk_h + w * sdk_w,
-                 gk.to(gk_ptr.dtype.element_ty), mask=qm)
+    # entries -> taps: dk[t] = sum_{e: t_e = t} acc[e] / len_e, one (taps x entries) product
+    ts = tl.arange(0, NT_PAD)
+    onehot = tl.where((tap[None, :] == ts[:, None]) & em[None, :], inv[None, :], 0.0)
+    gk = tl.dot(onehot, acc, input_precision="ieee")  # (NT_PAD, BLOCK)
+    rows = g * NT + ts
+    m = (ts < NT)[:, None] & qm[None, :]
+    if ACT:
+        th = tanh(tl.load(k_ptr + b64 * sk_b + rows[:, None] * sk_c + h[None, :] * sk_h + w[None, :] * sk_w,
+                          mask=m, other=0.0).to(tl.float32))
+        gk = gk * (1.0 - th * th)
+    tl.store(gk_ptr + b64 * sdk_b + rows[:, None] * sdk_c + h[None, :] * sdk_h + w[None, :] * sdk_w,
+             gk.to(gk_ptr.dtype.element_ty), mask=m)
 
 
 # --- launches ---------------------------------------------------------------------------------
@@ -202,7 +207,7 @@ def _backward(grad, x, kernel, call: _Call):
     if x.numel():
         _bwd_kernel[call.grid](grad, x, kernel, *call.tables, gx, gk, *call.sizes(),
                                *grad.stride(), *x.stride(), *kernel.stride(), *gx.stride(), *gk.stride(),
-                               **call.consts)
+                               NT_PAD=next_pow2(call.nt), **call.consts)
     return gx, gk
 
 
