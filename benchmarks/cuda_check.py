@@ -18,7 +18,8 @@ Sections (each prints a markdown table; ``--json`` keeps every number):
                  of :class:`lightsr.Upscaler` on the GPU (``--cpu-baseline``: and on the CPU in fp32;
                  the model cards hold the CPU numbers).
 ``--infer-speed`` inference of a 320x180 -> 1280x720 x4 frame per model and precision (weights and
-                 input in that dtype), today's ops / Triton / Triton replayed from a CUDA graph
+                 input in that dtype), today's ops (cudnn.benchmark on, and off) / Triton / Triton
+                 replayed from a CUDA graph
                  (lightsr.train.graph_step): median ms, GMACs and MAC throughput relative to IMDN's
                  in the same precision and run.
 ``--train-table`` the training step (forward, L1, backward, Adam) per model with the reference ops,
@@ -357,7 +358,7 @@ def _variants_for(name: str, device) -> list[str]:
     """Inference variants: today's ops, Triton where the model has a kernel for its ops, and the
     better of the two replayed from a CUDA graph (also run eagerly where graphs cannot be used)."""
     triton = triton_ready(device) and name in OURS and name != "lgun"  # LGUN uses no lightsr op with a kernel
-    return ["ops"] + ["triton"] * triton + [("triton" if triton else "ops") + "+graph"]
+    return ["ops", "ops+nobench"] + ["triton"] * triton + [("triton" if triton else "ops") + "+graph"]
 
 
 def _infer_callable(model, x, variant, device):
@@ -371,8 +372,8 @@ def _infer_callable(model, x, variant, device):
         run.note = graphed.fallback_reason
         return run
 
-    def run():
-        with ops_variant(base), torch.inference_mode():
+    def run():  # +nobench: cuDNN's heuristics instead of its per-shape benchmark (the sections turn it on)
+        with ops_variant(base), fixed_shape_tuning(not variant.endswith("+nobench")), torch.inference_mode():
             return model(x)
     run.note = None
     return run
@@ -384,8 +385,8 @@ def infer_speed(device, names, dtypes, lr_size, repeats, results) -> None:
     h, w = lr_size
     print(f"\n## Inference, batch 1, {w}x{h} -> {4 * w}x{4 * h} (x4), weights and input in each precision: median ms\n")
     print("MAC throughput relative to IMDN's in the same precision and run (best variant of each; 1 = as fast per MAC as IMDN)\n")
-    print("| model | dtype | GMACs | today's ops ms | Triton ms | graph ms | best GMAC/s | vs IMDN |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | dtype | GMACs | today's ops ms | same, cudnn.benchmark off | Triton ms | graph ms | best GMAC/s | vs IMDN |")
+    print("|---|---|---|---|---|---|---|---|---|")
     order = ["imdn"] + [n for n in names if n != "imdn"]  # IMDN first: the yardstick of every row
     macs = {n: count_model_macs(n, 4, (h, w)).macs / 1e9 for n in order}
     for dname in dtypes:
@@ -397,7 +398,7 @@ def infer_speed(device, names, dtypes, lr_size, repeats, results) -> None:
             ratio = rate / imdn_rate if imdn_rate else float("nan")
             results.append({"model": name, "dtype": dname, "gmacs": macs[name], "gmac_per_s": rate,
                             "vs_imdn": ratio, **row})
-            ms = [f"{row[v]:.2f}" if v in row else "-" for v in ("ops", "triton", "graph")]
+            ms = [f"{row[v]:.2f}" if v in row else "-" for v in ("ops", "ops+nobench", "triton", "graph")]
             print(f"| {name} | {dname} | {macs[name]:.3g} | " + " | ".join(ms) + f" | {rate:.3g} | {ratio:.2f} |",
                   flush=True)
             for note in row.get("notes", []):
@@ -417,7 +418,7 @@ def _infer_row(name, device, dtype, hw, repeats) -> dict:
         return row
     for v, stats in t.items():
         row["graph" if v.endswith("+graph") else v] = stats.median * 1e3
-    row["best_ms"] = min(stats.median for stats in t.values()) * 1e3
+    row["best_ms"] = min(stats.median for v, stats in t.items() if v != "ops+nobench") * 1e3
     return row
 
 
