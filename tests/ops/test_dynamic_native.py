@@ -80,3 +80,19 @@ def test_native_threads_are_identical():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_under_cpu_bf16_autocast(native, layout):
+    """Under autocast the kernel-generating product must stay in the canvas' float32 (a bfloat16
+    result read as float32 by the native loop crashed the process)."""
+    x, hidden, weight, bias = _case(2, 48, 8, 7, 12, 9, 13)
+    if layout == "nchw":
+        x, hidden = x.contiguous(), hidden.contiguous()
+    with torch.no_grad(), _native.use_native(native):
+        ref = dynamic_dwconv_fused(x.bfloat16(), hidden.bfloat16(), weight, bias, 7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = dynamic_dwconv_fused(x.bfloat16(), hidden.bfloat16(), weight, bias, 7)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert _rel(out.float(), ref.float()) < 1e-2

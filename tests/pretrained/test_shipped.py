@@ -58,3 +58,24 @@ def test_model_card_set5_is_what_eval_measures(name, scale):
     bench = find_benchmark(shared_path("datasets", "benchmark"), "Set5", scale)
     res = lightsr.evaluate(lightsr.load_model(default_weights(name, scale)), bench, progress=False)["Set5"]
     assert (round(res.psnr, 2), round(res.ssim, 4)) == (psnr, ssim)
+
+
+@pytest.mark.parametrize("name,scale", SHIPPED, ids=[f"{n}_x{s}" for n, s in SHIPPED])
+def test_bf16_set5_within_0_02_db_of_fp32(name, scale):
+    """bf16 (CPU autocast, what ``--precision bf16`` / ``auto`` runs) costs at most 0.02 dB of Set5
+    PSNR for every shipped file: the condition under which ``--precision auto`` may pick it."""
+    import torch
+
+    from conftest import shared_path
+    from lightsr.data.benchmark import find_benchmark
+
+    bench = find_benchmark(shared_path("datasets", "benchmark"), "Set5", scale)
+    model = lightsr.load_model(default_weights(name, scale)).eval()
+
+    def bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x).float()
+
+    fp32 = lightsr.evaluate(model, bench, progress=False)["Set5"].psnr
+    low = lightsr.evaluate(bf16, bench, scale=scale, progress=False)["Set5"].psnr
+    assert abs(low - fp32) <= 0.02, (fp32, low)

@@ -106,9 +106,22 @@ class ConvFFN(nn.Module):
         return self.project_out(F.gelu(self.project_in(x)), residual, scale)
 
 
+class ReconstructionHead(nn.Sequential):
+    """conv 3x3 + PixelShuffle, always in float32: under bf16/fp16 autocast the image itself would
+    otherwise come out rounded to 8 bits of mantissa (up to half a uint8 level near white: about
+    0.02 dB of Set5 PSNR), for 3% of a model's multiply-adds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 def pixel_shuffle_head(dim: int, scale: int, out_channels: int = 3) -> nn.Sequential:
     """One-step reconstruction: conv 3x3 (dim -> out * s^2) + PixelShuffle(s). Keys ``0.weight``, ``0.bias``."""
-    return nn.Sequential(
+    return ReconstructionHead(
         nn.Conv2d(dim, out_channels * scale * scale, 3, padding=1),
         nn.PixelShuffle(scale),
     )

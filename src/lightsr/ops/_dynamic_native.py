@@ -47,6 +47,8 @@ def _strides(t: torch.Tensor, dims: tuple[int, ...]) -> list[int]:
 
 
 def _run(name: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, geom: _Geom, lines: int) -> None:
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (a, b, c)):
+        raise TypeError(f"{name}: the native loops take float32 CPU tensors")
     fn = getattr(_native.library(), name)
     pa, pb, pc = (ctypes.c_void_p(t.data_ptr()) for t in (a, b, c))
     _native.run_rows(lambda _, l0, l1: fn(pa, pb, pc, ctypes.byref(geom), l0, l1), lines, min_rows=1)
@@ -97,7 +99,8 @@ def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, group
     for r0 in range(0, b * h, per):
         r1 = min(b * h, r0 + per)
         pix = rows[r0 * w : r1 * w]
-        kw = torch.mm(pix, wk_t) if bias is None else torch.addmm(bias, pix, wk_t)
+        with torch.autocast("cpu", enabled=False):  # the loop reads float32 kernels
+            kw = torch.mm(pix, wk_t) if bias is None else torch.addmm(bias, pix, wk_t)
         geom = _ClGeom(b, h, w, c, groups, c // groups, k, r0)
         args = [ctypes.c_void_p(t.data_ptr()) for t in (xf, kw, y)]
         codes = _native.run_rows(lambda _, a, z: fn(*args, ctypes.byref(geom), r0 + a, r0 + z), r1 - r0, min_rows=1)

@@ -20,6 +20,8 @@ Two implementations with identical semantics:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -301,11 +303,13 @@ def dynamic_dwconv(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> t
 
 
 def _kernel_strip(hc, wk, conv_bias, r0: int, r1: int, width: int) -> torch.Tensor:
-    """The 1x1 convolution on rows r0:r1 of the (C_h, H * width) hidden canvas: (G*K*K, R * width)."""
+    """The 1x1 convolution on rows r0:r1 of the (C_h, H * width) hidden canvas: (G*K*K, R * width),
+    in the canvas' dtype (also under autocast)."""
     hs = hc[:, r0 * width : r1 * width]
-    if conv_bias is None:
-        return torch.mm(wk, hs)
-    return torch.addmm(conv_bias.view(-1, 1), wk, hs)
+    with torch.autocast(hc.device.type, enabled=False) if hc.device.type in ("cpu", "cuda") else contextlib.nullcontext():
+        if conv_bias is None:
+            return torch.mm(wk, hs)
+        return torch.addmm(conv_bias.view(-1, 1), wk, hs)
 
 
 def _fused_setup(x, hidden, conv_weight, conv_bias, kernel_size):
