@@ -41,7 +41,12 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-SHARED=${LIGHTSR_SHARED:-../shared}
+# paths given relative to where the script was started; then work from the repository root
+[ -n "$OUT" ] && OUT=$(realpath -m "$OUT")
+[ -n "$RESUME_FROM" ] && RESUME_FROM=$(realpath -m "$RESUME_FROM")
+[ -n "${LIGHTSR_SHARED:-}" ] && LIGHTSR_SHARED=$(realpath -m "$LIGHTSR_SHARED")
+cd "$(dirname "$0")/.." || exit 2
+SHARED=${LIGHTSR_SHARED:-$(realpath -m ../shared)}
 PY=${PYTHON:-python3}
 T0=$(date +%s)
 WORK=$(mktemp -d)

@@ -27,7 +27,8 @@ from lightsr import ops
 
 pytestmark = pytest.mark.triton
 KERNEL_MODULES = ("_common", "dynamic_conv", "focal", "norm")  # _common first: the others import from it
-IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" or ("triton" not in sys.modules and not torch.cuda.is_available())
+IN_PROCESS = (os.environ.get("TRITON_INTERPRET") == "1"
+              or ("triton" not in sys.modules and not torch.cuda.is_available()))
 
 
 def _import_interpreted() -> bool:
@@ -114,13 +115,17 @@ SIZES = [(1, 1, 1), (2, 5, 7), (2, 9, 11)]
 CASES = [(s, torch.float32) for s in SIZES] + [((2, 9, 11), torch.bfloat16), ((2, 5, 7), torch.float16)]
 
 
-@pytest.mark.parametrize("size,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)[6:])
+def _case_id(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v).replace("torch.", "")
+
+
+@pytest.mark.parametrize("size,dtype", CASES, ids=_case_id)
 @pytest.mark.parametrize("kernel_size", [3, 7])
 def test_dynamic_dwconv_fused(lt, size, dtype, kernel_size):
     b, h, w = size
     k, groups, hidden = kernel_size, 2, 3  # 12 channels in 2 groups of 6; 3 hidden channels (not a power of 2)
-    inputs = [_randn(b, 12, h, w), _randn(b, hidden, h, w, seed=1), _randn(groups * k * k, hidden, 1, 1, scale=0.3, seed=2),
-              _randn(groups * k * k, scale=0.1, seed=3)]
+    inputs = [_randn(b, 12, h, w), _randn(b, hidden, h, w, seed=1),
+              _randn(groups * k * k, hidden, 1, 1, scale=0.3, seed=2), _randn(groups * k * k, scale=0.1, seed=3)]
     assert_matches(lambda x, hd, cw, cb: lt.dynamic_dwconv_fused(x, hd, cw, cb, k),
                    lambda x, hd, cw, cb: ops.dynamic_dwconv_fused_reference(x, hd, cw, cb, k), inputs, dtype)
 
@@ -132,7 +137,7 @@ def test_dynamic_dwconv_fused_without_bias(lt, dtype):
                    lambda x, hd, cw: ops.dynamic_dwconv_fused_reference(x, hd, cw, None, 3), inputs, dtype)
 
 
-@pytest.mark.parametrize("size,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)[6:])
+@pytest.mark.parametrize("size,dtype", CASES, ids=_case_id)
 def test_dynamic_dwconv(lt, size, dtype):
     b, h, w = size
     inputs = [_randn(b, 12, h, w), _randn(b, 2 * 9, h, w, scale=0.3, seed=1)]
@@ -140,7 +145,7 @@ def test_dynamic_dwconv(lt, size, dtype):
                    lambda x, wt: ops.dynamic_dwconv_reference(x, wt, 3), inputs, dtype)
 
 
-@pytest.mark.parametrize("size,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)[6:])
+@pytest.mark.parametrize("size,dtype", CASES, ids=_case_id)
 @pytest.mark.parametrize("dim", [-1, -2], ids=["horizontal", "vertical"])
 @pytest.mark.parametrize("activation", [None, "tanh"])
 def test_focal_attention(lt, size, dtype, dim, activation):
@@ -160,7 +165,7 @@ def test_focal_attention_other_tap_tables(lt):
                            lambda x, k: ops.focal_attention_reference(x, k, taps, dim, "tanh"), inputs, torch.float32)
 
 
-@pytest.mark.parametrize("size,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)[6:])
+@pytest.mark.parametrize("size,dtype", CASES, ids=_case_id)
 @pytest.mark.parametrize("channels", [5, 48])
 def test_layer_norm_2d(lt, size, dtype, channels):
     b, h, w = size

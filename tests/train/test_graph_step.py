@@ -21,7 +21,8 @@ def _model(device="cpu"):
 
 def _batch(device="cpu", seed=1, size=10):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(2, 3, size, size, generator=g).to(device), torch.rand(2, 3, 2 * size, 2 * size, generator=g).to(device))
+    lq = torch.rand(2, 3, size, size, generator=g)
+    return lq.to(device), torch.rand(2, 3, 2 * size, 2 * size, generator=g).to(device)
 
 
 def _eager_reference(model, lq, gt, scale=1.0):

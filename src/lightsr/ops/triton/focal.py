@@ -188,7 +188,8 @@ class _Call:
         self.tables = _entry_tables(taps, x.device)
         self.entries = self.tables[0].numel()
         self.grid = (triton.cdiv(h * w, BLOCK), b * groups)
-        self.consts = dict(E_PAD=next_pow2(self.entries), BLOCK=BLOCK, VERTICAL=_axis_vertical(dim), ACT=_act(activation))
+        self.consts = dict(E_PAD=next_pow2(self.entries), BLOCK=BLOCK, VERTICAL=_axis_vertical(dim),
+                           ACT=_act(activation))
 
     def sizes(self):
         return (self.h, self.w, self.groups, self.c // self.groups, self.nt, self.entries)
