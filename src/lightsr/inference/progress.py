@@ -108,14 +108,17 @@ class Progress:
         return self._bar
 
     # -- counting ------------------------------------------------------------------------------
-    def update(self, n: int = 1) -> None:
-        self.set(self.done + n)
+    def update(self, n: int = 1, postfix: str | None = None) -> None:
+        self.set(self.done + n, postfix)
 
-    def set(self, done: int) -> None:
+    def set(self, done: int, postfix: str | None = None) -> None:
+        """Count ``done`` steps; ``postfix`` (e.g. a speed) is set with the count, so no line shows one without the other."""
         if not self.enabled:
             self.done = done
             return
         with self._lock:
+            if postfix is not None:
+                self.set_postfix(postfix)
             step = done - self.done
             self.done = done
             if self._tty:
