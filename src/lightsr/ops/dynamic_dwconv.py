@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lightsr.ops import _dynamic_native
+from lightsr.ops import triton as _triton
 from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
 
 __all__ = [
@@ -290,6 +291,8 @@ def dynamic_dwconv(x: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> t
     """
     if exporting():
         return dynamic_dwconv_composite(x, weight, int(kernel_size))
+    if _triton.wants(x, weight):  # CUDA: one Triton kernel per pass
+        return _triton.dynamic_dwconv(x, weight, int(kernel_size))
     return _dynamic_dwconv_op(x, weight, int(kernel_size))
 
 
@@ -418,4 +421,6 @@ def dynamic_dwconv_fused(
     """
     if exporting():
         return dynamic_dwconv_composite(x, F.conv2d(hidden, conv_weight, conv_bias), int(kernel_size))
+    if _triton.wants(x, hidden, conv_weight, conv_bias):  # CUDA: kernels generated in registers
+        return _triton.dynamic_dwconv_fused(x, hidden, conv_weight, conv_bias, int(kernel_size))
     return _dynamic_dwconv_fused_op(x, hidden, conv_weight, conv_bias, int(kernel_size))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from lightsr.ops import _native
+from lightsr.ops import triton as _triton
 from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
 
 __all__ = [
@@ -440,6 +441,8 @@ def focal_attention(
     """
     if exporting():
         return focal_attention_composite(x, kernel, kernel_map, dim, activation)
+    if _triton.wants(x, kernel):  # CUDA: one Triton kernel per pass, tanh fused
+        return _triton.focal_attention(x, kernel, kernel_map, dim, activation)
     starts = [int(s) for s, _ in kernel_map]
     lengths = [int(n) for _, n in kernel_map]
     if not starts or min(lengths) < 1:

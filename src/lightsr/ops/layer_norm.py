@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightsr.ops import triton as _triton
+
 __all__ = ["layer_norm_2d", "layer_norm_2d_reference"]
 
 
@@ -24,6 +26,8 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     ``weight`` and ``bias`` hold ``C`` values (any shape that flattens to ``C``). The result has
     the channels-last memory layout (the same values; ``.contiguous()`` gives NCHW).
     """
+    if _triton.wants(x, weight, bias):  # CUDA: one Triton kernel per pass
+        return _triton.layer_norm_2d(x, weight, bias, eps)
     c = x.shape[1]
     y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
     return y.permute(0, 3, 1, 2)
