@@ -23,6 +23,14 @@ its size and sha256, training iterations / batch / HR size, dataset). ``--openmo
 just that file from the existing card and the runs it lists, without evaluating anything::
 
     python benchmarks/model_card.py --openmodeldb-only --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors
+
+bf16: the card gets a row of the same weights under bf16 (``--precision bf16``, CPU autocast) and a
+line comparing Set5 in bf16 and fp32; the Set5 pair is also recorded, by the file's sha256, in
+``src/lightsr/pretrained/precision.json``, which ``--precision auto`` reads (bf16 is picked only on
+CPUs with native bf16 and within 0.02 dB). ``--precision-only`` measures just that pair, updates the
+JSON and the card's bf16 line, and evaluates nothing else::
+
+    python benchmarks/model_card.py --precision-only --weights src/lightsr/pretrained/dlgsanet_tiny_x4.safetensors
 """
 from __future__ import annotations
 
@@ -223,6 +231,64 @@ def write_openmodeldb(wpath: Path, card: str, urls: list[str] | None = None, dat
     return out
 
 
+PRECISION_JSON = REPO / "src" / "lightsr" / "pretrained" / "precision.json"
+BF16_MARK = "**bf16** (`--precision bf16`"
+
+
+def measure_bf16(model, set5, fp32=None) -> dict:
+    """Set5 PSNR of ``model`` in fp32 (or the given result) and under bf16 autocast."""
+    import lightsr
+    from lightsr.inference.policy import BF16_TOLERANCE_DB, native_bf16
+
+    fp32 = fp32 if fp32 is not None else lightsr.evaluate(model, set5, progress=False)["Set5"].psnr
+    bf16 = lightsr.evaluate(model, set5, precision="bf16", progress=False)["Set5"].psnr
+    return {"set5_fp32": round(fp32, 4), "set5_bf16": round(bf16, 4), "delta_db": round(bf16 - fp32, 4),
+            "within_tolerance": abs(bf16 - fp32) <= BF16_TOLERANCE_DB,
+            "measured_with": "native bf16" if native_bf16() else "bf16 emulated by this CPU (no native bf16)"}
+
+
+def record_precision(wpath: Path, m: dict) -> None:
+    """Store the measurement in precision.json under the file's sha256 (atomically)."""
+    table = json.loads(PRECISION_JSON.read_text()) if PRECISION_JSON.exists() else {}
+    table = {k: v for k, v in table.items() if v.get("file") != wpath.name}  # the file's older versions
+    table[hashlib.sha256(wpath.read_bytes()).hexdigest()] = {"file": wpath.name, **m}
+    tmp = PRECISION_JSON.with_name(f".{PRECISION_JSON.name}.tmp")
+    tmp.write_text(json.dumps(dict(sorted(table.items(), key=lambda kv: kv[1]["file"])), indent=2) + "\n")
+    tmp.replace(PRECISION_JSON)
+
+
+def bf16_line(m: dict) -> str:
+    verdict = ("within 0.02 dB: `--precision auto` picks bf16 on CPUs with native bf16 (AVX512-BF16 / AMX)"
+               if m["within_tolerance"] else "more than 0.02 dB: `--precision auto` keeps fp32")
+    return (f"{BF16_MARK}, CPU autocast): Set5 {m['set5_bf16']:.4f} dB against {m['set5_fp32']:.4f} in fp32 "
+            f"({m['delta_db']:+.4f} dB, {m['measured_with']}): {verdict}. Recorded by sha256 in "
+            "`src/lightsr/pretrained/precision.json`.")
+
+
+def set_bf16_line(card: str, line: str) -> str:
+    """The card with its bf16 line replaced (or inserted before 'Evaluation time')."""
+    lines = [ln for ln in card.splitlines() if not ln.startswith(BF16_MARK)]
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("Evaluation time:")), len(lines))
+    return "\n".join(lines[:at] + [line, ""] + lines[at:]).replace("\n\n\n", "\n\n") + "\n"
+
+
+def precision_only(args) -> int:
+    import lightsr
+    from lightsr.data.benchmark import find_benchmark
+
+    model = lightsr.load_model(args.weights)
+    m = measure_bf16(model, find_benchmark(args.data, "Set5", model.scale))
+    wpath = Path(args.weights)
+    record_precision(wpath, m)
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(set_bf16_line(out.read_text(), bf16_line(m)))
+    tmp.replace(out)
+    print(bf16_line(m))
+    print(f"updated {out} and {PRECISION_JSON}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
@@ -241,8 +307,16 @@ def main() -> int:
     ap.add_argument("--url", action="append", default=None,
                     help="download URL of the weights for the OpenModelDB resource (repeat; default: the file's path in the repository)")
     ap.add_argument("--date", default=None, help="OpenModelDB date, YYYY-MM-DD (default: the weights' last commit)")
+    ap.add_argument("--precision-only", action="store_true",
+                    help="measure Set5 in bf16 and fp32 only; update precision.json and the card's bf16 line")
     args = ap.parse_args()
     args.out = args.out or str(Path(args.weights).with_suffix(".md"))
+    if args.precision_only:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return precision_only(args)
     if args.openmodeldb_only:
         out = write_openmodeldb(Path(args.weights), Path(args.out).read_text(), args.url, args.date)
         print(out.read_text())
@@ -276,6 +350,9 @@ def main() -> int:
         model.set_tlc(not tlc_used)
         other = lightsr.evaluate(model, sets, label=name)
         model.set_tlc(tlc_used)
+    low = lightsr.evaluate(model, sets, label=name, precision="bf16")
+    set5 = [s for s in sets if s.name == "Set5"]
+    bf16 = measure_bf16(model, set5, fp32=ours["Set5"].psnr) if set5 else None
     if args.results:
         ours.write(args.results)
     names = [s.name for s in ours.sets]
@@ -291,6 +368,7 @@ def main() -> int:
     if tlc_used is not None:
         lines.insert(3, f"| same weights, TLC {'off' if tlc_used else 'on'} (`--tlc {'off' if tlc_used else 'on'}`) | "
                      + " | ".join(cells(other)) + " |")
+    lines.insert(3, "| same weights, bf16 (`--precision bf16`) | " + " | ".join(cells(low)) + " |")
     delta = [f"{o.psnr - b.psnr:+.2f} dB" for o, b in zip(ours.sets, bic.sets)]
     lines.append("| gain over bicubic | " + " | ".join(delta) + " |")
     idx = [SETS.index(n) if n in SETS else None for n in names]
@@ -330,6 +408,7 @@ def main() -> int:
               "metadata options, which `lightsr upscale` and `lightsr eval` follow; `--tlc on` overrides)")
              + f"; the row 'same weights, TLC {'off' if tlc_used else 'on'}' measures the other setting.", ""]
             if tlc_used is not None else []),
+          *([bf16_line(bf16), ""] if bf16 else []),
           f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU thread(s)). Re-create this card with:", "",
           "```bash",
           "python benchmarks/model_card.py --weights " + rel(wpath) + "".join(f" \\\n    --run {rel(r)}" for r in args.run)
@@ -361,6 +440,8 @@ def main() -> int:
     tmp.write_text(text)
     tmp.replace(out)
     print(text)
+    if bf16:
+        record_precision(wpath, bf16)
     print(f"wrote {out} and {write_openmodeldb(wpath, text, args.url, args.date)}")
     return 0
 

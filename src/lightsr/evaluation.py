@@ -475,6 +475,7 @@ def evaluate(
     tile_overlap: int = 16,
     tlc: bool | None = None,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
     save_dir: str | os.PathLike | None = None,
     attention_stats: bool = False,
     label: str | None = None,
@@ -496,6 +497,8 @@ def evaluate(
             numbers slightly for models with a large receptive field; off by default).
         tlc: switch DLGSANet's test-time local converter on/off (``None``: leave as configured).
         device: where the model runs (default: where its parameters are, else CPU).
+        precision: ``fp32`` (default: the papers' numbers), ``bf16`` or ``fp16``: the model runs
+            under autocast (as ``lightsr upscale --precision`` does); recorded in the options.
         save_dir: write each SR image as ``save_dir/<set>/<image>.png`` (uint8, atomically).
         attention_stats: record the share of positive entries of DLGSANet's SparseGSA maps
             (paper Table 5), averaged per set into ``SetResult.sparsity``.
@@ -561,8 +564,17 @@ def evaluate(
             raise ValueError("attention statistics need a DLGSANet model (no SparseGSA layers found)")
         sparsity_ctx = collect_attention_sparsity
 
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "?")
+    if autocast_dtype == "?":
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+
     def run_model(x: torch.Tensor) -> torch.Tensor:
-        return model(x)
+        if autocast_dtype is None or is_bicubic:
+            return model(x)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast reduced-precision layout
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            return model(x).float()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         fn = run_model
@@ -573,7 +585,8 @@ def evaluate(
             return forward_self_ensemble(fn, x)
         return fn(x)
 
-    options = {"self_ensemble": self_ensemble, "tile": tile, "tlc": tlc, "device": str(device), "limit": limit}
+    options = {"self_ensemble": self_ensemble, "tile": tile, "tlc": tlc, "device": str(device), "limit": limit,
+               "precision": None if precision == "fp32" else precision}
     if is_bicubic:
         options = {"bicubic_output": conv.bicubic_output, "bicubic_channel": conv.bicubic_channel, "limit": limit}
     result = EvalResult(label or ("Bicubic" if is_bicubic else _model_label(model)), scale, conv, conv_name,

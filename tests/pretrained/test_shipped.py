@@ -63,19 +63,18 @@ def test_model_card_set5_is_what_eval_measures(name, scale):
 @pytest.mark.parametrize("name,scale", SHIPPED, ids=[f"{n}_x{s}" for n, s in SHIPPED])
 def test_bf16_set5_within_0_02_db_of_fp32(name, scale):
     """bf16 (CPU autocast, what ``--precision bf16`` / ``auto`` runs) costs at most 0.02 dB of Set5
-    PSNR for every shipped file: the condition under which ``--precision auto`` may pick it."""
-    import torch
-
+    PSNR for every shipped file, and precision.json (what ``auto`` reads) records that measurement."""
     from conftest import shared_path
     from lightsr.data.benchmark import find_benchmark
+    from lightsr.inference.policy import bf16_measurement
 
     bench = find_benchmark(shared_path("datasets", "benchmark"), "Set5", scale)
-    model = lightsr.load_model(default_weights(name, scale)).eval()
-
-    def bf16(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model(x).float()
-
+    model = lightsr.load_model(default_weights(name, scale))
     fp32 = lightsr.evaluate(model, bench, progress=False)["Set5"].psnr
-    low = lightsr.evaluate(bf16, bench, scale=scale, progress=False)["Set5"].psnr
+    low = lightsr.evaluate(model, bench, precision="bf16", progress=False)["Set5"].psnr
     assert abs(low - fp32) <= 0.02, (fp32, low)
+    recorded = bf16_measurement(default_weights(name, scale))
+    assert recorded is not None, "run benchmarks/model_card.py --precision-only for this file"
+    assert recorded["within_tolerance"] and recorded["set5_fp32"] == pytest.approx(fp32, abs=1e-3)
+    card = (HERE / f"{name}_x{scale}.md").read_text()
+    assert "**bf16** (`--precision bf16`" in card

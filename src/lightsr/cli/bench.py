@@ -35,6 +35,15 @@ examples:
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
+def _precision(choice: str, device) -> str:
+    """``auto``: bf16 on CPUs with native bf16, else fp32 (random weights: only the speed is measured)."""
+    if choice != "auto":
+        return choice
+    from lightsr.inference.policy import native_bf16
+
+    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
@@ -47,8 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", metavar="NAME", help="models to run (default: all registered, peers last)")
     p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4], metavar="S", help="scales (default: 2 3 4)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=_DTYPES, help="precision of the latency runs (default: float32)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast precision of the latency runs, as `lightsr upscale` runs them (default auto: bf16 "
+                        "on CPUs with native bf16 - AVX512-BF16 / AMX - else fp32; fp32 on GPUs)")
+    p.add_argument("--dtype", default="float32", choices=_DTYPES,
+                   help="cast the model and input to this dtype instead (with --precision fp32; default: float32)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads (default: the cores not already busy, from the load average)")
     p.add_argument("--repeats", type=int, metavar="N", help="timed runs per configuration (default: as many as fit "
                    "in --time-budget, at least 3, at most 50)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed runs first (default: 1; 10 on CUDA)")
@@ -109,14 +123,21 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("lightsr bench: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from lightsr.cli.upscale import set_threads
+
+    set_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    precision = _precision(args.precision, device)
+    if precision != "fp32" and dtype != torch.float32:
+        print("lightsr bench: --dtype casts the model; use it with --precision fp32", file=sys.stderr)
+        return 2
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     warmup = args.warmup if not (device.type == "cuda" and args.warmup == 1) else 10
 
     env = environment(device)
     print(format_environment(env))
-    print(f"protocol: eval, batch 1, {args.dtype}, {'reference' if args.reference_ops else 'fast'} ops, warm-up {warmup}, "
+    kind = f"{precision} (autocast)" if autocast else args.dtype
+    print(f"protocol: eval, batch 1, {kind}, {'reference' if args.reference_ops else 'fast'} ops, warm-up {warmup}, "
           f"{'%d runs' % args.repeats if args.repeats else 'runs: as many as fit in %gs (3-50)' % args.time_budget}, "
           f"alternatives interleaved\n")
     cols = ["model", "scale", "params", "LR input", "GMACs", "GMACs custom=0"]
@@ -164,11 +185,16 @@ def run(args: argparse.Namespace) -> int:
                 if hasattr(model, "set_tlc"):
                     variants = {"TLC on": True, "TLC off": False}
 
+                if autocast is not None and device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)  # as the upscaler runs reduced precision
+                    model = model.to(memory_format=torch.channels_last)
+
                 def make(tlc):
                     def fn():
                         if tlc is not None:
                             model.set_tlc(tlc)
-                        return model(x)
+                        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                            return model(x)
                     return fn
 
                 with use_reference_ops(args.reference_ops), torch.inference_mode():
@@ -205,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"command": ["lightsr", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else sys.argv,
                    "environment": env, "load_average_end": load_end,
-                   "dtype": args.dtype, "device": str(device), "reference_ops": args.reference_ops, "rows": rows}
+                   "dtype": args.dtype, "precision": precision, "device": str(device), "reference_ops": args.reference_ops, "rows": rows}
         _write_json(Path(args.json), payload)
         print(f"wrote {args.json}")
     return 1 if failures else 0

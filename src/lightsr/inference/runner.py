@@ -255,6 +255,8 @@ class ModelRunner:
         self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
         self.scale = int(scale)
         self.model = model.to(self.device).eval()
+        if self.autocast_dtype is not None and self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights too (see _forward)
         for p in self.model.parameters():
             p.requires_grad_(False)
         params = list(self.model.parameters())
@@ -281,6 +283,10 @@ class ModelRunner:
         with torch.inference_mode():
             if dtype is None:
                 return self.model(x)
+            if self.device.type == "cpu":
+                # oneDNN's reduced-precision convolutions are fast on channels-last tensors only (lightsr's
+                # models switch layout themselves; plain conv nets such as IMDN do not)
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=dtype):
                 return self.model(x)
 
