@@ -1,7 +1,9 @@
 """Seam-free tiled upscaling with bounded memory.
 
-The image is cut into a grid of equally sized, overlapping tiles. Every tile is upscaled on its
-own and the results are blended with smooth separable weights:
+The image is cut into a grid of equally sized, overlapping tiles, as few as the tile size allows
+and each only as large as needed to cover the image with the requested overlap
+(:func:`balanced_tile`: no tile is computed mostly twice). Every tile is upscaled on its own and the
+results are blended with smooth separable weights:
 
 * along an axis, a tile's weight is 1 except on a side that overlaps a neighbouring tile; there it
   is 0 for the outer quarter of the overlap (the pixels that saw the tile's artificial border),
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["TileGrid", "axis_weights", "plan_grid", "run_tiled", "tile_starts"]
+__all__ = ["TileGrid", "axis_weights", "balanced_tile", "plan_grid", "run_tiled", "tile_starts"]
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]  # (C, h, w) float32 CPU -> (C', s*h, s*w) float32 CPU
 Sink = Callable[[int, int, torch.Tensor], None]  # (y0, y1, rows (C', y1-y0, s*W)) float32
@@ -44,6 +46,21 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     n = max(n, 2)
     span = length - tile
     return [round(i * span / (n - 1)) for i in range(n)]
+
+
+def balanced_tile(length: int, tile: int, overlap: int) -> int:
+    """The tile side (at most ``tile``) that covers ``length`` with as few tiles as ``tile`` needs,
+    spread evenly: the same number of tiles, each no larger than necessary.
+
+    With a fixed side the last tile is moved flush with the border and may overlap its neighbour
+    almost entirely (720 rows in 640-pixel tiles: two tiles, 560 rows computed twice, a 1.8x cost);
+    balanced, the two tiles are 376 rows and overlap by the requested 32.
+    """
+    if tile >= length:
+        return length
+    o = min(max(0, overlap), tile // 2)
+    n = max(2, math.ceil((length - o) / (tile - o)))
+    return min(tile, max(2 * o, math.ceil((length + (n - 1) * o) / n)))
 
 
 def _ramp(t: np.ndarray, overlap: float) -> np.ndarray:
@@ -78,9 +95,9 @@ class TileGrid:
 
     def __init__(self, height: int, width: int, tile: int | None, overlap: int, scale: int):
         self.height, self.width, self.scale = height, width, scale
-        th = height if not tile else min(tile, height)
-        tw = width if not tile else min(tile, width)
         overlap = max(0, int(overlap))
+        th = height if not tile else balanced_tile(height, tile, overlap)
+        tw = width if not tile else balanced_tile(width, tile, overlap)
         oy = min(overlap, th // 2) if th < height else 0
         ox = min(overlap, tw // 2) if tw < width else 0
         self.tile_h, self.tile_w, self.overlap = th, tw, max(oy, ox)
