@@ -12,6 +12,7 @@ import pytest
 import torch.distributed as dist
 
 from lightsr import parallel
+from lightsr.inference.policy import usable_cores
 
 
 @pytest.mark.parametrize("n,world", [(7, 2), (5, 3), (2, 4), (0, 2), (6, 1)])
@@ -29,10 +30,6 @@ def test_shard_and_merge_reject_what_does_not_fit():
         parallel.shard([1, 2], 2, 2)
     with pytest.raises(ValueError, match="do not fit a round-robin shard"):
         parallel.merge([[1], [2, 3]])  # rank 1 returned more results than items
-
-
-def test_cpu_threads_split_a_machines_cores():
-    assert [parallel.cpu_threads(n, cores=16) for n in (1, 2, 3, 4, 32)] == [16, 8, 5, 4, 1]
 
 
 def test_without_torchrun_everything_is_local(monkeypatch):
@@ -102,7 +99,7 @@ def test_two_processes_under_torchrun_each_item_once_and_one_summary(tmp_path):
     assert {(p.name, p.read_text()) for p in out.glob("img_*.png")} == {(n, str(r)) for n, r in summary["results"]}
     assert [n for n, _ in summary["results"]] == written and {r for _, r in summary["results"]} == {0, 1}
     assert (summary["world"], summary["local_world"], summary["any_failed"], summary["group_closed"]) == (2, 2, False, True)
-    assert summary["threads"] == parallel.cpu_threads(2)
+    assert 1 <= summary["threads"] <= max(1, usable_cores() // 2)  # the idle cores split between 2 processes
 
 
 def test_a_failing_rank_makes_the_job_fail_after_rank_0s_summary(tmp_path):

@@ -481,7 +481,8 @@ def evaluate(
     label: str | None = None,
     progress: bool = True,
     limit: int | None = None,
-) -> EvalResult:
+    job=None,
+) -> EvalResult | None:
     """Evaluate ``model`` on benchmark ``dataset`` and return per-set PSNR/SSIM (paper conventions).
 
     Args:
@@ -505,6 +506,9 @@ def evaluate(
         label: name for tables (default: the model's registry name).
         progress: show progress per set (a bar on a terminal, a line every few seconds otherwise).
         limit: evaluate only the first ``limit`` images of each set (quick checks).
+        job: a :class:`lightsr.parallel.Job` (``torchrun``): each process scores its share of
+            every set's images and rank 0 gathers the per-image results in index order, so its
+            result equals a single process's exactly; other ranks return ``None``.
 
     Images that fail (unreadable, wrong output size, NaN/Inf output, out of memory) are recorded in
     ``SetResult.failures`` with a one-line reason and never scored; the rest of the set is still
@@ -591,60 +595,104 @@ def evaluate(
         options = {"bicubic_output": conv.bicubic_output, "bicubic_channel": conv.bicubic_channel, "limit": limit}
     result = EvalResult(label or ("Bicubic" if is_bicubic else _model_label(model)), scale, conv, conv_name,
                         options=options)
+    score = _ImageScorer(model, forward, is_bicubic, conv, scale, device, dtype,
+                         Path(save_dir) if save_dir is not None else None)
+    main = job is None or job.is_main
+    for ds in sets:
+        n = len(ds) if limit is None else min(limit, len(ds))
+        sparsity = (lambda: sparsity_ctx(model)) if sparsity_ctx else None
+        sr_set = _evaluate_set(ds, scale, n, score, job, sparsity, progress and main)
+        if sr_set is not None:
+            result.sets.append(sr_set)
+    return result if main else None
+
+
+def _evaluate_set(ds: BenchmarkSet, scale: int, n: int, score: "_ImageScorer", job, sparsity: Callable | None,
+                  progress: bool) -> SetResult | None:
+    """The first ``n`` images of ``ds`` (this process's share under ``job``); rank 0 gets the whole set."""
     from lightsr.inference.progress import Progress
 
-    save_root = Path(save_dir) if save_dir is not None else None
-    for ds in sets:
-        sr_set = SetResult(ds.name, scale, description=ds.describe())
-        result.sets.append(sr_set)
-        n = len(ds) if limit is None else min(limit, len(ds))
-        ctx = sparsity_ctx(model) if sparsity_ctx else contextlib.nullcontext(None)
-        bar = Progress(n, f"{ds.name} x{scale}", unit="img", enabled=progress, leave=False)
-        with ctx as log:
-            for i in range(n):
-                name = ds.names[i]
-                try:
-                    sample = ds[i]
-                    lr_h, lr_w = sample.lr.shape[:2]
-                    t0 = time.perf_counter()
-                    if is_bicubic and conv.bicubic_channel == "y":
-                        p_val, s_val, sr = _bicubic_y(sample, scale, conv)
-                        seconds = time.perf_counter() - t0
-                    else:
-                        if is_bicubic:
-                            sr = model.upscale_uint8(sample.lr, conv.bicubic_output)
-                        else:
-                            lr = sample.lr if sample.lr.ndim == 3 else np.repeat(sample.lr[..., None], 3, axis=2)
-                            x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None]
-                            x = x.to(device=device, dtype=dtype).div_(255.0)
-                            with torch.inference_mode():
-                                y = forward(x)
-                            if device.type == "cuda":
-                                torch.cuda.synchronize(device)
-                            h, w = sample.hr.shape[0], sample.hr.shape[1]
-                            if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[-2] < h or y.shape[-1] < w:
-                                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                                raise ValueError(f"model output {shape} is smaller than the HR {h}x{w}")
-                            if not bool(torch.isfinite(y).all()):
-                                raise ValueError("the model's output holds NaN/Inf values: the weights are broken or "
-                                                 "overflow (image not scored)")
-                            sr = to_uint8(y[0, :, :h, :w])
-                            del x, y
-                        seconds = time.perf_counter() - t0
-                        p_val, s_val = _score(sr, sample.hr, sample.gray, scale, conv)
-                    if save_root is not None:
-                        out_path = save_root / ds.name / f"{name}.png"
-                        if out_path.resolve() == sample.hr_path.resolve():
-                            raise ValueError(f"refusing to overwrite the input {sample.hr_path}")
-                        img = sr if sr.dtype == np.uint8 else np.clip(np.floor(sr + 0.5), 0, 255).astype(np.uint8)
-                        _save_png(img, out_path)
-                    sr_set.images.append(ImageResult(ds.name, name, p_val, s_val, lr_h, lr_w, sample.gray,
-                                                     seconds, sample.lr_origin))
-                except Exception as exc:  # noqa: BLE001 - one image's problem is recorded; the set goes on
-                    sr_set.failures.append((name, _reason(exc)))
-                finally:
-                    bar.update(1)
-            if log is not None and len(log):
-                sr_set.sparsity = float(torch.cat([t.flatten().float() for t in log]).mean())
-        bar.close()
-    return result
+    idx = job.shard(range(n), key=int) if job is not None else list(range(n))
+    outcomes = []  # per image: (ImageResult or (name, reason), its attention maps' positive shares)
+    bar = Progress(len(idx), f"{ds.name} x{scale}", unit="img", enabled=progress, leave=False)
+    with sparsity() if sparsity else contextlib.nullcontext(None) as log:
+        for i in idx:
+            seen = len(log) if log is not None else 0
+            outcome = score(ds, i)
+            maps = [t.detach().flatten().float().cpu() for t in log[seen:]] if log is not None else []
+            if log is not None:
+                del log[seen:]
+            outcomes.append((outcome, maps))
+            bar.update(1)
+    bar.close()
+    if job is not None:
+        outcomes = job.gather(outcomes)  # rank 0: every image, in index order
+        if outcomes is None:
+            return None
+    sr_set = SetResult(ds.name, scale, description=ds.describe())
+    maps = []
+    for outcome, image_maps in outcomes:
+        (sr_set.images if isinstance(outcome, ImageResult) else sr_set.failures).append(outcome)
+        maps.extend(image_maps)
+    if maps:
+        sr_set.sparsity = float(torch.cat(maps).mean())
+    return sr_set
+
+
+@dataclass
+class _ImageScorer:
+    """Scores image ``i`` of a set: ``ImageResult``, or ``(name, one-line reason)`` when it fails."""
+
+    model: object
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    is_bicubic: bool
+    conv: Convention
+    scale: int
+    device: torch.device
+    dtype: torch.dtype
+    save_root: Path | None
+
+    def __call__(self, ds: BenchmarkSet, i: int) -> ImageResult | tuple[str, str]:
+        name = ds.names[i]
+        try:
+            sample = ds[i]
+            t0 = time.perf_counter()
+            if self.is_bicubic and self.conv.bicubic_channel == "y":
+                p_val, s_val, sr = _bicubic_y(sample, self.scale, self.conv)
+                seconds = time.perf_counter() - t0
+            else:
+                sr = self.model.upscale_uint8(sample.lr, self.conv.bicubic_output) if self.is_bicubic \
+                    else self._super_resolve(sample)
+                seconds = time.perf_counter() - t0
+                p_val, s_val = _score(sr, sample.hr, sample.gray, self.scale, self.conv)
+            if self.save_root is not None:
+                self._save(sr, sample, self.save_root / ds.name / f"{name}.png")
+            lr_h, lr_w = sample.lr.shape[:2]
+            return ImageResult(ds.name, name, p_val, s_val, lr_h, lr_w, sample.gray, seconds, sample.lr_origin)
+        except Exception as exc:  # noqa: BLE001 - one image's problem is recorded; the set goes on
+            return name, _reason(exc)
+
+    def _super_resolve(self, sample: Sample) -> np.ndarray:
+        """The model's uint8 output for one LR image, cropped to the HR; ValueError when it is unusable."""
+        lr = sample.lr if sample.lr.ndim == 3 else np.repeat(sample.lr[..., None], 3, axis=2)
+        x = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None]
+        x = x.to(device=self.device, dtype=self.dtype).div_(255.0)
+        with torch.inference_mode():
+            y = self.forward(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        h, w = sample.hr.shape[0], sample.hr.shape[1]
+        if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[-2] < h or y.shape[-1] < w:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"model output {shape} is smaller than the HR {h}x{w}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("the model's output holds NaN/Inf values: the weights are broken or "
+                             "overflow (image not scored)")
+        return to_uint8(y[0, :, :h, :w])
+
+    @staticmethod
+    def _save(sr: np.ndarray, sample: Sample, out_path: Path) -> None:
+        if out_path.resolve() == sample.hr_path.resolve():
+            raise ValueError(f"refusing to overwrite the input {sample.hr_path}")
+        img = sr if sr.dtype == np.uint8 else np.clip(np.floor(sr + 0.5), 0, 255).astype(np.uint8)
+        _save_png(img, out_path)

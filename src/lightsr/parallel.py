@@ -18,7 +18,7 @@ Inside a command::
 
 The process group (gloo on the CPU, NCCL on CUDA), the device (``cuda:LOCAL_RANK``) and the
 environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) are those of
-:mod:`lightsr.train.distributed`. On the CPU the cores are split among the processes of a machine
+:mod:`lightsr.train.distributed`. On the CPU the idle cores are split among the processes of a machine
 (``threads`` overrides; torchrun's own ``OMP_NUM_THREADS=1`` default is replaced by the split).
 Without torchrun, or with one process, there is no process group and every call is local:
 ``shard`` returns the whole sorted list, ``gather`` the results, ``finish`` the flag's exit code.
@@ -29,7 +29,6 @@ torchrun then exits non-zero. An exception in any process ends the whole job (to
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
@@ -38,7 +37,7 @@ import torch.distributed as dist
 
 from lightsr.train import distributed as D
 
-__all__ = ["Job", "cpu_threads", "merge", "shard", "start"]
+__all__ = ["Job", "merge", "shard", "start"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_MIN = 180.0  # how long a collective waits for the slowest rank (ranks' shards differ)
@@ -64,13 +63,6 @@ def merge(per_rank: Sequence[Sequence[T]]) -> list[T]:
     for rank, results in enumerate(per_rank):
         out[rank::world] = list(results)
     return out
-
-
-def cpu_threads(local_world_size: int, cores: int | None = None) -> int:
-    """Intra-op threads for each of ``local_world_size`` processes sharing this machine's usable cores."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_world_size))
 
 
 @dataclass
@@ -145,16 +137,18 @@ def start(device: str | torch.device = "auto", threads: int | None = None,
     """Join the job torchrun launched (if it did) and pick this process's device and threads.
 
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (each process then takes
-    ``cuda:LOCAL_RANK``). ``threads``: intra-op CPU threads (default: the machine's cores split
-    among its processes when there are several, else unchanged).
+    ``cuda:LOCAL_RANK``). ``threads``: intra-op CPU threads (default: when there are several
+    processes on this machine, its idle cores - those not already busy by the load average - split
+    among them, at least 1 each (:func:`lightsr.inference.policy.default_threads`); else unchanged).
     """
+    from lightsr.inference.policy import default_threads
     from lightsr.inference.runner import resolve_device
 
     use_cuda = resolve_device(device).type == "cuda"
     had_group = dist.is_available() and dist.is_initialized()
     info = D.init(use_cuda, timeout_min=timeout_min)
     if info.device.type == "cpu" and (threads or info.local_world_size > 1):
-        threads = threads or cpu_threads(info.local_world_size)
+        threads = threads or default_threads(processes=info.local_world_size)
         torch.set_num_threads(threads)
     else:
         threads = None

@@ -205,10 +205,7 @@ def _resolve_sets(args, scale: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from lightsr.evaluation import evaluate
-    from lightsr.weights import CheckpointError
+    from lightsr import parallel
 
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
@@ -220,20 +217,45 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.data).expanduser().is_dir():
         return _fail(f"data folder not found: {args.data}")
     try:
+        pj = parallel.start(args.device or "auto", threads=args.threads)  # one process, or this rank under torchrun
+    except ValueError as exc:
+        return _fail(str(exc))
+    with pj:
+        return _run(args, pj)
+
+
+def _device(args, pj) -> str:
+    """This process's device: --device (default cuda if available); under torchrun, the rank's own."""
+    import torch
+
+    if pj.world_size > 1:
+        return str(pj.device)
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _run(args: argparse.Namespace, pj) -> int:
+    """Every rank loads the model and scores its share of the images; rank 0 prints and writes."""
+    import torch
+
+    from lightsr.evaluation import evaluate
+    from lightsr.weights import CheckpointError
+
+    say = pj.is_main  # the other ranks print nothing: rank 0 speaks for the job
+    try:
         model, name, scale = _load(args)
     except (ValueError, CheckpointError) as exc:
-        return _fail(str(exc))
+        return _fail(str(exc)) if say else 2
     if args.scale and args.scale != scale:
-        return _fail(f"--scale {args.scale} but the weights are x{scale}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _fail(f"--scale {args.scale} but the weights are x{scale}") if say else 2
+    device = _device(args, pj)
     try:
         sets, problems = _resolve_sets(args, scale)
     except (FileNotFoundError, ValueError) as exc:
-        return _fail(str(exc))
-    for msg in problems:
+        return _fail(str(exc)) if say else 2
+    for msg in problems if say else ():
         print(f"lightsr eval: {msg}", file=sys.stderr)
     if not sets:
-        return _fail("no benchmark set to evaluate")
+        return _fail("no benchmark set to evaluate") if say else 2
     shown = args.label or name  # the folder and progress name; the table label stays evaluate()'s default
     out_dir = Path(args.output) if args.output else Path("results") / "eval" / f"{shown}_x{scale}"
     precision, note = args.precision, None
@@ -241,9 +263,10 @@ def run(args: argparse.Namespace) -> int:
         from lightsr.inference.policy import auto_precision
 
         precision, note = auto_precision(torch.device(device), getattr(model, "lightsr_source", None))
-    if not args.quiet:
-        print(f"{shown} x{scale} on {len(sets)} set(s), device {device}, {precision}" + (f" [{note}]" if note else ""),
-              file=sys.stderr)
+    if say and not args.quiet:
+        ranks = f", {pj.world_size} processes" if pj.world_size > 1 else ""
+        print(f"{shown} x{scale} on {len(sets)} set(s), device {device}{ranks}, {precision}"
+              + (f" [{note}]" if note else ""), file=sys.stderr)
         for s in sets:
             print(f"  {s.describe()}", file=sys.stderr)
     round_y = None if args.round_y is None else args.round_y == "yes"
@@ -255,18 +278,24 @@ def run(args: argparse.Namespace) -> int:
             self_ensemble=args.self_ensemble, tile=args.tile, tile_overlap=args.tile_overlap,
             tlc=None if args.tlc is None else args.tlc == "on", device=device, precision=precision,
             save_dir=out_dir / "sr" if args.save_images else None, attention_stats=args.attention_stats,
-            label=args.label, progress=not args.quiet, limit=args.limit,
+            label=args.label, progress=not args.quiet, limit=args.limit, job=pj,
         )
     except ValueError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc)) if say else 2
+    failed = _report(result, out_dir, args, problems) if say else False
+    return pj.finish(failed)
+
+
+def _report(result, out_dir: Path, args, problems: list[str]) -> bool:
+    """Print the table and write the result files (rank 0); True when anything failed."""
     for set_name, image, msg in result.failures:
         print(f"lightsr eval: error: {set_name}/{image}: {msg}", file=sys.stderr)
     print(result.to_markdown(), end="")
     if result.failures:  # a partial table must never replace an earlier complete one
         print(f"lightsr eval: {len(result.failures)} image(s) failed: the table above is partial and no result "
               f"file was written to {out_dir}", file=sys.stderr)
-        return 1
+        return True
     paths = result.write(out_dir)
     print(f"\nwrote {paths['markdown']}, {paths['csv']}, {paths['json']}"
           + (f", SR images in {out_dir / 'sr'}" if args.save_images else ""))
-    return 1 if problems else 0
+    return bool(problems)

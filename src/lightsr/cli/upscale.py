@@ -1,4 +1,4 @@
-"""``lightsr upscale``: upscale image files, folders and globs."""
+"""``lightsr upscale``: upscale image and video files, folders and globs (one process, or many under torchrun)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightsr.cli.errors import UsageError, debug_enabled, one_line
+from lightsr.cli.video_args import (VIDEO_EPILOG, add_video_arguments, check_video_arguments, is_video_path,
+                                    upscale_video_file, upscale_video_shared, video_output_path)
 
 EPILOG = """\
 examples:
@@ -41,6 +43,12 @@ time and an ETA, also while one large image is upscaled in a single pass.
 Tiling: --tile auto (default) picks the largest tile that fits in memory and does not tile an
 image that fits whole; overlapping tiles are blended with smooth weights (docs/upscale.md shows
 how close tiled and whole-image outputs are for each model).
+
+many processes, GPUs or machines (docs/ecosystem.md):
+  torchrun --nproc_per_node 4 -m lightsr upscale photos/ -o out/ -r
+  each input is upscaled by one process (a video's segments are shared by all), rank 0 prints
+  the summary, and the exit code is 1 if any process failed; on the CPU the cores and the
+  --tile auto memory are split among a machine's processes, on CUDA each takes cuda:LOCAL_RANK.
 """
 
 GLOB_CHARS = set("*?[")
@@ -51,12 +59,14 @@ AUTO_FORMAT_BY_SUFFIX = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".png": "
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "upscale",
-        help="upscale images (files, folders, globs)",
-        description="Upscale images with a lightsr model: robust to every common image kind, tiled, memory-bounded.",
-        epilog=EPILOG,
+        help="upscale images and videos (files, folders, globs)",
+        description="Upscale images and videos with a lightsr model: robust to every common image kind, tiled, "
+                    "memory-bounded.",
+        epilog=EPILOG + "\n" + VIDEO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns (quote globs)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image or video files, folders or glob patterns (quote globs)")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (created if missing; --demo: default lightsr-demo)")
     p.add_argument("--demo", action="store_true",
                    help="upscale the bundled sample image (CC0) and write a side-by-side comparison with bicubic")
@@ -85,6 +95,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-download", default=None, metavar="SIZE",
                    help="largest --weights download accepted, e.g. 500M or 2G (default 1G)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress (bars, lines, downloads) and no per-image lines")
+    add_video_arguments(p)
     return p
 
 
@@ -271,6 +282,9 @@ def validate(args) -> Settings:
         raise UsageError("--tile-overlap must be >= 0")
     if not 1 <= args.quality <= 100:
         raise UsageError("--quality must be between 1 and 100")
+    problem = check_video_arguments(args)
+    if problem:
+        raise UsageError(problem)
     if args.max_pixels is not None and not args.max_pixels > 0:
         raise UsageError("--max-pixels must be positive")
     if args.max_memory is not None and not args.max_memory > 0:
@@ -326,14 +340,16 @@ def _as_usage_error(exc: Exception) -> Exception:
     return exc if isinstance(exc, user_errors()) else UsageError(one_line(exc))
 
 
-def load_upscaler(args, settings: Settings, console: Console):
+def load_upscaler(args, settings: Settings, console: Console, device: str | None = None,
+                  max_memory: int | None = None):
+    """The model (``device`` / ``max_memory``: this process's, under torchrun; default the command line's)."""
     from lightsr.inference import Upscaler
 
     try:
         return Upscaler(
             args.model, args.scale, weights=_resolve_weights(args, settings), tile=settings.tile,
-            tile_overlap=args.tile_overlap, precision=args.precision, device=args.device, alpha=args.alpha,
-            max_memory=settings.max_memory, warn=console.warn,
+            tile_overlap=args.tile_overlap, precision=args.precision, device=device or args.device, alpha=args.alpha,
+            max_memory=settings.max_memory if max_memory is None else max_memory, warn=console.warn,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise _as_usage_error(exc) from None
@@ -413,6 +429,8 @@ class Batch:
 
     def process(self, job: Job) -> None:
         src = job.source
+        if is_video_path(src):
+            return self._process_video(job)
         if self._unusable(src, _output_path(self.settings.outdir, job, self.suffix, self.fmt or _auto_format(src))):
             return  # checked before reading, and again once the format is known
         try:
@@ -425,6 +443,37 @@ class Batch:
 
                 traceback.print_exc()
             self.fail(src, _reason(exc))
+
+    def _video_done(self, ok: bool, src: Path, out_path: Path) -> None:
+        if ok:
+            self.tally.claimed[out_path] = src
+            self.tally.written += 1
+        else:
+            self.tally.failures += 1
+
+    def _process_video(self, job: Job) -> None:
+        """A video: streamed through the model by lightsr.video (one line per problem, as for images)."""
+        src = job.source
+        out_path = video_output_path(self.settings.outdir, job.rel, self.suffix, self.args)
+        if self._unusable(src, out_path):
+            return
+        self._clean(out_path.parent)
+        self._video_done(upscale_video_file(src, out_path, self.args, self.up, say=self.console.info,
+                                            err=lambda msg: self.console.say(msg, err=True)), src, out_path)
+
+    def process_shared_video(self, job: Job, pj) -> None:
+        """A video that every rank of a torchrun job works on (its segments shared): all ranks call
+        this for the same jobs in the same order; rank 0 decides, counts and speaks."""
+        src = job.source
+        out_path = video_output_path(self.settings.outdir, job.rel, self.suffix, self.args)
+        if not pj.broadcast(not self._unusable(src, out_path) if pj.is_main else None):
+            return
+        if pj.is_main:
+            self._clean(out_path.parent)
+        ok = upscale_video_shared(src, out_path, self.args, self.up, pj, say=self.console.info,
+                                  err=lambda msg: self.console.say(msg, err=True))
+        if pj.is_main:
+            self._video_done(ok, src, out_path)
 
     def _process(self, job: Job) -> None:
         from lightsr.inference.io import ImageError, read_image, write_image
@@ -503,6 +552,17 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(exc)}"
 
 
+def add_tallies(tallies: list[Tally]) -> Tally:
+    """The tallies of every rank, added up."""
+    total = Tally()
+    for t in tallies:
+        total.written += t.written
+        total.skipped += t.skipped
+        total.failures += t.failures
+        total.claimed.update(t.claimed)
+    return total
+
+
 def summary(tally: Tally, outdir: Path, earlier: int) -> int:
     parts = [f"{tally.written} written to {outdir}/"]
     if tally.skipped or earlier:
@@ -517,40 +577,99 @@ def summary(tally: Tally, outdir: Path, earlier: int) -> int:
 
 # ------------------------------------------------------------------------------------------------
 def run(args) -> int:
-    from lightsr.inference.progress import Progress
+    from lightsr import parallel
 
     settings = validate(args)
     if args.demo:
         return _run_demo(args, settings)
-    console = Console(settings.quiet)
-    jobs, missing, earlier = collect_inputs(args.inputs, args.recursive, settings.outdir, args.suffix)
-    for item, reason in missing:
-        console.error(item, reason)
-    if earlier:
-        more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
-        console.info(f"skip: {earlier[0]}{more}: output(s) of an earlier run (in -o {settings.outdir}, named "
-                     f"*{args.suffix}), never taken as inputs")
-    if not jobs:
-        print("lightsr upscale: no input images found" + (" (only outputs of earlier runs)" if earlier else ""),
-              file=sys.stderr)
-        return 1
-    # the model after input discovery: a typo in a path should not cost a model load
-    upscaler = load_upscaler(args, settings, console)
-    batch = Batch(args, settings, upscaler, console, jobs)
-    batch.tally.failures += len(missing)
+    try:
+        pj = parallel.start(args.device, threads=args.threads)  # one process, or this rank under torchrun
+    except ValueError as exc:  # e.g. --device cuda without a GPU
+        raise UsageError(one_line(exc)) from None
+    with pj:
+        return _run_batch(args, settings, pj)
+
+
+def _list_inputs(args, settings: Settings, console: Console, pj):
+    """Rank 0 lists the inputs (and reports what matched nothing) for every rank."""
+    listing = collect_inputs(args.inputs, args.recursive, settings.outdir, args.suffix) if pj.is_main else None
+    jobs, missing, earlier = pj.broadcast(listing)
+    if pj.is_main:
+        for item, reason in missing:
+            console.error(item, reason)
+        if earlier:
+            more = f" and {len(earlier) - 1} more" if len(earlier) > 1 else ""
+            console.info(f"skip: {earlier[0]}{more}: output(s) of an earlier run (in -o {settings.outdir}, named "
+                         f"*{args.suffix}), never taken as inputs")
+        if not jobs:
+            print("lightsr upscale: no input images found" + (" (only outputs of earlier runs)" if earlier else ""),
+                  file=sys.stderr)
+    return jobs, missing, earlier
+
+
+def split_jobs(jobs: list[Job], pj, preview: bool = False) -> tuple[list[Job], list[Job]]:
+    """``(this rank's jobs, videos every rank shares)``. One process: all jobs, no shared video.
+
+    Under torchrun, videos (not previews) are shared by all ranks, segment by segment; the other
+    inputs are sharded by output stem, so that inputs that could claim the same output name (a.jpg,
+    a.png) fall to the same rank and the same-name check works as in one process."""
+    if pj.world_size == 1:
+        return list(jobs), []
+    shared = [j for j in jobs if not preview and is_video_path(j.source)]
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        if preview or not is_video_path(j.source):
+            groups.setdefault(str(j.rel.parent / j.rel.stem), []).append(j)
+    return [j for key in pj.shard(groups, key=str) for j in groups[key]], shared
+
+
+def _memory_budget(settings: Settings, pj) -> int | None:
+    """--max-memory, or under torchrun on the CPU the default tile budget split among this machine's processes."""
+    if settings.max_memory is not None or pj.info.local_world_size == 1 or pj.device.type != "cpu":
+        return settings.max_memory
+    from lightsr.inference.runner import default_budget
+
+    return default_budget(pj.device) // pj.info.local_world_size
+
+
+def _describe(upscaler, settings: Settings, args, n_inputs: int, pj) -> str:
     config = getattr(upscaler.model, "lightsr_config", {})
     source = getattr(upscaler.model, "lightsr_source", args.weights or "module")
-    console.info(f"lightsr upscale: {config.get('name', type(upscaler.model).__name__)} x{upscaler.scale} ({source}) on "
-                 f"{upscaler.device} {upscaler.runner.precision}{_threads_note(upscaler)}, {len(jobs)} input(s) -> "
-                 f"{settings.outdir}/" + (f" [{upscaler.precision_note}]" if upscaler.precision_note else ""))
-    with Progress(len(jobs), "images", unit="img", enabled=not settings.quiet) as bar:
+    ranks = f", {pj.world_size} processes" if pj.world_size > 1 else ""
+    return (f"lightsr upscale: {config.get('name', type(upscaler.model).__name__)} x{upscaler.scale} ({source}) on "
+            f"{upscaler.device} {upscaler.runner.precision}{_threads_note(upscaler)}{ranks}, {n_inputs} input(s) -> "
+            f"{settings.outdir}/" + (f" [{upscaler.precision_note}]" if upscaler.precision_note else ""))
+
+
+def _run_batch(args, settings: Settings, pj) -> int:
+    from lightsr.inference.progress import Progress
+
+    console = Console(settings.quiet)
+    jobs, missing, earlier = _list_inputs(args, settings, console, pj)
+    if not jobs:
+        return 1
+    # the model after input discovery: a typo in a path should not cost a model load
+    upscaler = load_upscaler(args, settings, console, device=str(pj.device), max_memory=_memory_budget(settings, pj))
+    batch = Batch(args, settings, upscaler, console, jobs)  # every input: its overwrite guard needs them all
+    mine, shared = split_jobs(jobs, pj, bool(args.preview))
+    if pj.is_main:
+        batch.tally.failures += len(missing)
+        console.info(_describe(upscaler, settings, args, len(jobs), pj))
+    with Progress(len(mine) + len(shared), "images", unit="img", enabled=pj.is_main and not settings.quiet) as bar:
         console.bar = bar
-        for job in jobs:
+        for job in mine:
             bar.set_postfix(job.source.name[-30:])
             batch.process(job)
             bar.update()
+        for job in shared:
+            bar.set_postfix(job.source.name[-30:])
+            batch.process_shared_video(job, pj)
+            bar.update()
         console.bar = None
-    return summary(batch.tally, settings.outdir, len(earlier))
+    tallies = pj.gather_object(batch.tally)
+    if pj.is_main:
+        summary(add_tallies(tallies), settings.outdir, len(earlier))
+    return pj.finish(batch.tally.failures > 0)
 
 
 def _run_demo(args, settings: Settings) -> int:

@@ -142,6 +142,7 @@ def upscale_video(
     progress: bool | Callable[[int, int], None] = True,
     max_pixels: int | None = None,
     note: Callable[[str], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     **upscaler_options,
 ) -> VideoResult:
     """Upscale the video ``src`` into ``dst`` (container from its suffix); see ``docs/video.md``.
@@ -160,6 +161,9 @@ def upscale_video(
             callback ``(done, total)``.
         max_pixels: refuse frames larger than this many pixels.
         note: called with one-line remarks (streams left out, cropping...).
+        on_ready: called once the segment folder is prepared, before any segment is encoded
+            (``lightsr upscale`` under torchrun: rank 0 prepares the folder before the others
+            join it).
 
     Raises:
         VideoError: bad input or settings (one-line message). FileExistsError: ``dst`` exists.
@@ -190,6 +194,8 @@ def upscale_video(
     dst.parent.mkdir(parents=True, exist_ok=True)
     plan = _plan(info, settings, upscaler, first, stop, segment_frames)
     done = set(store.prepare(plan, segments, resume or shard is not None, clear_temps=shard is None))
+    if on_ready is not None:
+        on_ready()
     mine = segments_for_rank(segments, *shard) if shard else segments
     todo = [s for s in mine if s not in done]
     seconds = _run(info, todo, store, upscaler, settings, progress, stop - first,
