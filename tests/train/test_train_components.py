@@ -96,6 +96,40 @@ def test_ema_follows_basicsr_update():
         ModelEMA(model, 1.0)
 
 
+def _ema_pair(foreach):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 1))
+    ema = ModelEMA(model, 0.999, warmup=True, foreach=foreach)
+    return model, ema
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_ema_fused_update_equals_the_per_parameter_one(device):
+    """On CUDA one _foreach_lerp_ over all parameters (the default there); on the CPU the BasicSR
+    loop stays the default, bit for bit; the two agree up to float rounding."""
+    loop_model, loop = _ema_pair(False)
+    model, fused = _ema_pair(None if device == "cuda" else True)
+    model.to(device)
+    fused.module.to(device)
+    want = {k: v.clone() for k, v in loop.module.named_parameters()}
+    for it in range(1, 6):
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), loop_model.parameters()):
+                step = torch.randn_like(q)
+                q.add_(step)
+                p.add_(step.to(device))
+        decay = loop.decay_at(it)
+        for k, p in loop_model.named_parameters():
+            want[k] = want[k].mul(decay).add(p.detach(), alpha=1 - decay)
+        loop.update(loop_model, it)
+        fused.update(model, it)
+    for k, p in loop.module.named_parameters():
+        assert torch.equal(p, want[k])  # the default on the CPU: exactly BasicSR's arithmetic
+        torch.testing.assert_close(dict(fused.module.named_parameters())[k].cpu(), p, rtol=1e-5, atol=1e-6)
+    assert ModelEMA(loop_model, 0.9).foreach is None  # automatic: fused only where the EMA is on CUDA
+
+
 def test_rng_capture_round_trip_is_weights_only_loadable(tmp_path):
     random.seed(1)
     np.random.seed(2)

@@ -56,11 +56,26 @@ def test_minimal_config_defaults():
         ("val.val_freq=10", r"val: given but no datasets\.val"),
         ("datasets.train.io_backend.type=lmdb", r"io_backend: only \{type: disk\}"),
         ("name=a/b", r"name: 'a/b' must be a plain folder name"),
+        ("train.amp=fp32", r"train\.amp: expected 'none' \| 'bf16' \| 'fp16' \| 'auto', got str 'fp32'"),
+        ("train.amp=BF16", r"train\.amp: expected 'none' \| 'bf16' \| 'fp16' \| 'auto', got str 'BF16'"),
+        ("train.amp=true", r"train\.amp: expected .*, got bool True"),
+        ("train.cuda_graphs=1", r"train\.cuda_graphs: expected bool, got int 1"),
+        ("train.cudnn_benchmark=auto", r"train\.cudnn_benchmark: expected bool, got str 'auto'"),
     ],
 )
 def test_mistakes_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(_raw(**dict([override.split("=", 1)])))
+
+
+def test_amp_and_graph_switches():
+    t = parse_config(_raw()).train
+    assert (t.amp, t.cuda_graphs, t.cudnn_benchmark) == ("none", False, True)  # today's behaviour by default
+    for amp in ("none", "bf16", "fp16", "auto"):
+        assert parse_config(_raw(**{"train.amp": amp})).train.amp == amp
+    assert parse_config(_raw(**{"train.cuda_graphs": "true"})).train.cuda_graphs is True
+    with pytest.raises(ConfigError, match=r"train\.cuda_graphs: not together with train\.compile"):
+        parse_config(_raw(**{"train.cuda_graphs": "true", "train.compile": "true"}))
 
 
 def test_val_section_defaults_when_val_sets_exist():
@@ -142,3 +157,8 @@ def test_shipped_config_is_valid_and_matches_its_paper(path):
     if family == "lamnet" and cfg.scale != 2:
         assert cfg.path.pretrain_network_g.endswith(f"{model}_x2/models/net_g_latest.safetensors")
         assert cfg.path.strict_load_g is False
+
+
+def test_cpu_configs_pick_bf16_by_the_cpu():
+    cpu = [p for p in CONFIGS if p.stem.startswith("cpu_")]
+    assert cpu and all(load_config(p).train.amp == "auto" for p in cpu)

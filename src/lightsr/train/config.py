@@ -156,9 +156,13 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables EMA; BasicSR: ema = d * ema + (1 - d) * param every iteration
     ema_warmup: bool = False  # decay min(ema_decay, (1 + i) / (10 + i)) at iteration i (not BasicSR; short runs)
     grad_clip_norm: Optional[float] = None
-    amp: Literal["none", "bf16", "fp16"] = "none"  # CUDA only
+    # autocast of forward + loss. bf16: CPU or CUDA; fp16: CUDA only (GradScaler); auto: bf16 on CPUs
+    # with native bf16 (AVX512-BF16 / AMX) and on CUDA GPUs that support it, else none
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"
     channels_last: bool = False  # CUDA only
     compile: Union[bool, str] = False  # False, True or a torch.compile mode
+    cuda_graphs: bool = False  # CUDA: forward + loss + backward replayed from a CUDA graph (lightsr.train.graph_step)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN autotuning for the fixed training shapes (off under deterministic)
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process (CPU); default: cores / local ranks
     malloc_tuning: bool = True  # CPU: keep freed memory for reuse instead of page-faulting every step (lightsr.allocator)
@@ -563,6 +567,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.grad_clip_norm: must be positive (or null)")
     if isinstance(t.compile, str) and t.compile not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
         raise ConfigError(f"train.compile: {t.compile!r} is not a torch.compile mode")
+    if t.cuda_graphs and t.compile:
+        raise ConfigError("train.cuda_graphs: not together with train.compile (torch.compile's own CUDA graphs: "
+                          "compile: reduce-overhead)")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("train.num_threads: must be >= 1")
     s = t.scheduler

@@ -1,8 +1,10 @@
 """The training loop.
 
 One process (CPU or one GPU) or many (``torchrun``, DDP over NCCL on GPUs or gloo on CPU). Per
-iteration: set the scheduled learning rate, forward (optionally under autocast), pixel loss,
-backward (GradScaler for fp16), optional gradient clipping, optimiser step, EMA update. Every
+iteration: set the scheduled learning rate, forward (optionally under autocast: ``train.amp``,
+resolved by :mod:`lightsr.train.amp`), pixel loss, backward (GradScaler for fp16) - the three
+replayed from a CUDA graph with ``train.cuda_graphs`` (:mod:`lightsr.train.graph_step`) -, optional
+gradient clipping, optimiser step, EMA update. Every
 ``logger.print_freq`` iterations a log row, every ``val.val_freq`` a validation with the EMA
 weights, every ``logger.save_checkpoint_freq`` (and at the end, and on SIGINT / SIGTERM) a complete
 checkpoint set. Only global rank 0 writes files.
@@ -19,7 +21,6 @@ within seconds. Complete checkpoint sets are never touched by a failed write.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -50,8 +51,10 @@ from lightsr.train.checkpoint import (
     remove_stale_temp_files,
     restore_rng,
 )
+from lightsr.train.amp import resolve_amp
 from lightsr.train.config import Config, ConfigError, dump_config
 from lightsr.train.ema import ModelEMA, unwrap
+from lightsr.train.graph_step import GraphedStep
 from lightsr.train.log import CSVLog, TensorBoard, format_duration, setup_logging
 from lightsr.train.optim import LRSchedule, build_loss, build_optimizer
 
@@ -227,7 +230,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         elif self.cuda:
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = bool(cfg.train.cudnn_benchmark)  # training shapes are fixed
         seed = cfg.manual_seed + self.dist.rank
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -255,11 +258,11 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), cfg.train.optim_g)
         self.schedule = LRSchedule(cfg.train.scheduler, cfg.train.optim_g.lr, cfg.train.total_iter, cfg.train.warmup_iter)
         self.loss_fn = build_loss(cfg.train.pixel_opt).to(self.device)
-        amp = cfg.train.amp if self.cuda else "none"
-        if cfg.train.amp != "none" and not self.cuda:
-            log.warning("train.amp=%s applies to CUDA only; training in float32 on CPU", cfg.train.amp)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        amp = resolve_amp(cfg.train.amp, self.device)
+        if amp.note and self.dist.is_main:
+            (log.warning if amp.warn else log.info)("%s", amp.note)
+        self.amp_dtype = amp.dtype
+        self.scaler = torch.amp.GradScaler("cuda") if amp.grad_scaler else None
 
     def _build_data(self) -> None:
         from torch.utils.data import DataLoader
@@ -613,6 +616,18 @@ class Trainer:
                     log.removeHandler(h)
                     h.close()
 
+    def _graphed_step(self, model: nn.Module) -> GraphedStep:
+        """Forward + loss + backward of a step: replayed from a CUDA graph with ``train.cuda_graphs``
+        where capture works, else eager (the same computation)."""
+        enabled = bool(self.cfg.train.cuda_graphs)
+        graphed = GraphedStep(model, self.loss_fn, amp_dtype=self.amp_dtype, scaler=self.scaler, enabled=enabled)
+        if enabled and self.dist.is_main:
+            if graphed.captures:
+                log.info("train.cuda_graphs: the training step is captured at its first iteration")
+            else:
+                log.warning("train.cuda_graphs: not used (%s); the step runs eagerly", graphed.fallback_reason)
+        return graphed
+
     def _loop(self) -> int:
         cfg = self.cfg
         is_main = self.dist.is_main
@@ -648,6 +663,7 @@ class Trainer:
         if cfg.train.compile:
             model = torch.compile(model, mode=None if cfg.train.compile is True else cfg.train.compile)
         self.train_model = model
+        graphed = self._graphed_step(model)
         self._install_signals()
         bar = None
         if is_main and self.use_bar:
@@ -661,7 +677,6 @@ class Trainer:
         data_iter = iter(self.loader)
         exit_code = EXIT_OK
         val_freq = cfg.val.val_freq if cfg.val else None
-        amp_ctx = (lambda: torch.autocast("cuda", dtype=self.amp_dtype)) if self.amp_dtype else contextlib.nullcontext
         try:
             while it < total:
                 # ranks agree on stopping (a signal may reach only some); on GPUs every 10 iterations
@@ -684,19 +699,15 @@ class Trainer:
                 gt = gt.to(self.device, non_blocking=True)
                 if self.channels_last:
                     lq = lq.contiguous(memory_format=torch.channels_last)
-                with amp_ctx():
-                    out = model(lq)
-                loss = self.loss_fn(out.float(), gt)
                 self.optimizer.zero_grad(set_to_none=True)
+                loss = graphed(lq, gt)  # forward (autocast per train.amp), loss, backward (scaled for fp16)
                 if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
                     if cfg.train.grad_clip_norm:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
-                    loss.backward()
                     if cfg.train.grad_clip_norm:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
                     self.optimizer.step()
