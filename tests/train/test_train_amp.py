@@ -137,3 +137,19 @@ def test_cuda_graphed_training_matches_eager(tmp_path):
     assert "training step captured in a CUDA graph" in log and "runs eagerly" not in log
     assert graphed[0] == pytest.approx(eager[0], rel=1e-4)  # the first step: same weights, same batch
     assert all(math.isfinite(v) for v in graphed) and graphed == pytest.approx(eager, rel=0.05)
+
+
+def test_resuming_a_checkpoint_older_than_the_new_keys_reports_no_change(tmp_path):
+    """A checkpoint written before train.cuda_graphs / cudnn_benchmark existed: its config lacks them,
+    and their defaults are no change (a changed value still is)."""
+    root, _, _ = _run(tmp_path, "old", total=2)
+    path = root / "training_states" / "2.state"
+    state = torch.load(path, weights_only=True)
+    lines = state["config"].splitlines()
+    state["config"] = "\n".join(x for x in lines if "cuda_graphs" not in x and "cudnn_benchmark" not in x)
+    assert state["config"] != "\n".join(lines)
+    torch.save(state, path)
+    _, _, log = _run(tmp_path, "old", total=3, resume="auto")
+    assert "changed settings: train.total_iter: 2 -> 3\n" in log
+    _, _, log = _run(tmp_path, "old", total=4, resume="auto", cudnn_benchmark=False)
+    assert "changed settings: train.cudnn_benchmark: True -> False; train.total_iter: 3 -> 4\n" in log

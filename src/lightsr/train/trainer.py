@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from lightsr.allocator import tune_malloc
 from lightsr.train import distributed as D
+from lightsr.train.amp import resolve_amp
 from lightsr.train.checkpoint import (
     STATE_FORMAT,
     STATE_VERSION,
@@ -51,7 +52,6 @@ from lightsr.train.checkpoint import (
     remove_stale_temp_files,
     restore_rng,
 )
-from lightsr.train.amp import resolve_amp
 from lightsr.train.config import Config, ConfigError, dump_config
 from lightsr.train.ema import ModelEMA, unwrap
 from lightsr.train.graph_step import GraphedStep
@@ -388,6 +388,8 @@ class Trainer:
         except yaml.YAMLError:
             return
         now = flat(config_to_dict(self.cfg))
+        defaults = flat(config_to_dict(Config()))
+        before = {**{k: v for k, v in defaults.items() if k in now}, **before}  # keys newer than the checkpoint
         changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                    if before.get(k) != now.get(k) and k != "description"]
         if changed:
