@@ -201,3 +201,57 @@ def test_model_failure_is_one_line_and_ctrl_c_says_how_to_resume(tmp_path):
     resumed = parser().parse_args(["--segment-frames", "2", "--resume"])
     assert upscale_video_file(src, tmp_path / "b.mp4", resumed, Upscaler(Nearest()), **lines.kwargs())
     assert "6 frames, 2 resumed" in lines.out[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# through the command line: `lightsr upscale clip.mp4 -o out/`, alone and in a batch with images
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A real lightsr model file, reduced so that the tests are fast (LAMNet operators, 1 block)."""
+    import torch
+
+    import lightsr
+
+    torch.manual_seed(0)
+    model = lightsr.create_model("lamnet", 2, num_groups=1, num_blocks=1, dim=16)
+    return lightsr.save_model(model, tmp_path_factory.mktemp("w") / "lamnet_tiny_x2.safetensors")
+
+
+def upscale(*argv) -> int:
+    from lightsr.cli import main
+
+    return main(["upscale", *map(str, argv)])
+
+
+@needs_av
+def test_lightsr_upscale_takes_a_video(tmp_path, weights, capsys):
+    src = clip(tmp_path / "clip.mp4", n=5, size=(30, 22))
+    out = tmp_path / "out"
+    assert upscale(src, "-o", out, "--weights", weights, "--threads", "1") == 0
+    printed = capsys.readouterr().out
+    assert f"{src} -> {out / 'clip_x2.mp4'} (5 frames" in printed and "lightsr upscale: 1 written to" in printed
+    with av.open(str(out / "clip_x2.mp4")) as c:
+        stream = c.streams.video[0]
+        assert (stream.width, stream.height) == (60, 44) and len(list(c.decode(video=0))) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["clip_x2.mp4"]  # no segment folder left
+    assert upscale(src, "-o", out, "--weights", weights, "--threads", "1") == 0  # a second run keeps it
+    assert "skip: " in capsys.readouterr().out
+
+
+@needs_av
+def test_a_batch_of_images_and_a_broken_video_goes_on(tmp_path, weights, capsys):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(src / name)
+    (src / "broken.mp4").write_bytes(clip(tmp_path / "whole.mp4").read_bytes()[:300])  # cut before its index
+    clip(src / "good.mkv", n=3)
+    out = tmp_path / "out"
+    assert upscale(src, "-o", out, "--weights", weights, "--threads", "1") == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {src / 'broken.mp4'}: ")
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "b_x2.jpg", "good_x2.mkv"]
+    assert "lightsr upscale: 3 written to" in captured.err and "1 failed" in captured.err
