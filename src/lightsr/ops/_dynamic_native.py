@@ -31,7 +31,7 @@ class _ClGeom(ctypes.Structure):
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
 NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
                      for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
-NATIVE_SIGNATURES["lightsr_dyn_apply_cl"] = [_p, _p, _p, ctypes.POINTER(_ClGeom), _i64, _i64]
+NATIVE_SIGNATURES["lightsr_dyn_apply_cl"] = [_p, _p, _p, _p, ctypes.POINTER(_ClGeom), _i64, _i64]
 _STRIP_KERNELS = 2**19  # kernel values generated per strip (2 MiB in float32: L2-sized)
 
 
@@ -92,17 +92,17 @@ def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, group
     rows = hidden.permute(0, 2, 3, 1).reshape(b * h * w, -1).float()
     nk = conv_weight.shape[0]
     wk_t = conv_weight.detach().float().reshape(nk, -1).t()
-    bias = None if conv_bias is None else conv_bias.detach().float()
+    bias = None if conv_bias is None else conv_bias.detach().float().contiguous()
     y = torch.empty(xf.shape, dtype=torch.float32, memory_format=torch.channels_last)
     fn = _native.library().lightsr_dyn_apply_cl
     per = max(1, _STRIP_KERNELS // max(1, w * nk))
     for r0 in range(0, b * h, per):
         r1 = min(b * h, r0 + per)
         pix = rows[r0 * w : r1 * w]
-        with torch.autocast("cpu", enabled=False):  # the loop reads float32 kernels
-            kw = torch.mm(pix, wk_t) if bias is None else torch.addmm(bias, pix, wk_t)
+        with torch.autocast("cpu", enabled=False):  # the loop reads float32 kernels (and adds the bias)
+            kw = torch.mm(pix, wk_t)
         geom = _ClGeom(b, h, w, c, groups, c // groups, k, r0)
-        args = [ctypes.c_void_p(t.data_ptr()) for t in (xf, kw, y)]
+        args = [ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in (xf, kw, bias, y)]
         codes = _native.run_rows(lambda _, a, z: fn(*args, ctypes.byref(geom), r0 + a, r0 + z), r1 - r0, min_rows=1)
         if any(codes):
             raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")

@@ -256,7 +256,8 @@ int lightsr_dyn_grad_input(float *gp, const float *gs, const float *w, const dyn
  *
  * x and y are dense channels-last (B, H, W, C) float32; kw holds the kernels of the rows
  * [row_base, ...) of the B * H rows, one row of G * K * K values per pixel, in pixel order (the
- * output of the kernel-generating 1x1 convolution as a matrix product). Each group's P channels
+ * output of the kernel-generating 1x1 convolution as a matrix product, without its bias: the loop adds
+ * bias[g * K*K + t], which may be NULL, to every pixel's kernel value). Each group's P channels
  * are accumulated as ceil(P / 8) vectors at channel offset g * P + 8 v, written in ascending order
  * so that a vector's lanes beyond its group are overwritten by the next group's; the lanes read
  * past the last channel of the tensor's last pixel come from a zero-padded copy. */
@@ -274,7 +275,8 @@ static inline v8 load_tail_safe(const float *p, const float *end)
     return ld_f32(tmp);
 }
 
-int lightsr_dyn_apply_cl(const float *x, const float *kw, float *y, const dyn_cl_geom *d, i64 r0, i64 r1)
+int lightsr_dyn_apply_cl(const float *x, const float *kw, const float *bias, float *y, const dyn_cl_geom *d, i64 r0,
+                         i64 r1)
 {
     const i64 H = d->H, W = d->W, C = d->C, G = d->G, P = d->P, K = d->K, KK = K * K, p = K / 2;
     const i64 V = (P + 7) / 8;
@@ -298,9 +300,11 @@ int lightsr_dyn_apply_cl(const float *x, const float *kw, float *y, const dyn_cl
                     for (i64 i = i0; i < i1; ++i) {
                         const float *xr = x + ((b * H + oh + i - p) * W) * C + c0;
                         const float *kr = kp + g * KK + i * K;
+                        const float *br = bias ? bias + g * KK + i * K : NULL;
                         for (i64 j = j0; j < j1; ++j) {
                             const float *xs = xr + (ow + j - p) * C;
-                            acc += kr[j] * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
+                            const float kv = br ? kr[j] + br[j] : kr[j];
+                            acc += kv * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
                         }
                     }
                     st_f32(buf + c0, acc);
