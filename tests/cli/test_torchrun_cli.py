@@ -101,6 +101,18 @@ def test_split_jobs_gives_each_input_to_one_rank_and_keeps_same_stems_together()
     assert shared == []  # previews are small: one rank each, like images
 
 
+def test_tile_memory_is_split_among_a_machines_cpu_processes():
+    from lightsr.cli.upscale import Settings, _memory_budget
+    from lightsr.inference.runner import default_budget
+
+    settings = Settings(tile="auto", outdir=Path("o"), max_pixels=1, max_memory=None, max_download=None, quiet=True)
+    assert _memory_budget(settings, _fake_job(0, 1)) is None  # one process: the Upscaler's own default
+    split = _memory_budget(settings, _fake_job(1, 4))
+    assert 0 < split <= default_budget(_fake_job(0, 4).device) // 4 * 1.5  # free memory moves a little between calls
+    settings.max_memory = 123
+    assert _memory_budget(settings, _fake_job(1, 4)) == 123  # --max-memory is per process, as given
+
+
 # ------------------------------------------------------------------------------------------------
 def _written(stdout: str) -> list[str]:
     return re.findall(r" -> (\S+) \(", stdout)
