@@ -519,6 +519,21 @@ def test_shards_then_assembly_equal_a_single_run(tmp_path):
 
 
 @needs_av
+def test_on_ready_is_called_once_the_segment_folder_exists_before_any_frame(tmp_path):
+    clip = make_clip(tmp_path / "r.mp4", n=4)
+    out = tmp_path / "r_x2.mp4"
+    events = []
+
+    def ready():
+        events.append(("ready", (out.parent / f".{out.name}.lightsr-segments" / "plan.json").is_file()))
+
+    lightsr.upscale_video(clip, out, model=TinySR(2), segment_frames=2, shard=(0, 2), on_ready=ready,
+                          progress=lambda done, total: events.append(("frame", done)))
+    assert events[0] == ("ready", True) and [e for e, _ in events].count("ready") == 1
+    assert [d for e, d in events if e == "frame"] == [1, 2]  # rank 0's share: the first segment
+
+
+@needs_av
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
     clip = make_clip(tmp_path / "c.mp4", n=3)
     out = tmp_path / "o.mp4"
