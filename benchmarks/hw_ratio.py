@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from lightsr.bench import environment, format_environment, interleaved_timings, load_average
 from lightsr.complexity import count_model_macs
 from lightsr.inference import Upscaler
+from lightsr.inference.policy import cpu_flags, native_bf16
 from lightsr.models import create_model
 
 MODELS = ["dlgsanet_tiny", "dlgsanet_light", "lgun", "lamnet", "lamnet_large", "dlgsanet"]
@@ -59,9 +60,6 @@ class Case:
         return f"{self.model}@{self.batch}x{self.size[0]}x{self.size[1]}"
 
 
-def native_bf16() -> bool:
-    flags = set(environment().get("cpu_flags") or [])
-    return bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def _cases(models: list[str], scale: int, size: tuple[int, int], batch: int, full_down: int) -> list[Case]:
@@ -176,7 +174,9 @@ def main(argv=None) -> int:
     print("command: python benchmarks/hw_ratio.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(format_environment(environment()))
     bf16_native = native_bf16()
-    print(f"native bf16 (avx512_bf16 / amx): {'yes' if bf16_native else 'no'}")
+    shown = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
+    print(f"CPU flags: {' '.join(shown) or 'none of avx2/avx512/amx'}; native bf16 (avx512_bf16 / amx_bf16): "
+          f"{'yes' if bf16_native else 'no'}")
     for precision in args.precisions:
         if precision == "bf16" and not (bf16_native or args.force_bf16):
             print("\nbf16 skipped: this CPU has no native bf16 (AVX512-BF16 or AMX); --force-bf16 runs it anyway")

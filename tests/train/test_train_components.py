@@ -228,3 +228,23 @@ def test_metric_functions_default_crop_is_the_scale():
     b = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
     fns = metric_functions({"psnr": MetricConfig("calculate_psnr"), "p0": MetricConfig("psnr", crop_border=0)}, 3)
     assert fns["psnr"](a, b) == psnr(a, b, crop_border=3) and fns["p0"](a, b) == psnr(a, b, crop_border=0)
+
+
+def test_thread_default_is_fixed_and_warns_on_a_busy_machine(monkeypatch, caplog):
+    """Training keeps cores / local processes (a resumed run computes like the original) and says
+    when other work already occupies cores."""
+    import logging
+
+    from lightsr.inference import policy
+    from lightsr.train import trainer
+
+    monkeypatch.setattr(policy, "usable_cores", lambda: 2)
+    monkeypatch.setattr(policy, "_load", lambda: 1.2)
+    assert trainer._default_threads(1) == 2 and trainer._default_threads(2) == 1
+    with caplog.at_level(logging.WARNING, logger="lightsr.train"):
+        trainer._warn_if_busy(2, 1)
+    assert "train.num_threads: 1" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(policy, "_load", lambda: 0.1)
+    trainer._warn_if_busy(2, 1)
+    assert not caplog.text

@@ -125,7 +125,7 @@ def format_environment(env: Mapping) -> str:
         f"load average (1/5/15 min): {env.get('load_average')}",
     ]
     if "native_ops" in env:
-        parts.insert(3, f"native focal-attention kernel (CPU float32): {env['native_ops']}")
+        parts.insert(3, f"native CPU kernels (lightsr.ops._native): {env['native_ops']}")
     if "gpu" in env:
         parts.append(f"GPU: {env['gpu']} (CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, benchmark={env.get('cudnn_benchmark')})")
     return "\n".join(parts)

@@ -153,11 +153,24 @@ def _params_digest(model: nn.Module) -> str:
 
 
 def _default_threads(local_world: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, local_world))
+    """The usable cores shared among the local processes: a fixed number, so that a run and its
+    resumption compute with the same thread count (thread splits change float sums in the last
+    bits). Unlike upscale / eval it does not follow the load average; :func:`_warn_if_busy` says so
+    when other work already occupies cores (docs/speed.md: 2 threads on a busy 2-core machine ran
+    5-18x slower than 1)."""
+    from lightsr.inference.policy import usable_cores
+
+    return max(1, usable_cores() // max(1, local_world))
+
+
+def _warn_if_busy(threads: int, local_world: int) -> None:
+    from lightsr.inference.policy import default_threads
+
+    idle = default_threads(processes=local_world)
+    if idle < threads:
+        log.warning("%d thread(s) per process but other work keeps the CPU busy (load average %.1f): "
+                    "set train.num_threads: %d (intra-op threads stall on busy cores)", threads,
+                    os.getloadavg()[0], idle)
 
 
 def resume_command(cfg: Config) -> str:
@@ -221,7 +234,10 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.malloc_tuned = False
         if not self.cuda:
-            torch.set_num_threads(cfg.train.num_threads or _default_threads(self.dist.local_world_size))
+            threads = cfg.train.num_threads or _default_threads(self.dist.local_world_size)
+            torch.set_num_threads(threads)
+            if not cfg.train.num_threads and self.dist.rank == 0:
+                _warn_if_busy(threads, self.dist.local_world_size)
             self.malloc_tuned = bool(cfg.train.malloc_tuning) and tune_malloc()
         elif cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
