@@ -11,7 +11,8 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 
 REPO = Path(__file__).resolve().parents[1]
 # extras CI cannot install, and why (their tests skip with this reason)
-NOT_IN_CI = {"spandrel": "needs torchvision, which has no build for the pinned CPU torch"}
+NOT_IN_CI = {"spandrel": "needs torchvision, which has no build for the pinned CPU torch: the test command installs "
+                         "it with --no-deps and its tests supply a stand-in torchvision"}
 
 
 def _extras() -> dict[str, list[str]]:
@@ -37,5 +38,6 @@ def test_readme_test_command_is_what_ci_runs():
     commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line]
     assert len(commands) == 1
     assert '-e ".[ci]"' in commands[0] and "torch==2.13.0" in commands[0]
+    assert "pip install -q --no-deps spandrel" in commands[0]  # the spandrel tests run in CI too
     ci = (REPO / ".ci" / "run").read_text()
     assert commands[0] in ci
