@@ -43,3 +43,25 @@ def test_no_slow_convolution_in_inference_or_training(name):
     names = _op_names(inference) | _op_names(training_step)
     slow = sorted(n for n in names if "slow_conv" in n or "thnn_conv" in n)
     assert not slow, slow
+
+
+@pytest.mark.parametrize("name", ["dlgsanet_tiny", "lamnet"])
+@pytest.mark.parametrize("b,h,w", [(1, 37, 23), (2, 20, 31)])
+def test_ffn_inference_strips_equal_the_whole_image(name, b, h, w, monkeypatch):
+    """The gated FFNs run inference in bands of rows (plus the depth-wise halo): the same numbers as
+    the whole image at once, for odd heights, a last band of one row and batch > 1."""
+    from lightsr.models import blocks
+
+    torch.manual_seed(0)
+    model = create_model(name, 2).eval()
+    x = torch.rand(b, 3, h, w)
+    with torch.inference_mode():
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", 10**9)
+        whole = model(x)
+        monkeypatch.setattr(blocks, "STRIP_PIXELS", 3 * w)  # 3-row bands: many band borders
+        calls = []
+        real = blocks.GatedDconvFFN._forward_strips
+        monkeypatch.setattr(blocks.GatedDconvFFN, "_forward_strips",
+                            lambda self, *a: calls.append(1) or real(self, *a))
+        banded = model(x)
+    assert calls and torch.equal(banded, whole)

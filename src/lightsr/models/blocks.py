@@ -86,11 +86,53 @@ class GatedDconvFFN(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None) -> torch.Tensor:
         """``residual + scale * FFN(x)`` (the layer's residual added inside the last product)."""
+        if _strips_pay(x):
+            return self._forward_strips(x, residual, scale)
+        return self._forward(x, residual, scale)
+
+    def _forward(self, x, residual, scale):
         # dwconv, split, GELU and the gate(s) in one op (one native pass on the CPU)
         gate = "dual" if self.dual_gate else "gelu"
         gated = get_op("gated_depthwise_conv2d")(self.project_in(x), self.dwconv.weight, self.dwconv.bias,
                                                  self.dwconv.padding, gate)
         return self.project_out(gated, residual, scale)
+
+    def _forward_strips(self, x, residual, scale):
+        """Inference on bands of rows: the hidden tensor (2h channels: 4x the input) is made and used
+        a band at a time (plus the depth-wise kernel's halo rows, whose own outputs are dropped) and
+        never exists whole: no image-sized allocation (fresh, page-faulting memory in every layer)
+        and no trip of it through main memory. The same numbers as :meth:`_forward`: every output
+        row sees the same inputs."""
+        b, _, h, w = x.shape
+        rows = max(1, STRIP_PIXELS // w)
+        halo = self.dwconv.padding[0]
+        gate = "dual" if self.dual_gate else "gelu"
+        out = None
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
+            hidden = self.project_in(x[:, :, a0:a1])
+            gated = get_op("gated_depthwise_conv2d")(hidden, self.dwconv.weight, self.dwconv.bias,
+                                                     self.dwconv.padding, gate)[:, :, r0 - a0 : r1 - a0]
+            y = self.project_out(gated, None if residual is None else residual[:, :, r0:r1], scale)
+            if out is None:
+                out = torch.empty((b, y.shape[1], h, w), dtype=y.dtype, device=y.device,
+                                  memory_format=torch.channels_last)
+            out[:, :, r0:r1] = y
+        return out
+
+
+STRIP_PIXELS = 8192  # pixels per band of the FFNs' inference strips (2h = 192 hidden channels: 6 MiB)
+
+
+def _strips_pay(x: torch.Tensor) -> bool:
+    """Inference on a channels-last CPU tensor of more than two bands, with the fast ops."""
+    from lightsr.ops import using_reference_ops
+    from lightsr.ops._common import exporting
+
+    return (not (torch.is_grad_enabled() and x.requires_grad) and x.device.type == "cpu" and x.dim() == 4
+            and x.stride(1) == 1 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 2 * STRIP_PIXELS
+            and not using_reference_ops() and not exporting())
 
 
 class ConvFFN(nn.Module):
