@@ -24,14 +24,14 @@ from lightsr.cli import main
 from lightsr.cli.upscale import Job, split_jobs
 from lightsr.train.distributed import DistInfo
 
-try:
-    import av
-except ImportError:
-    av = None
+from video_clips import av, needs_av  # noqa: F401  (av: None without PyAV)
+from video_clips import clip as _clip
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this torch build")
-needs_av = pytest.mark.skipif(av is None, reason='needs PyAV, the optional extra: pip install "lightsr[video]"')
+
+def clip(path: Path, n: int = 6, size=(32, 24)) -> Path:
+    return _clip(path, n, size, step=3)
 
 
 def torchrun(*argv, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -59,20 +59,6 @@ def _images(folder: Path, names: list[str]) -> None:
         Image.fromarray(rng.integers(0, 256, size=(12, 15, 3), dtype=np.uint8)).save(folder / name)
 
 
-def clip(path: Path, n: int = 6, size=(32, 24)) -> Path:
-    w, h = size
-    with av.open(str(path), "w") as out:
-        v = out.add_stream("libx264", rate=25)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        for i in range(n):
-            rgb = np.zeros((h, w, 3), np.uint8)
-            rgb[..., 0] = np.arange(w) * 255 // (w - 1)
-            rgb[:, (3 * i) % w] = (0, 255, 0)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            out.mux(v.encode(frame))
-        out.mux(v.encode())
-    return path
 
 
 def _frames(path: Path) -> tuple[list[int], np.ndarray]:

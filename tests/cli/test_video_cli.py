@@ -21,12 +21,12 @@ from lightsr.cli.video_args import (
 )
 from lightsr.inference import Upscaler
 
-try:
-    import av
-except ImportError:
-    av = None
+from video_clips import av, needs_av  # noqa: F401  (av: None without PyAV)
+from video_clips import clip as _clip
 
-needs_av = pytest.mark.skipif(av is None, reason='needs PyAV, the optional extra: pip install "lightsr[video]"')
+
+def clip(path: Path, n: int = 6, size=(32, 24)) -> Path:
+    return _clip(path, n, size, step=2)
 
 
 class Nearest(nn.Module):
@@ -55,20 +55,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def clip(path: Path, n: int = 6, size=(32, 24)) -> Path:
-    w, h = size
-    with av.open(str(path), "w") as out:
-        v = out.add_stream("libx264", rate=25)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        for i in range(n):
-            rgb = np.zeros((h, w, 3), np.uint8)
-            rgb[..., 0] = np.arange(w) * 255 // (w - 1)
-            rgb[:, (2 * i) % w] = (0, 255, 0)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            out.mux(v.encode(frame))
-        out.mux(v.encode())
-    return path
 
 
 class Lines:

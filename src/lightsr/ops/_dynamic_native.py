@@ -24,15 +24,14 @@ class _Geom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_longlong) for name in _FIELDS]
 
 
-class _ClGeom(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "row_base")]
-
-
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
 NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
                      for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
-NATIVE_SIGNATURES["lightsr_dyn_apply_cl"] = [_p, _p, _p, _p, ctypes.POINTER(_ClGeom), _i64, _i64]
-_STRIP_KERNELS = 2**19  # kernel values generated per strip (2 MiB in float32: L2-sized)
+class _FusedGeom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "NH")]
+
+
+NATIVE_SIGNATURES["lightsr_dyn_fused_cl"] = [_p, _p, _p, _p, _p, ctypes.POINTER(_FusedGeom), _i64, _i64]
 
 
 def usable(t: torch.Tensor) -> bool:
@@ -85,25 +84,20 @@ def usable_channels_last(x: torch.Tensor, hidden: torch.Tensor) -> bool:
 
 
 def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, groups: int) -> torch.Tensor:
-    """The fused op's forward on channels-last tensors, without the canvas: per strip of rows one
-    matrix product makes the pixels' kernels (pixel-major rows) and the native loop applies them."""
+    """The fused op's forward on channels-last tensors in one native pass: each pixel's kernels are
+    made from its hidden values in registers (the 1x1 convolution) and applied at once; no kernel
+    tensor, no canvas, no matrix-product calls between native ones."""
     b, c, h, w = x.shape
     xf = x.float().contiguous(memory_format=torch.channels_last)
-    rows = hidden.permute(0, 2, 3, 1).reshape(b * h * w, -1).float()
-    nk = conv_weight.shape[0]
-    wk_t = conv_weight.detach().float().reshape(nk, -1).t()
+    hf = hidden.float().contiguous(memory_format=torch.channels_last)
+    nk, nh = conv_weight.shape[0], conv_weight.shape[1]
+    wt = conv_weight.detach().float().reshape(nk, nh).t().contiguous()  # (NH, G*K*K) rows
     bias = None if conv_bias is None else conv_bias.detach().float().contiguous()
     y = torch.empty(xf.shape, dtype=torch.float32, memory_format=torch.channels_last)
-    fn = _native.library().lightsr_dyn_apply_cl
-    per = max(1, _STRIP_KERNELS // max(1, w * nk))
-    for r0 in range(0, b * h, per):
-        r1 = min(b * h, r0 + per)
-        pix = rows[r0 * w : r1 * w]
-        with torch.autocast("cpu", enabled=False):  # the loop reads float32 kernels (and adds the bias)
-            kw = torch.mm(pix, wk_t)
-        geom = _ClGeom(b, h, w, c, groups, c // groups, k, r0)
-        args = [ctypes.c_void_p(t.data_ptr()) if t is not None else None for t in (xf, kw, bias, y)]
-        codes = _native.run_rows(lambda _, a, z: fn(*args, ctypes.byref(geom), r0 + a, r0 + z), r1 - r0, min_rows=1)
-        if any(codes):
-            raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")
+    fn = _native.library().lightsr_dyn_fused_cl
+    geom = _FusedGeom(b, h, w, c, groups, c // groups, k, nh)
+    args = [None if t is None else ctypes.c_void_p(t.data_ptr()) for t in (xf, hf, wt, bias, y)]
+    codes = _native.run_rows(lambda _, r0, r1: fn(*args, ctypes.byref(geom), r0, r1), b * h, min_rows=1)
+    if any(codes):
+        raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")
     return y if x.dtype == torch.float32 else y.to(x.dtype)

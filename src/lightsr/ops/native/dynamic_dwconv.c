@@ -250,22 +250,9 @@ int lightsr_dyn_grad_input(float *gp, const float *gs, const float *w, const dyn
     return 0;
 }
 
-/* ---- forward on channels-last tensors (inference: no canvas copies) ---------------------------
- *
- * y[b, h, w, c] = sum_t kw[pixel][g(c) * K*K + t] * x[b, h + i - K/2, w + j - K/2, c]  (zero outside)
- *
- * x and y are dense channels-last (B, H, W, C) float32; kw holds the kernels of the rows
- * [row_base, ...) of the B * H rows, one row of G * K * K values per pixel, in pixel order (the
- * output of the kernel-generating 1x1 convolution as a matrix product, without its bias: the loop adds
- * bias[g * K*K + t], which may be NULL, to every pixel's kernel value). Each group's P channels
- * are accumulated as ceil(P / 8) vectors at channel offset g * P + 8 v, written in ascending order
- * so that a vector's lanes beyond its group are overwritten by the next group's; the lanes read
- * past the last channel of the tensor's last pixel come from a zero-padded copy. */
-typedef struct {
-    i64 B, H, W, C, G, P, K;
-    i64 row_base;           /* first row (of B * H) whose kernels kw starts with */
-} dyn_cl_geom;
+/* ---- channels-last helpers --------------------------------------------------------------- */
 
+/* 8 floats from p; past `end` (the tensor's last channel) zeros instead of reads */
 static inline v8 load_tail_safe(const float *p, const float *end)
 {
     if (p + 8 <= end)
@@ -275,15 +262,59 @@ static inline v8 load_tail_safe(const float *p, const float *end)
     return ld_f32(tmp);
 }
 
-int lightsr_dyn_apply_cl(const float *x, const float *kw, const float *bias, float *y, const dyn_cl_geom *d, i64 r0,
-                         i64 r1)
+/* ---- the whole fused forward on channels-last tensors -----------------------------------------
+ *
+ * y[b, h, w, c] = sum_t kern[pixel][g(c) * K*K + t] * x[b, h + i - K/2, w + j - K/2, c]  (zero outside)
+ *
+ * x and y are dense channels-last (B, H, W, C) float32, hidden (B, H, W, NH) likewise. Each
+ * pixel's G * K*K kernel values are computed here from its NH hidden values (the kernel-generating
+ * 1x1 convolution: kern = bias + wt^T hidden, wt given as (NH, G*K*K) rows), in 8-vector blocks
+ * kept in registers, into a small buffer: no kernel tensor, and no matrix-product call between
+ * native ones (the BLAS threads and these would take turns). Each group's P channels are
+ * accumulated as ceil(P / 8) vectors at channel offset g * P + 8 v, written in ascending order so
+ * that a vector's lanes beyond its group are overwritten by the next group's; the lanes read past
+ * the last channel of the tensor's last pixel are zeros (load_tail_safe). */
+static void kernels_of_pixel(const float *hp, const float *wt, const float *bias, float *kbuf, i64 NH, i64 NK)
+{
+    i64 o = 0;
+    for (; o + 32 <= NK; o += 32) {
+        v8 a0 = bias ? ld_f32(bias + o) : (v8){0}, a1 = bias ? ld_f32(bias + o + 8) : (v8){0};
+        v8 a2 = bias ? ld_f32(bias + o + 16) : (v8){0}, a3 = bias ? ld_f32(bias + o + 24) : (v8){0};
+        for (i64 k = 0; k < NH; ++k) {
+            const float h = hp[k];
+            const float *wr = wt + k * NK + o;
+            a0 += h * ld_f32(wr);
+            a1 += h * ld_f32(wr + 8);
+            a2 += h * ld_f32(wr + 16);
+            a3 += h * ld_f32(wr + 24);
+        }
+        st_f32(kbuf + o, a0);
+        st_f32(kbuf + o + 8, a1);
+        st_f32(kbuf + o + 16, a2);
+        st_f32(kbuf + o + 24, a3);
+    }
+    for (; o < NK; ++o) {
+        float a = bias ? bias[o] : 0.0f;
+        for (i64 k = 0; k < NH; ++k)
+            a += hp[k] * wt[k * NK + o];
+        kbuf[o] = a;
+    }
+}
+
+typedef struct {
+    i64 B, H, W, C, G, P, K, NH;
+} dyn_fused_geom;
+
+int lightsr_dyn_fused_cl(const float *x, const float *hidden, const float *wt, const float *bias, float *y,
+                         const dyn_fused_geom *d, i64 r0, i64 r1)
 {
     const i64 H = d->H, W = d->W, C = d->C, G = d->G, P = d->P, K = d->K, KK = K * K, p = K / 2;
-    const i64 V = (P + 7) / 8;
+    const i64 NK = G * KK, V = (P + 7) / 8;
     const float *end = x + d->B * H * W * C;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + 8 * V + 8));
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + 8 * V + 8 + NK));
     if (!buf)
         return 2;
+    float *kbuf = buf + C + 8 * V + 8;
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, oh = r % H;
         i64 i0, i1;
@@ -291,7 +322,7 @@ int lightsr_dyn_apply_cl(const float *x, const float *kw, const float *bias, flo
         for (i64 ow = 0; ow < W; ++ow) {
             i64 j0, j1;
             tap_range(ow, p, 1, K, W, &j0, &j1);
-            const float *kp = kw + ((r - d->row_base) * W + ow) * G * KK;
+            kernels_of_pixel(hidden + (r * W + ow) * d->NH, wt, bias, kbuf, d->NH, NK);
             for (i64 g = 0; g < G; ++g) {
                 for (i64 v = 0; v < V; ++v) {
                     const i64 c0 = g * P + 8 * v;
@@ -299,12 +330,10 @@ int lightsr_dyn_apply_cl(const float *x, const float *kw, const float *bias, flo
                     v8 acc = {0};
                     for (i64 i = i0; i < i1; ++i) {
                         const float *xr = x + ((b * H + oh + i - p) * W) * C + c0;
-                        const float *kr = kp + g * KK + i * K;
-                        const float *br = bias ? bias + g * KK + i * K : NULL;
+                        const float *kr = kbuf + g * KK + i * K;
                         for (i64 j = j0; j < j1; ++j) {
                             const float *xs = xr + (ow + j - p) * C;
-                            const float kv = br ? kr[j] + br[j] : kr[j];
-                            acc += kv * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
+                            acc += kr[j] * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
                         }
                     }
                     st_f32(buf + c0, acc);
