@@ -48,8 +48,8 @@ __all__ = [
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # generous bound on a lightweight SR model's activation bytes per input pixel (the measured
-# values are ~3-5 KiB in fp32): images this bound says fit are run whole without probing.
-PRIOR_BYTES_PER_PIXEL = 64 << 10
+# values are ~2.5-5 KiB in fp32): images this bound says fit are run whole without probing.
+PRIOR_BYTES_PER_PIXEL = 16 << 10
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory",
                 "failed to allocate")
 
@@ -201,7 +201,13 @@ def cgroup_available(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
 
 
 class _PeakTensorMemory(torch.utils._python_dispatch.TorchDispatchMode):
-    """Tracks the peak bytes of tensor storages created by operators while the mode is active."""
+    """Tracks the peak bytes of tensor storages created by operators while the mode is active.
+
+    ``lightsr_transparent``: lightsr's fast ops run as they do without the mode (native kernels,
+    no custom-op dispatch, which would import ``torch._dynamo``: 3 s of every first image), and
+    the tensors they allocate are counted."""
+
+    lightsr_transparent = True
 
     def __init__(self):
         super().__init__()
@@ -334,14 +340,81 @@ class ModelRunner:
         """
         key = f"{self.device}-{self.precision}-{probe}"
         if key not in self._bpp:
-            x = torch.rand(1, 3, probe, probe, device=self.device, dtype=self.param_dtype)
-            x, _, _ = self._pad(x)
-            tracker = _PeakTensorMemory()
-            with tracker:
-                y = self._forward(x, self.autocast_dtype)
-            del y
-            self._bpp[key] = tracker.peak / (probe * probe)
+            disk_key = _probe_key(self.model, key)
+            cached = _probe_cache_get(disk_key)
+            if cached is None:
+                cached = self._probe(probe)
+                _probe_cache_put(disk_key, cached)
+            self._bpp[key] = cached
         return self._bpp[key]
+
+    def _probe(self, probe: int) -> float:
+        x = torch.rand(1, 3, probe, probe, device=self.device, dtype=self.param_dtype)
+        x, _, _ = self._pad(x)
+        tracker = _PeakTensorMemory()
+        with tracker:  # a Python dispatch mode: its first use imports torch._dynamo (~3 s), hence the cache
+            y = self._forward(x, self.autocast_dtype)
+        del y
+        return tracker.peak / (probe * probe)
+
+
+def _probe_key(model: nn.Module, setting: str) -> str | None:
+    """What a model's memory probe depends on: its architecture and options (lightsr models; other
+    modules are not cached), the precision / device / probe size, and the software versions."""
+    import hashlib
+    import json
+
+    config = getattr(model, "lightsr_config", None)
+    if config is None:
+        return None
+    from lightsr import __version__
+    from lightsr.ops import _native
+
+    text = json.dumps([config, type(model).__name__, setting, torch.__version__, __version__,
+                       str(_native.library_path())], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _probe_cache_file():
+    from lightsr.data.benchmark import default_cache_dir
+
+    return default_cache_dir() / "memory_probe.json"
+
+
+def _probe_cache_get(key: str | None) -> float | None:
+    import json
+
+    if key is None:
+        return None
+    try:
+        value = json.loads(_probe_cache_file().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _probe_cache_put(key: str | None, value: float) -> None:
+    """Remember a probe result (atomically; a cache that cannot be written is skipped)."""
+    import json
+    import tempfile
+
+    if key is None:
+        return
+    path = _probe_cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            table = json.loads(path.read_text())
+            table = table if isinstance(table, dict) else {}
+        except (OSError, ValueError):
+            table = {}
+        table[key] = value
+        fd, tmp = tempfile.mkstemp(prefix=".memory_probe-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def auto_tile(runner: ModelRunner, height: int, width: int, budget: int | None = None,

@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP"]
+__all__ = ["strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP",
+           "observed"]
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 
@@ -77,11 +78,25 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional, ...) take the custom op
 
 
+def observed() -> bool:
+    """A dispatch mode or torch-function mode is active that must see aten / custom ops (the MAC
+    counter, fake-tensor tracing, ...). Modes marked ``lightsr_transparent = True`` (the upscaler's
+    memory probe, which only counts the tensors allocated) do not count: under them the fast paths
+    run as they would without, and are measured as such."""
+    if torch._C._is_torch_function_mode_enabled():
+        return True
+    if not torch._C._len_torch_dispatch_stack():
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return not all(getattr(m, "lightsr_transparent", False) for m in _get_current_dispatch_mode_stack())
+
+
 def _plain_eager(args) -> bool:
     """True when a call can skip the custom-op machinery: eager mode, no dispatch mode active (such as
     ``FlopCounterMode`` or fake-tensor tracing), no profiler (profiles name the ``lightsr::`` ops), not
     compiling, and only plain tensors on a real device."""
-    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+    if observed():
         return False
     if torch.autograd._profiler_enabled():
         return False

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lightsr.ops import _depthwise_native
-from lightsr.ops._common import exporting, memory_format_of
+from lightsr.ops._common import exporting, memory_format_of, observed
 
 __all__ = [
     "apply_gate",
@@ -156,7 +156,7 @@ def _native_eligible(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -
 
 
 def _plain_tensors(*tensors) -> bool:
-    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+    if observed():
         return False
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops._common import exporting
+from lightsr.ops._common import exporting, observed
 
 __all__ = ["pointwise_conv", "pointwise_conv_reference"]
 
@@ -41,7 +41,7 @@ def pointwise_conv_reference(x, weight, bias=None, residual=None, scale=None) ->
 def _eligible(x: torch.Tensor, *others) -> bool:
     if x.device.type != "cpu" or (x.shape[1] > 1 and x.stride(1) != 1) or exporting():
         return False
-    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+    if observed():
         return False
     return all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in (x, *others))
 
