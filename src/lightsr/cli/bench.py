@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("lightsr bench: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
-    from lightsr.cli.upscale import set_threads
+    from lightsr.cli.upscale import setup_cpu
 
-    set_threads(args.threads)
+    setup_cpu(args.threads)
     dtype = getattr(torch, args.dtype)
     precision = _precision(args.precision, device)
     if precision != "fp32" and dtype != torch.float32:

@@ -209,9 +209,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
-    from lightsr.cli.upscale import set_threads
+    from lightsr.cli.upscale import setup_cpu
 
-    set_threads(args.threads)
+    setup_cpu(args.threads)
     if not args.data:
         return _fail("--data DIR is required (or set LIGHTSR_DATA)")
     if not Path(args.data).expanduser().is_dir():
