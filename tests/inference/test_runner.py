@@ -217,3 +217,18 @@ def test_memory_probe_sees_the_fast_paths():
     assert tracker.peak >= 4000
     with FlopCounterMode(display=False):
         assert observed()  # the MAC counter still sees aten convolutions
+
+
+def test_cuda_graphs_switch_falls_back_on_the_cpu():
+    """--cuda-graphs on the CPU: one warning saying why, and the same output as without."""
+    import lightsr
+    from lightsr.inference import Upscaler
+
+    torch.manual_seed(0)
+    net = lightsr.create_model("dlgsanet_tiny", 2).eval()
+    msgs = []
+    img = torch.randint(0, 256, (12, 17, 3), dtype=torch.uint8).numpy()
+    with_graphs = Upscaler(net, tile=0, precision="fp32", device="cpu", cuda_graphs=True, warn=msgs.append)
+    plain = Upscaler(net, tile=0, precision="fp32", device="cpu")
+    assert any("cuda_graphs: not used" in m for m in msgs)
+    assert (with_graphs.upscale_pixels(img) == plain.upscale_pixels(img)).all()

@@ -84,6 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output format (default auto: same as the input; PNG for other inputs)")
     p.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
     p.add_argument("--alpha", default="bicubic", choices=("bicubic", "model"), help="how alpha channels are upscaled (default bicubic)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA: replay each tile shape's forward from a CUDA graph (fewer kernel launches)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them and skip)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: the cores not already busy, from the load average; docs/speed.md)")
@@ -354,6 +356,7 @@ def load_upscaler(args, settings: Settings, console: Console, device: str | None
             args.model, args.scale, weights=_resolve_weights(args, settings), tile=settings.tile,
             tile_overlap=args.tile_overlap, precision=args.precision, device=device or args.device, alpha=args.alpha,
             max_memory=settings.max_memory if max_memory is None else max_memory, warn=console.warn,
+            cuda_graphs=getattr(args, "cuda_graphs", False),
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise _as_usage_error(exc) from None

@@ -252,7 +252,7 @@ class ModelRunner:
     """
 
     def __init__(self, model: nn.Module, scale: int, device="auto", precision: str = "fp32",
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, cuda_graphs: bool = False):
         self.device = resolve_device(device)
         self.warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
         self.autocast_dtype, note = resolve_precision(precision, self.device)
@@ -271,6 +271,16 @@ class ModelRunner:
         self.min_size = int(getattr(model, "min_size", 1) or 1)
         self.stats = TileStats()
         self._bpp: dict[str, float] = {}
+        # CUDA: replay each tile shape's forward from one graph (lightsr.train.graph_step), behind a switch
+        self._graphed = None
+        if cuda_graphs:
+            from lightsr.train.graph_step import GraphedForward
+
+            self._graphed = GraphedForward(lambda x: self._forward_eager(x, self.autocast_dtype), self.device)
+            if self._graphed.captures:
+                torch.backends.cudnn.benchmark = True  # the tile shapes repeat
+            else:
+                self.warn(f"cuda_graphs: not used ({self._graphed.fallback_reason})")
 
     # -- one forward --------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -286,6 +296,11 @@ class ModelRunner:
         return x, h, w
 
     def _forward(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        if self._graphed is not None and self._graphed.captures and dtype == self.autocast_dtype:
+            return self._graphed(x)
+        return self._forward_eager(x, dtype)
+
+    def _forward_eager(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         with torch.inference_mode():
             if dtype is None:
                 return self.model(x)
@@ -353,7 +368,7 @@ class ModelRunner:
         x, _, _ = self._pad(x)
         tracker = _PeakTensorMemory()
         with tracker:  # a Python dispatch mode: its first use imports torch._dynamo (~3 s), hence the cache
-            y = self._forward(x, self.autocast_dtype)
+            y = self._forward_eager(x, self.autocast_dtype)
         del y
         return tracker.peak / (probe * probe)
 

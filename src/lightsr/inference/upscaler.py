@@ -188,6 +188,8 @@ class Upscaler:
         max_memory: bytes allowed for one tile's activations (default: 40% of free RAM, at most
             2 GiB, on the CPU; 80% of free GPU memory on CUDA).
         warn: callback for one-line warnings (default: :func:`warnings.warn`).
+        cuda_graphs: on CUDA, replay each tile shape's forward from a CUDA graph (fewer kernel
+            launches; the tile sizes repeat); ignored with a warning elsewhere.
     """
 
     def __init__(
@@ -203,6 +205,7 @@ class Upscaler:
         alpha: str = "bicubic",
         max_memory: int | None = None,
         warn: Callable[[str], None] | None = None,
+        cuda_graphs: bool = False,
     ):
         if alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
@@ -217,7 +220,7 @@ class Upscaler:
         self.precision_note: str | None = None
         if precision == "auto":
             precision, self.precision_note = auto_precision(resolve_device(device), getattr(net, "lightsr_source", None))
-        self.runner = ModelRunner(net, self.scale, device, precision, warn=self.warn)
+        self.runner = ModelRunner(net, self.scale, device, precision, warn=self.warn, cuda_graphs=cuda_graphs)
         self.model = self.runner.model
         self.tile = tile
         self.tile_overlap = int(tile_overlap)
