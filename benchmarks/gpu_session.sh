@@ -47,7 +47,12 @@ done
 [ -n "${LIGHTSR_SHARED:-}" ] && LIGHTSR_SHARED=$(realpath -m "$LIGHTSR_SHARED")
 cd "$(dirname "$0")/.." || exit 2
 SHARED=${LIGHTSR_SHARED:-$(realpath -m ../shared)}
-PY=${PYTHON:-python3}
+# the interpreter: $PYTHON, else the repository's .venv (README's set-up), else python3
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=$PWD/.venv/bin/python; else PY=${PYTHON:-python3}; fi
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "gpu_session.sh: $PY cannot import torch; set PYTHON=/path/to/python or run the README's set-up" >&2
+    exit 2
+fi
 T0=$(date +%s)
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
