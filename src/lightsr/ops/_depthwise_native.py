@@ -93,8 +93,8 @@ def forward(x, weight, bias, padding, dilation, gate: int, save_d: bool):
     taps = _taps(weight)
     bias32 = None if bias is None else bias.detach().float().contiguous()
     fn = getattr(lib, f"lightsr_dw_forward_{_SUFFIX[x.dtype]}")
-    _check(_native.run_rows(lambda _, r0, r1: fn(_ptr(x), _ptr(taps), _ptr(bias32), _ptr(y), _ptr(d),
-                                                  ctypes.byref(geom), r0, r1), b * h))
+    _check(_native.run_rows(fn, lambda _, r0, r1: (_ptr(x), _ptr(taps), _ptr(bias32), _ptr(y), _ptr(d), geom, r0, r1),
+                            b * h))
     return y, d
 
 
@@ -104,8 +104,7 @@ def gate_backward(gy: torch.Tensor, d: torch.Tensor, gate: int) -> torch.Tensor:
     gd = torch.empty_like(d)
     geom = _geom(d, (1, 1), (0, 0), (1, 1), gy, d, gate)
     fn = getattr(lib, f"lightsr_dw_gate_backward_{_SUFFIX[d.dtype]}")
-    _check(_native.run_rows(lambda _, r0, r1: fn(_ptr(gy), _ptr(d), _ptr(gd), ctypes.byref(geom), r0, r1),
-                            d.shape[0] * d.shape[2]))
+    _check(_native.run_rows(fn, lambda _, r0, r1: (_ptr(gy), _ptr(d), _ptr(gd), geom, r0, r1), d.shape[0] * d.shape[2]))
     return gd
 
 
@@ -120,8 +119,8 @@ def weight_grad(gd: torch.Tensor, x: torch.Tensor, kernel_hw, padding, dilation,
     gb = torch.zeros(parts, c) if with_bias else None
     geom = _geom(x, kernel_hw, padding, dilation, gd)
     fn = getattr(lib, f"lightsr_dw_weight_grad_{_SUFFIX[x.dtype]}")
-    _check(_native.run_rows(lambda i, r0, r1: fn(_ptr(gd), _ptr(x), _ptr(gw[i]), None if gb is None else _ptr(gb[i]),
-                                                  ctypes.byref(geom), r0, r1), rows))
+    _check(_native.run_rows(fn, lambda i, r0, r1: (_ptr(gd), _ptr(x), _ptr(gw[i]), None if gb is None else _ptr(gb[i]),
+                                                   geom, r0, r1), rows))
     grad_w = gw.sum(0).view(kh, kw, c).permute(2, 0, 1).unsqueeze(1).contiguous()
     return grad_w, None if gb is None else gb.sum(0)
 

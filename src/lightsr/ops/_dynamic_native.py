@@ -50,7 +50,7 @@ def _run(name: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, geom: _Ge
         raise TypeError(f"{name}: the native loops take float32 CPU tensors")
     fn = getattr(_native.library(), name)
     pa, pb, pc = (ctypes.c_void_p(t.data_ptr()) for t in (a, b, c))
-    _native.run_rows(lambda _, l0, l1: fn(pa, pb, pc, ctypes.byref(geom), l0, l1), lines, min_rows=1)
+    _native.run_rows(fn, lambda _, l0, l1: (pa, pb, pc, geom, l0, l1), lines, min_rows=1)
 
 
 def apply(o: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, k: int) -> None:
@@ -97,7 +97,7 @@ def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, group
     fn = _native.library().lightsr_dyn_fused_cl
     geom = _FusedGeom(b, h, w, c, groups, c // groups, k, nh)
     args = [None if t is None else ctypes.c_void_p(t.data_ptr()) for t in (xf, hf, wt, bias, y)]
-    codes = _native.run_rows(lambda _, r0, r1: fn(*args, ctypes.byref(geom), r0, r1), b * h, min_rows=1)
+    codes = _native.run_rows(fn, lambda _, r0, r1: (*args, geom, r0, r1), b * h, min_rows=1)
     if any(codes):
         raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")
     return y if x.dtype == torch.float32 else y.to(x.dtype)

@@ -7,10 +7,14 @@ Every ``native/*.c`` file is compiled into one shared library:
 * ``depthwise.c``: channels-last depth-wise convolutions in float32 and bfloat16, with the gates of
   the gated feed-forward networks fused (used by :mod:`lightsr.ops.depthwise_conv`);
 * ``dynamic_dwconv.c``: the apply of DLGSANet's pixel-wise dynamic convolution
-  (:mod:`lightsr.ops.dynamic_dwconv`).
+  (:mod:`lightsr.ops.dynamic_dwconv`);
+* ``parallel.c``: the parallel calls of the others.
 
-Every other device stays pure PyTorch. :func:`run_rows` splits a kernel's rows over torch's
-intra-op threads (ctypes releases the GIL during the call).
+Every other device stays pure PyTorch. :func:`run_rows` splits a kernel's rows into one part per
+intra-op thread of torch and runs the parts in an OpenMP parallel region of ``parallel.c``: on
+the threads of torch's own OpenMP pool (libgomp.so.1 resolves to the copy torch loaded), so they
+do not compete with ATen's spinning workers. Built without OpenMP (a compiler without
+``-fopenmp``), the parts run on Python threads (ctypes releases the GIL during the call).
 
 Why ctypes and a plain C file rather than ``torch.utils.cpp_extension``: the kernel needs no
 torch headers, so it compiles in about a second with ``cc`` alone (a torch C++ extension takes
@@ -62,6 +66,8 @@ def _variants() -> list[tuple[list[str], list[str]]]:
     """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised tanhf
     (libmvec, glibc >= 2.35) where the CPU has them, then plain."""
     base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+    if _torch_uses_openmp():  # parts on torch's own OpenMP threads (parallel.c)
+        base = base + ["-fopenmp"]
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - very old torch
@@ -71,7 +77,17 @@ def _variants() -> list[tuple[list[str], list[str]]]:
         variants.append((base + ["-mavx2", "-mfma", "-DLIGHTSR_MVEC"], ["-lmvec", "-lm"]))
         variants.append((base + ["-mavx2", "-mfma"], ["-lm"]))
     variants.append((base, ["-lm"]))
+    if "-fopenmp" in base:  # a compiler without OpenMP: the parts on Python threads
+        variants.append(([f for f in base if f != "-fopenmp"], ["-lm"]))
     return variants
+
+
+def _torch_uses_openmp() -> bool:
+    """ATen's parallel backend is OpenMP (then with libgomp: the Linux wheels)."""
+    try:
+        return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    except Exception:  # pragma: no cover - very old torch
+        return False
 
 
 def _compiler() -> str | None:
@@ -124,10 +140,14 @@ def _build() -> ctypes.CDLL:
     lib.lightsr_fsa_backward.restype = ctypes.c_int
     lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 20
     lib.lightsr_fsa_vector_tanh.restype = ctypes.c_int
+    lib.lightsr_parallel_available.restype = ctypes.c_int
+    lib.lightsr_parallel_calls.restype = ctypes.c_int
+    lib.lightsr_parallel_calls.argtypes = [ptr, _i64, ptr, _i64, ptr]
     for name in ("_depthwise_native", "_dynamic_native"):
         _declare(lib, name)
     _state["path"] = path
     _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())
+    _state["openmp"] = bool(lib.lightsr_parallel_available())
     return lib
 
 
@@ -204,18 +224,42 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def run_rows(fn, rows: int, min_rows: int = 4) -> list[int]:
-    """Call ``fn(part, row0, row1)`` over [0, rows) split into one part per intra-op thread of torch
-    (fewer when there are under ``min_rows`` rows per thread), in parallel; the return codes."""
-    threads = max(1, min(torch.get_num_threads(), rows // max(1, min_rows)))
+def run_rows(fn, args_of, rows: int, min_rows: int = 4) -> list[int]:
+    """Call the native entry point ``fn(*args_of(part, row0, row1))`` over [0, rows) split into one
+    part per intra-op thread of torch (fewer when there are under ``min_rows`` rows per thread), in
+    parallel; the return codes. Every argument is a pointer (``c_void_p``, a ctypes structure or
+    array: passed by address, or None) or an integer."""
+    threads = threads_for(rows, min_rows)
     if threads <= 1:
-        return [fn(0, 0, rows)]
+        return [fn(*args_of(0, 0, rows))]
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    parts = [args_of(i, bounds[i], bounds[i + 1]) for i in range(threads)]
+    if _state.get("openmp"):
+        words = [_word(a) for args in parts for a in args]
+        codes = (ctypes.c_int * threads)()
+        rc = _state["lib"].lightsr_parallel_calls(ctypes.cast(fn, ctypes.c_void_p), len(parts[0]),
+                                                  (_i64 * len(words))(*words), threads, codes)
+        if rc != 0:
+            raise ValueError(f"lightsr_parallel_calls: {len(parts[0])} arguments per call is not supported")
+        return list(codes)
     key = (os.getpid(), threads)  # a forked child must not reuse the parent's (threadless) pool
     pool = _pool.get(key)
     if pool is None:
         pool = _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="lightsr-native")
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    return list(pool.map(lambda i: fn(i, bounds[i], bounds[i + 1]), range(threads)))
+    return list(pool.map(lambda args: fn(*args), parts))
+
+
+def _word(arg) -> int:
+    """One argument as the 64-bit word the C calling convention passes: an address or an integer."""
+    if arg is None:
+        return 0
+    if isinstance(arg, int):
+        return arg
+    if isinstance(arg, (ctypes.Structure, ctypes.Array)):
+        return ctypes.addressof(arg)
+    if isinstance(arg, (ctypes.c_void_p, ctypes.c_longlong)):
+        return arg.value or 0
+    raise TypeError(f"run_rows: cannot pass {type(arg).__name__} as a word")
 
 
 def threads_for(rows: int, min_rows: int = 4) -> int:
@@ -225,7 +269,7 @@ def threads_for(rows: int, min_rows: int = 4) -> int:
 
 def _run_lines(fn, args_before: list, lines: int) -> None:
     """Call ``fn(*args_before, line0, line1)`` over [0, lines), split over torch's intra-op threads."""
-    _check_rc(run_rows(lambda _, a, b: fn(*args_before, a, b), lines))
+    _check_rc(run_rows(fn, lambda _, a, b: (*args_before, a, b), lines))
 
 
 def _check_rc(codes: list[int]) -> None:
