@@ -195,3 +195,27 @@ def test_pointwise_under_bf16_autocast_keeps_the_residual_in_float32():
         y = pointwise_conv(x, wt, residual=res)
     assert y.dtype == torch.float32
     assert _rel(y, pointwise_conv_reference(x, wt, residual=res)) < 2e-2
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 7, 3), (3, 17, 1, 9), (1, 128, 13, 30)])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
+def test_scale_gelu_native_matches_reference(shape, layout):
+    """LGUN's SE scale + GELU in one native pass: float32 within 1e-6, bfloat16 storage within its rounding;
+    with a gradient needed the reference runs (same values and gradients)."""
+    from lightsr.ops import scale_gelu, scale_gelu_reference
+
+    b, c, h, w = shape
+    x = _input(b, c, h, w, layout)
+    s = torch.rand(b, c, 1, 1) * 2
+    y = scale_gelu(x, s)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == x.dtype
+    torch.testing.assert_close(y, scale_gelu_reference(x, s), rtol=1e-6, atol=1e-6)
+    xb = x.to(torch.bfloat16)
+    ref = scale_gelu_reference(xb.float(), s).to(torch.bfloat16)  # the same values rounded once
+    torch.testing.assert_close(scale_gelu(xb, s).float(), ref.float(), rtol=0, atol=ref.float().abs().max().item() / 128)
+    g = torch.randn(b, c, h, w)
+    (out, grads), (ref_out, ref_grads) = (_grads(f, [x, s], g) for f in (scale_gelu, scale_gelu_reference))
+    torch.testing.assert_close(out, ref_out)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r)

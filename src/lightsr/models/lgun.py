@@ -186,9 +186,13 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = Conv1x1(channels, channels // reduction)
         self.fc2 = Conv1x1(channels // reduction, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel scale sigmoid(fc2(relu(fc1(mean(x))))), (B, C, 1, 1)."""
         s = x.mean(dim=(2, 3), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
 
 
 class SAFFN(nn.Module):
@@ -204,7 +208,8 @@ class SAFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual + FFN(x)`` (the residual added inside the last 1x1 product)."""
-        return self.project_out(F.gelu(self.se(self.dwconv(self.project_in(x)))), residual)
+        d = self.dwconv(self.project_in(x))
+        return self.project_out(get_op("scale_gelu")(d, self.se.gate(d)), residual)  # GELU(SE(d)) in one pass
 
 
 class LGUBlock(nn.Module):

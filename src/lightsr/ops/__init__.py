@@ -12,6 +12,7 @@ depth-wise conv                  :func:`depthwise_conv2d`              :func:`de
 depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`gated_depthwise_conv2d_reference`
 1x1 conv (+ residual)            :func:`pointwise_conv`                :func:`pointwise_conv_reference`
 channel (transposed) attention   :func:`channel_attention`             :func:`channel_attention_reference`
+GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`scale_gelu_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
@@ -49,6 +50,8 @@ from lightsr.ops.depthwise_conv import (
     depthwise_conv2d_reference,
     gated_depthwise_conv2d,
     gated_depthwise_conv2d_reference,
+    scale_gelu,
+    scale_gelu_reference,
 )
 from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv,
@@ -92,6 +95,8 @@ __all__ = [
     "pointwise_conv",
     "pointwise_conv_reference",
     "preferred_memory_format",
+    "scale_gelu",
+    "scale_gelu_reference",
     "tlc",
     "tlc_reference",
     "tlc_windows",
@@ -109,6 +114,7 @@ _FAST = {
     "depthwise_conv2d": depthwise_conv2d,
     "gated_depthwise_conv2d": gated_depthwise_conv2d,
     "pointwise_conv": pointwise_conv,
+    "scale_gelu": scale_gelu,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -120,6 +126,7 @@ _REFERENCE = {
     "depthwise_conv2d": depthwise_conv2d_reference,
     "gated_depthwise_conv2d": gated_depthwise_conv2d_reference,
     "pointwise_conv": pointwise_conv_reference,
+    "scale_gelu": scale_gelu_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}

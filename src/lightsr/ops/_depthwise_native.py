@@ -15,7 +15,7 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["GATES", "NATIVE_SIGNATURES", "NativeDepthwise", "supported"]
+__all__ = ["GATES", "NATIVE_SIGNATURES", "NativeDepthwise", "scale_gelu", "supported"]
 
 GATES = {"none": 0, "gelu": 1, "dual": 2}
 _FIELDS = ("B", "H", "W", "C", "KH", "KW", "DH", "DW", "PH", "PW", "xb", "xh", "xw", "yb", "yh", "yw",
@@ -31,6 +31,7 @@ NATIVE_SIGNATURES = {
     **{f"lightsr_dw_forward_{s}": [_p] * 5 + [_g, _i64, _i64] for s in ("f32", "bf16")},
     **{f"lightsr_dw_gate_backward_{s}": [_p] * 3 + [_g, _i64, _i64] for s in ("f32", "bf16")},
     **{f"lightsr_dw_weight_grad_{s}": [_p] * 4 + [_g, _i64, _i64] for s in ("f32", "bf16")},
+    **{f"lightsr_scale_gelu_{s}": [_p] * 3 + [_g, _i64, _i64] for s in ("f32", "bf16")},
 }
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -49,6 +50,11 @@ def supported(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     kh, kw = weight.shape[2:]
     if not (_same_size(x.shape[2], kh, padding[0], dilation[0]) and _same_size(x.shape[3], kw, padding[1], dilation[1])):
         return False
+    return _native.library() is not None
+
+
+def library_ready() -> bool:
+    """The native library is enabled and built."""
     return _native.library() is not None
 
 
@@ -123,6 +129,18 @@ def weight_grad(gd: torch.Tensor, x: torch.Tensor, kernel_hw, padding, dilation,
                                                    geom, r0, r1), rows))
     grad_w = gw.sum(0).view(kh, kw, c).permute(2, 0, 1).unsqueeze(1).contiguous()
     return grad_w, None if gb is None else gb.sum(0)
+
+
+def scale_gelu(d: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``gelu(d * s)`` for a per-(image, channel) scale ``s`` (B, C), by the native kernel (no autograd);
+    the output is channels-last in ``d``'s dtype."""
+    b, c, h, w = d.shape
+    y = _empty_cl(tuple(d.shape), d.dtype)
+    geom = _geom(d, (1, 1), (0, 0), (1, 1), y)
+    scale = s.detach().float().reshape(b, c).contiguous()
+    fn = getattr(_native.library(), f"lightsr_scale_gelu_{_SUFFIX[d.dtype]}")
+    _check(_native.run_rows(fn, lambda _, r0, r1: (_ptr(d), _ptr(scale), _ptr(y), geom, r0, r1), b * h))
+    return y
 
 
 class NativeDepthwise(torch.autograd.Function):

@@ -40,6 +40,8 @@ __all__ = [
     "depthwise_conv2d_reference",
     "gated_depthwise_conv2d",
     "gated_depthwise_conv2d_reference",
+    "scale_gelu",
+    "scale_gelu_reference",
 ]
 
 
@@ -223,3 +225,22 @@ def gated_depthwise_conv2d(x, weight, bias, padding, gate: str) -> torch.Tensor:
     if _native_eligible(x, weight, padding, (1, 1)):
         return _native_call(x, weight, bias, padding, (1, 1), gate)
     return apply_gate(depthwise_conv2d(x, weight, bias, padding), gate)
+
+
+# --- a squeeze-and-excitation scale followed by GELU (LGUN's SAL) ----------------------------
+
+def scale_gelu_reference(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``GELU(x * scale)`` with ``scale`` of shape (B, C, 1, 1) (the test oracle)."""
+    return F.gelu(x * scale)
+
+
+def scale_gelu(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The reference's result; at inference on CPU tensors with unit channel stride (float32 or
+    bfloat16) one native pass: the scaled tensor is never written, and the exact GELU runs on
+    libmvec's vector ``erff`` where glibc has it."""
+    if (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and scale.numel() == x.shape[0] * x.shape[1] and x.numel() > 0
+            and (x.shape[1] == 1 or x.stride(1) == 1) and not _needs_grad(x, scale)
+            and not exporting() and _plain_tensors(x, scale) and _depthwise_native.library_ready()):
+        return _depthwise_native.scale_gelu(x, scale)
+    return scale_gelu_reference(x, scale)
