@@ -20,7 +20,7 @@ from lightsr.ops import _depthwise_native
 
 needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
 
-SIZES = [(1, 1), (1, 23), (7, 9), (17, 30)]
+SIZES = [(1, 1), (1, 23), (7, 9), (17, 30), (3, 101)]  # 101 columns: two 48-column chunks of the 3x3 kernel and a rest
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -183,8 +183,8 @@ static int FN(forward_3x3)(const T *x, const float *w, const float *bias, T *y, 
         const T *xb = x + b * g->xb;
         /* columns in chunks whose three input rows stay in the L1/L2 caches across the channel blocks
          * (a whole row of 192 channels does not: every block re-read it from memory) */
-        for (i64 w0 = 0; w0 < W; w0 += 16) {
-            const i64 w1 = w0 + 16 < W ? w0 + 16 : W;
+        for (i64 w0 = 0; w0 < W; w0 += DW_CHUNK) {
+            const i64 w1 = w0 + DW_CHUNK < W ? w0 + DW_CHUNK : W;
             for (i64 c0 = 0; c0 < C; c0 += 8) /* the last block overlaps the previous one when C % 8 */
                 FN(row_3x3_block)(xb, w, bias, buf, g, oh, c0 + 8 <= C ? c0 : C - 8, w0, w1);
         }
