@@ -16,7 +16,9 @@ throughput to IMDN's in the same loop:
 
 The full DLGSANet (282 GMACs at x4) is measured at a quarter of the pixels (``--full-scale-down``)
 and at batch 2 in training, against IMDN timed at the same size in the same loop; its rows say so.
-Weights are random (speed does not depend on them).
+Weights are random (speed does not depend on them). glibc malloc is tuned as ``lightsr upscale``,
+``eval``, ``bench`` and ``train`` tune it (``lightsr.allocator.tune_malloc``: freed memory kept for
+reuse), for every model and IMDN alike; ``--no-malloc-tuning`` measures glibc's defaults.
 
     python benchmarks/hw_ratio.py --threads 1                       # the whole table (about 30-60 min)
     python benchmarks/hw_ratio.py --threads 1 --models dlgsanet_tiny lamnet --sizes x4 --no-train
@@ -167,16 +169,24 @@ def main(argv=None) -> int:
     ap.add_argument("--full-scale-down", type=int, default=2,
                     help="full DLGSANet at 1/N of each side (and batch / 4 in training); 1 = the same size")
     ap.add_argument("--quick", action="store_true", help="toy sizes, one repetition (a smoke test)")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="keep glibc's malloc defaults (the CLI commands tune it; see lightsr.allocator)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 1, 0
     torch.set_num_threads(args.threads)
+    tuned = False
+    if not args.no_malloc_tuning:
+        from lightsr.allocator import tune_malloc
+
+        tuned = tune_malloc()
     print("command: python benchmarks/hw_ratio.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(format_environment(environment()))
     bf16_native = native_bf16()
     shown = sorted(cpu_flags() & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
     print(f"CPU flags: {' '.join(shown) or 'none of avx2/avx512/amx'}; native bf16 (avx512_bf16 / amx_bf16): "
           f"{'yes' if bf16_native else 'no'}")
+    print(f"malloc tuned as in the CLI: {'yes' if tuned else 'no'}")
     for precision in args.precisions:
         if precision == "bf16" and not (bf16_native or args.force_bf16):
             print("\nbf16 skipped: this CPU has no native bf16 (AVX512-BF16 or AMX); --force-bf16 runs it anyway")
