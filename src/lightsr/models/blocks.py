@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.ops import get_op
+from lightsr.ops import get_op, pointwise_conv
 from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference  # noqa: F401 (re-exported)
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -52,7 +52,11 @@ class Conv1x1(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+                scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is not None:  # inference: written into ``out`` (a band of a larger image)
+            if get_op("pointwise_conv") is pointwise_conv:
+                return pointwise_conv(x, self.weight, self.bias, residual, scale, out=out)
+            return out.copy_(get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale))
         return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale)
 
 
@@ -114,11 +118,12 @@ class GatedDconvFFN(nn.Module):
             hidden = self.project_in(x[:, :, a0:a1])
             gated = get_op("gated_depthwise_conv2d")(hidden, self.dwconv.weight, self.dwconv.bias,
                                                      self.dwconv.padding, gate)[:, :, r0 - a0 : r1 - a0]
-            y = self.project_out(gated, None if residual is None else residual[:, :, r0:r1], scale)
+            band = None if residual is None else residual[:, :, r0:r1]
             if out is None:
-                out = torch.empty((b, y.shape[1], h, w), dtype=y.dtype, device=y.device,
+                dtype = torch.promote_types(gated.dtype, residual.dtype) if residual is not None else gated.dtype
+                out = torch.empty((b, self.project_out.out_channels, h, w), dtype=dtype, device=x.device,
                                   memory_format=torch.channels_last)
-            out[:, :, r0:r1] = y
+            self.project_out(gated, band, scale, out=out[:, :, r0:r1])  # the product writes the band in place
         return out
 
 

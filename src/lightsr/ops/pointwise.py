@@ -55,9 +55,15 @@ def _as_image(rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def pointwise_conv(x, weight, bias=None, residual=None, scale=None) -> torch.Tensor:
+def pointwise_conv(x, weight, bias=None, residual=None, scale=None, out=None) -> torch.Tensor:
     """The reference's result; a matrix product on channels-last CPU tensors (the output is
-    channels-last). Under autocast the product runs in the autocast dtype, as a convolution would."""
+    channels-last). Under autocast the product runs in the autocast dtype, as a convolution would.
+
+    ``out`` (inference only): a tensor of the result's shape to write it into (a band of rows of a
+    larger channels-last image, say); the product writes there directly where its rows are one dense
+    block, else the result is copied in. Returns ``out``."""
+    if out is not None:
+        return _into(out, x, weight, bias, residual, scale)
     _check(x, weight)
     if not _eligible(x, weight, bias, residual, scale):
         return pointwise_conv_reference(x, weight, bias, residual, scale)
@@ -76,3 +82,26 @@ def pointwise_conv(x, weight, bias=None, residual=None, scale=None) -> torch.Ten
     if bias is not None:
         out.add_(bias)  # addmm's backward does not need its output
     return _as_image(out, b, h, w)
+
+
+def _dense_rows(t: torch.Tensor) -> bool:
+    """The (B*H*W, C) rows of ``t`` are one dense block (a view, no copy)."""
+    b, c, h, w = t.shape
+    return t.stride(1) == 1 and t.stride(3) == c and t.stride(2) == w * c and (b == 1 or t.stride(0) == h * w * c)
+
+
+def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
+    """``out[...] = residual + scale * conv1x1(x)``, by ``addmm(..., out=)`` where out's rows are dense."""
+    direct = (residual is not None and scale is None and out.dtype == x.dtype and _dense_rows(out)
+              and _dense_rows(x) and not torch.is_autocast_enabled("cpu")
+              and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                       for t in (x, weight, bias, residual)))
+              and _eligible(x, weight, bias, residual, out))
+    if not direct:
+        out.copy_(pointwise_conv(x, weight, bias, residual, scale))
+        return out
+    _check(x, weight)
+    torch.addmm(_rows(residual), _rows(x), weight.reshape(weight.shape[0], -1).t(), out=_rows(out))
+    if bias is not None:
+        out.add_(bias.reshape(1, -1, 1, 1))
+    return out
