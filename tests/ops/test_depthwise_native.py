@@ -219,3 +219,34 @@ def test_scale_gelu_native_matches_reference(shape, layout):
     torch.testing.assert_close(out, ref_out)
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("b, rows", [(1, (0, 5)), (1, (3, 7)), (2, (2, 6))])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("scale", [False, True])
+def test_pointwise_into_a_band_of_rows(b, rows, bias, scale, monkeypatch):
+    """``pointwise_conv(..., out=band)``: a band of rows of a channels-last image receives exactly
+    the result (in place by addmm where the band's rows are dense, batch 1; copied otherwise)."""
+    from lightsr.ops import pointwise as pw
+
+    copied = []
+    real = pw.pointwise_conv
+    monkeypatch.setattr(pw, "pointwise_conv", lambda *a, **k: copied.append(1) or real(*a, **k))
+    torch.manual_seed(1)
+    x = _input(b, 6, 7, 9)
+    weight = torch.randn(5, 6, 1, 1)
+    bvec = torch.randn(5) if bias else None
+    svec = torch.rand(5) if scale else None
+    residual = _input(b, 5, 7, 9)
+    r0, r1 = rows
+    out = torch.full((b, 5, 7, 9), float("nan")).contiguous(memory_format=torch.channels_last)
+    band = out[:, :, r0:r1]
+    res = pointwise_conv(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec, out=band)
+    assert res.data_ptr() == band.data_ptr()
+    assert bool(copied) == (b > 1 or scale), "batch 1 without a scale must take the in-place product"
+    expected = pointwise_conv_reference(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec)
+    torch.testing.assert_close(band, expected, rtol=1e-5, atol=1e-5)
+    assert out[:, :, :r0].isnan().all() and out[:, :, r1:].isnan().all()  # nothing outside the band
+    # the same numbers as without out= (the direct path is the same product)
+    torch.testing.assert_close(band, pointwise_conv(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec),
+                               rtol=0, atol=0)
