@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch.nn as nn
 
 from lightsr.data.benchmark import BenchmarkSet, Sample, find_benchmark
 from lightsr.data.imresize import imresize, imresize_tensor
+from lightsr.inference.partfiles import write_text_atomic
 from lightsr.metrics import psnr, rgb_to_y, ssim, to_uint8
 
 __all__ = [
@@ -353,23 +353,8 @@ class EvalResult:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"markdown": out / "results.md", "csv": out / "per_image.csv", "json": out / "results.json"}
         for key, text in (("markdown", self.to_markdown()), ("csv", self.to_csv()), ("json", self.to_json())):
-            _write_text_atomic(paths[key], text)
+            write_text_atomic(paths[key], text)
         return paths
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    from lightsr.weights import file_mode
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, file_mode())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:

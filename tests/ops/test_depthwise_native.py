@@ -246,6 +246,9 @@ def test_pointwise_into_a_band_of_rows(b, rows, bias, scale, monkeypatch):
     assert bool(copied) == (b > 1 or scale), "batch 1 without a scale must take the in-place product"
     expected = pointwise_conv_reference(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec)
     torch.testing.assert_close(band, expected, rtol=1e-5, atol=1e-5)
+    ref_out = torch.empty_like(out)[:, :, r0:r1]  # the reference op takes out= too (use_reference_ops)
+    assert pointwise_conv_reference(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec, out=ref_out) is ref_out
+    torch.testing.assert_close(ref_out, expected, rtol=0, atol=0)
     assert out[:, :, :r0].isnan().all() and out[:, :, r1:].isnan().all()  # nothing outside the band
     # the same numbers as without out= (the direct path is the same product)
     torch.testing.assert_close(band, pointwise_conv(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec),

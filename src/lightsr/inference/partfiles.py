@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-__all__ = ["PART_PATTERN", "part_file", "remove_stale_parts"]
+__all__ = ["PART_PATTERN", "part_file", "remove_stale_parts", "write_text_atomic"]
 
 # the names tempfile.mkstemp(prefix=".<name>.", suffix=".part") makes
 PART_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.part$")
@@ -100,3 +100,21 @@ def remove_stale_parts(folder: str | os.PathLike, min_age_s: float = 10.0) -> li
         finally:
             os.close(fd)
     return removed
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, renamed over it; removed if
+    anything fails), with the project's file mode."""
+    from lightsr.weights import file_mode
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, file_mode())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -411,25 +412,20 @@ def _probe_cache_get(key: str | None) -> float | None:
 def _probe_cache_put(key: str | None, value: float) -> None:
     """Remember a probe result (atomically; a cache that cannot be written is skipped)."""
     import json
-    import tempfile
+
+    from lightsr.inference.partfiles import write_text_atomic
 
     if key is None:
         return
     path = _probe_cache_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            table = json.loads(path.read_text())
-            table = table if isinstance(table, dict) else {}
-        except (OSError, ValueError):
-            table = {}
-        table[key] = value
-        fd, tmp = tempfile.mkstemp(prefix=".memory_probe-", suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        table = json.loads(path.read_text())
+        table = table if isinstance(table, dict) else {}
+    except (OSError, ValueError):
+        table = {}
+    table[key] = value
+    with contextlib.suppress(OSError):
+        write_text_atomic(path, json.dumps(table))
 
 
 def auto_tile(runner: ModelRunner, height: int, width: int, budget: int | None = None,

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.ops import get_op, pointwise_conv
+from lightsr.ops import get_op
 from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference  # noqa: F401 (re-exported)
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -46,18 +46,15 @@ class DepthwiseConv2d(nn.Conv2d):
 
 class Conv1x1(nn.Conv2d):
     """``nn.Conv2d(c_in, c_out, 1)`` (same parameters and keys) computed with ``get_op("pointwise_conv")``;
-    ``forward(x, residual, scale)`` returns ``residual + scale * conv(x)`` in one product."""
+    ``forward(x, residual, scale)`` returns ``residual + scale * conv(x)`` in one product (written
+    into ``out``, a band of a larger image, when given: inference)."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        if out is not None:  # inference: written into ``out`` (a band of a larger image)
-            if get_op("pointwise_conv") is pointwise_conv:
-                return pointwise_conv(x, self.weight, self.bias, residual, scale, out=out)
-            return out.copy_(get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale))
-        return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale)
+        return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale, out=out)
 
 
 def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor | None = None,

@@ -50,7 +50,7 @@ def supported(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     kh, kw = weight.shape[2:]
     if not (_same_size(x.shape[2], kh, padding[0], dilation[0]) and _same_size(x.shape[3], kw, padding[1], dilation[1])):
         return False
-    return _native.library() is not None
+    return library_ready()
 
 
 def library_ready() -> bool:

@@ -24,13 +24,13 @@ class _Geom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_longlong) for name in _FIELDS]
 
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_longlong
-NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
-                     for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
 class _FusedGeom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "NH")]
 
 
+_p, _i64 = ctypes.c_void_p, ctypes.c_longlong
+NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
+                     for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
 NATIVE_SIGNATURES["lightsr_dyn_fused_cl"] = [_p, _p, _p, _p, _p, ctypes.POINTER(_FusedGeom), _i64, _i64]
 
 

@@ -28,14 +28,15 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")
 
 
-def pointwise_conv_reference(x, weight, bias=None, residual=None, scale=None) -> torch.Tensor:
+def pointwise_conv_reference(x, weight, bias=None, residual=None, scale=None, out=None) -> torch.Tensor:
     """``residual + scale * conv1x1(x)`` (``residual`` / ``scale`` optional; ``scale`` broadcasts
-    like (1, C_out, 1, 1))."""
+    like (1, C_out, 1, 1)); with ``out`` the result is copied into it and ``out`` returned."""
     _check(x, weight)
     y = F.conv2d(x, weight, bias)
     if scale is not None:
         y = y * scale.reshape(1, -1, 1, 1)
-    return y if residual is None else residual + y
+    y = y if residual is None else residual + y
+    return y if out is None else out.copy_(y)
 
 
 def _eligible(x: torch.Tensor, *others) -> bool:
@@ -85,7 +86,7 @@ def pointwise_conv(x, weight, bias=None, residual=None, scale=None, out=None) ->
 
 
 def _dense_rows(t: torch.Tensor) -> bool:
-    """The (B*H*W, C) rows of ``t`` are one dense block (a view, no copy)."""
+    """The (B*H*W, C) rows of ``t`` are one dense block (a view, no copy: writable in place)."""
     b, c, h, w = t.shape
     return t.stride(1) == 1 and t.stride(3) == c and t.stride(2) == w * c and (b == 1 or t.stride(0) == h * w * c)
 
@@ -93,7 +94,7 @@ def _dense_rows(t: torch.Tensor) -> bool:
 def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
     """``out[...] = residual + scale * conv1x1(x)``, by ``addmm(..., out=)`` where out's rows are dense."""
     direct = (residual is not None and scale is None and out.dtype == x.dtype and _dense_rows(out)
-              and _dense_rows(x) and not torch.is_autocast_enabled("cpu")
+              and not torch.is_autocast_enabled("cpu")
               and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                        for t in (x, weight, bias, residual)))
               and _eligible(x, weight, bias, residual, out))
