@@ -1,0 +1,117 @@
+"""The native CPU kernels in context: thread scaling per model, and the kernels against their aten forms.
+
+``--models``: each model's forward at 320x180 -> x4 on 1 and on 2 threads, interleaved, with the
+ratio (IMDN, a plain conv net, as the yardstick: its aten/oneDNN operators scale close to 2x);
+``--profile`` adds the torch profiler's self time per operator at 1 and 2 threads (the native
+kernels are ctypes calls: the gap between the wall time and the profiled total is mostly theirs).
+Runs on an older tree too (``PYTHONPATH=<tree>/src``): only ``create_model`` is used.
+
+``--kernels``: at 1 thread, interleaved medians of the native 3x3 depth-wise convolution at the
+models' channel counts (GMAC/s), ``scale_gelu`` against ``F.gelu(x * s)``, and the q/k norms of the
+channel attention as ``vector_norm`` against product + sum.
+
+    python benchmarks/native_speed.py --models imdn dlgsanet_tiny lgun lamnet [--profile]
+    python benchmarks/native_speed.py --kernels
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def thread_table(names, repeats: int, profile: bool) -> None:
+    from lightsr.models import create_model
+
+    x = torch.rand(1, 3, 180, 320).contiguous(memory_format=torch.channels_last)
+    models = {n: create_model(n, 4).eval() for n in names}
+    times = {(n, t): [] for n in names for t in (1, 2)}
+    with torch.inference_mode():
+        for n in names:  # warm-up (native library build, lazy initialisation)
+            models[n](x)
+        for _ in range(repeats):
+            for n in names:
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    t0 = time.perf_counter()
+                    models[n](x)
+                    times[(n, t)].append(time.perf_counter() - t0)
+    print("| model | 1 thread ms | 2 threads ms | 2 vs 1 |\n|---|---|---|---|")
+    for n in names:
+        a, b = (statistics.median(times[(n, t)]) * 1e3 for t in (1, 2))
+        print(f"| {n} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
+    if profile:
+        for n in names:
+            _profile(n, models[n], x)
+
+
+def _profile(name, model, x) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    self_ms = {}
+    for t in (1, 2):
+        torch.set_num_threads(t)
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+        self_ms[t] = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+    print(f"\n{name}: profiled self time {sum(self_ms[1].values()):.0f} ms (1 thread), "
+          f"{sum(self_ms[2].values()):.0f} ms (2 threads)\n\n| operator | 1 thread ms | 2 threads ms | 2 vs 1 |\n|---|---|---|---|")
+    for key in sorted(self_ms[1], key=lambda k: -self_ms[1][k])[:12]:
+        a, b = self_ms[1][key], self_ms[2].get(key, 0.0)
+        print(f"| {key} | {a:.0f} | {b:.0f} | {a / b if b else float('nan'):.2f}x |")
+
+
+def kernels(repeats: int) -> None:
+    from lightsr.ops import depthwise_conv2d, scale_gelu, scale_gelu_reference
+
+    torch.set_num_threads(1)
+    cl = torch.channels_last
+    print("| kernel | shape | ms | GMAC/s or aten ms | ratio |\n|---|---|---|---|---|")
+    with torch.inference_mode():
+        for c in (192, 144, 128, 48, 16):
+            x = torch.randn(1, c, 180, 320).contiguous(memory_format=cl)
+            w = torch.randn(c, 1, 3, 3)
+            ms = _median_ms(lambda: depthwise_conv2d(x, w, None, (1, 1)), repeats)
+            print(f"| native depth-wise 3x3 | {c}x180x320 | {ms:.1f} | {c * 9 * 180 * 320 / ms / 1e6:.1f} GMAC/s | |")
+        x = torch.randn(1, 128, 180, 320).contiguous(memory_format=cl)
+        s = torch.rand(1, 128, 1, 1)
+        a = _median_ms(lambda: scale_gelu(x, s), repeats)
+        b = _median_ms(lambda: scale_gelu_reference(x, s), repeats)
+        print(f"| scale_gelu vs F.gelu(x * s) | 128x180x320 | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        qk = torch.randn(1, 57600, 192)[..., :128]
+        a = _median_ms(lambda: (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt(), repeats)
+        b = _median_ms(lambda: torch.linalg.vector_norm(qk, dim=1), repeats)
+        print(f"| q/k norms: product + sum vs vector_norm | 57600 px x 128 of 192 ch | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", help="models for the 1 vs 2 thread table")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    print("command: python benchmarks/native_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(f"torch {torch.__version__}; {torch.backends.cpu.get_cpu_capability()}\n")
+    if args.models:
+        thread_table(args.models, args.repeats, args.profile)
+    if args.kernels:
+        kernels(args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
