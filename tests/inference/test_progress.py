@@ -29,6 +29,19 @@ def test_lines_are_spaced_by_the_interval():
     assert out.getvalue() == ""  # within the interval: quiet (the first line comes after `interval` s)
 
 
+def test_interval_zero_prints_every_step_however_fast(monkeypatch):
+    """CI flake of the compare CLI test: with the old 10 ms floor, steps that all ended within 10 ms printed nothing."""
+    monkeypatch.setenv("LIGHTSR_PROGRESS_INTERVAL", "0")
+    out = io.StringIO()
+    with Progress(3, "models", stream=out) as bar:
+        for _ in range(3):
+            bar.update()
+    lines = out.getvalue().splitlines()
+    for k in (1, 2, 3):
+        assert any(line.startswith(f"models: {k}/3 (") for line in lines), lines
+    assert "3/3 (100%)" in lines[-1] and "elapsed" in lines[-1] and "ETA" in lines[-1]
+
+
 def test_a_long_single_step_still_reports_with_an_estimated_eta():
     """A whole-image pass reports no tiles: the heartbeat prints elapsed time and the ETA of the estimate."""
     out = io.StringIO()

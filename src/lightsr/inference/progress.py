@@ -9,7 +9,7 @@ and a background thread keeps printing while one step takes long (a whole image 
 model in ``lightsr compare``), so a run is never silent for minutes; with ``expected_s`` (an
 estimate of the step's duration) that line carries an ETA too. A task that printed lines ends
 with one more holding its final count. The interval defaults to 5 s
-(``LIGHTSR_PROGRESS_INTERVAL``).
+(``LIGHTSR_PROGRESS_INTERVAL``); 0 prints a line at every step, however fast.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def format_bytes(n: float) -> str:
 
 def _interval() -> float:
     try:
-        return max(0.01, float(os.environ.get("LIGHTSR_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
+        return max(0.0, float(os.environ.get("LIGHTSR_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
     except ValueError:
         return DEFAULT_INTERVAL
 
@@ -65,7 +65,7 @@ class Progress:
         unit: shown after the counts on a terminal.
         stream: where to write (default stderr).
         enabled: ``False`` prints nothing at all (``--quiet``).
-        interval: seconds between plain lines (default 5, ``LIGHTSR_PROGRESS_INTERVAL``).
+        interval: seconds between plain lines (default 5, ``LIGHTSR_PROGRESS_INTERVAL``; 0: every step).
         expected_s: estimated duration of the whole task, for an ETA before the first step ends.
         bytes: counts are byte sizes (downloads).
         leave: keep the terminal bar when closed.
