@@ -7,8 +7,10 @@ kernels are ctypes calls: the gap between the wall time and the profiled total i
 Runs on an older tree too (``PYTHONPATH=<tree>/src``): only ``create_model`` is used.
 
 ``--kernels``: at 1 thread, interleaved medians of the native 3x3 depth-wise convolution at the
-models' channel counts (GMAC/s), ``scale_gelu`` against ``F.gelu(x * s)``, and the q/k norms of the
-channel attention as ``vector_norm`` against product + sum.
+models' channel counts (GMAC/s), DLGSANet's fused dynamic 7x7 convolution (kernels made from the
+hidden values and applied, GMAC/s of both), ``scale_gelu`` against ``F.gelu(x * s)``, the q/k norms
+of the channel attention as ``vector_norm`` against product + sum, and the channels-last LayerNorm
+against aten's.
 
     python benchmarks/native_speed.py --models imdn dlgsanet_tiny lgun lamnet [--profile]
     python benchmarks/native_speed.py --kernels
@@ -86,6 +88,7 @@ def kernels(repeats: int) -> None:
             w = torch.randn(c, 1, 3, 3)
             ms = _median_ms(lambda: depthwise_conv2d(x, w, None, (1, 1)), repeats)
             print(f"| native depth-wise 3x3 | {c}x180x320 | {ms:.1f} | {c * 9 * 180 * 320 / ms / 1e6:.1f} GMAC/s | |")
+        _dynamic_rows(repeats)
         x = torch.randn(1, 128, 180, 320).contiguous(memory_format=cl)
         s = torch.rand(1, 128, 1, 1)
         a = _median_ms(lambda: scale_gelu(x, s), repeats)
@@ -95,6 +98,22 @@ def kernels(repeats: int) -> None:
         a = _median_ms(lambda: (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt(), repeats)
         b = _median_ms(lambda: torch.linalg.vector_norm(qk, dim=1), repeats)
         print(f"| q/k norms: product + sum vs vector_norm | 57600 px x 128 of 192 ch | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+
+def _dynamic_rows(repeats: int) -> None:
+    """DLGSANet's MHDLSA kernel: tiny / light (48 channels, 8 groups of 6) and the full model (90, 15 of 6)."""
+    from lightsr.ops import get_op
+
+    op = get_op("dynamic_dwconv_fused")
+    for c, nh in ((48, 12), (90, 22)):
+        g, k = c // 6, 7
+        x = torch.randn(1, c, 180, 320).contiguous(memory_format=torch.channels_last)
+        hidden = torch.randn(1, nh, 180, 320).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(g * k * k, nh, 1, 1) * 0.1, torch.randn(g * k * k)
+        ms = _median_ms(lambda: op(x, hidden, w, b, k), repeats)
+        macs = 180 * 320 * (g * k * k * nh + c * k * k)
+        print(f"| dynamic 7x7 (fused: kernels from {nh} hidden + apply) | {c}x180x320 | {ms:.1f} | "
+              f"{macs / ms / 1e6:.1f} GMAC/s | |")
 
 
 def main(argv=None) -> int:

@@ -24,8 +24,11 @@ def _case(b, c, groups, k, ch, h, w, dtype=torch.float32):
     return x, hidden, weight, bias
 
 
+# (batch, channels, groups, K, hidden, H, W): 1x1; tiny/light's 8 groups of 6 (interior pixels in pairs,
+# the last pixels one at a time: their last vector would read past the tensor); groups wider than a
+# vector; the full model's 15 groups (pairs apply groups in chunks of 4: 4, 4, 4, 3); odd widths
 CASES = [(1, 48, 8, 7, 12, 1, 1), (2, 48, 8, 7, 12, 9, 13), (3, 20, 2, 5, 4, 6, 17), (2, 9, 3, 3, 5, 11, 7),
-         (1, 16, 1, 7, 3, 3, 40)]
+         (1, 16, 1, 7, 3, 3, 40), (2, 90, 15, 7, 22, 8, 21), (1, 12, 2, 3, 4, 5, 12), (2, 24, 4, 5, 6, 7, 16)]
 
 
 @needs_native

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP",
+__all__ = ["needs_grad", "plain_tensors", "strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP",
            "observed"]
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
@@ -156,3 +156,16 @@ def define_op(
     call.__doc__ = schema_fn.__doc__
     call.custom_op = op
     return call
+
+
+def plain_tensors(*tensors) -> bool:
+    """Plain tensors / parameters (no subclass, no fake tensor) and nothing observing the ops: a
+    native kernel may read their memory directly."""
+    if observed():
+        return False
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+
+
+def needs_grad(*tensors) -> bool:
+    """Autograd would record an op on these tensors (``None`` entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

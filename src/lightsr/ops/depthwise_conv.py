@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lightsr.ops import _depthwise_native
-from lightsr.ops._common import exporting, memory_format_of, observed
+from lightsr.ops._common import exporting, memory_format_of, needs_grad, plain_tensors
 
 __all__ = [
     "apply_gate",
@@ -149,7 +149,7 @@ class _DepthwiseConv(torch.autograd.Function):
 def _native_eligible(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     """The native kernel may run: plain eager CPU execution (no exporter, compiler or dispatch mode
     such as the MAC counter, which must see aten convolutions) and a supported input."""
-    if exporting() or not _plain_tensors(x, weight):
+    if exporting() or not plain_tensors(x, weight):
         return False
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and compiler.is_compiling():
@@ -157,22 +157,12 @@ def _native_eligible(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -
     return _depthwise_native.supported(x, weight, padding, dilation)
 
 
-def _plain_tensors(*tensors) -> bool:
-    if observed():
-        return False
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
     """The native kernel, in bfloat16 under CPU bf16 autocast (float32 arithmetic either way)."""
     if torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16:
         x = x.to(torch.bfloat16)
     code = _depthwise_native.GATES[gate]
-    if _needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias):
         return _depthwise_native.NativeDepthwise.apply(x, weight, bias, tuple(padding), tuple(dilation), code)
     return _depthwise_native.forward(x, weight, bias, padding, dilation, code, False)[0]
 
@@ -188,7 +178,7 @@ def depthwise_conv2d(
         return _native_call(x, weight, bias, padding, dilation, "none")
     if tuple(dilation) != (1, 1):
         return F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation), groups=x.shape[1])
-    if (exporting() or _reduced_precision_line_on_cpu(x, weight) or not _needs_grad(x, weight, bias)):
+    if (exporting() or _reduced_precision_line_on_cpu(x, weight) or not needs_grad(x, weight, bias)):
         return _conv(x, weight, bias, padding)
     return _DepthwiseConv.apply(x, weight, bias, tuple(padding))
 
@@ -240,7 +230,7 @@ def scale_gelu(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     libmvec's vector ``erff`` where glibc has it."""
     if (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and scale.numel() == x.shape[0] * x.shape[1] and x.numel() > 0
-            and (x.shape[1] == 1 or x.stride(1) == 1) and not _needs_grad(x, scale)
-            and not exporting() and _plain_tensors(x, scale) and _depthwise_native.library_ready()):
+            and (x.shape[1] == 1 or x.stride(1) == 1) and not needs_grad(x, scale)
+            and not exporting() and plain_tensors(x, scale) and _depthwise_native.library_ready()):
         return _depthwise_native.scale_gelu(x, scale)
     return scale_gelu_reference(x, scale)

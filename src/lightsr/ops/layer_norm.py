@@ -5,17 +5,22 @@
 mean and *biased* variance over the channel axis of an NCHW tensor, ``eps`` inside the sqrt.
 
 * :func:`layer_norm_2d_reference` - the formula with broadcasting ops (the test oracle).
-* :func:`layer_norm_2d` - one native ``layer_norm`` call on the channels-last view. On a
+* :func:`layer_norm_2d` - one aten ``layer_norm`` call on the channels-last view. On a
   channels-last tensor (the layout the models use on CPU) the view is contiguous and no copy
   is made at all; the result is again channels-last. On an NCHW tensor one copy is made. On
-  a 48 x 180 x 320 map it is 3-9x faster than the formula (``benchmarks/ops_speed.py``).
+  a 48 x 180 x 320 map it is 3-9x faster than the formula (``benchmarks/ops_speed.py``). At
+  inference on dense channels-last float32 CPU tensors: the native kernel of
+  ``native/layer_norm.c`` (aten's spends most of its time on per-row set-up for rows of 48-90
+  channels: 1.6x, ``python benchmarks/native_speed.py --kernels``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from lightsr.ops import _layer_norm_native
 from lightsr.ops import triton as _triton
+from lightsr.ops._common import exporting, needs_grad, plain_tensors
 
 __all__ = ["layer_norm_2d", "layer_norm_2d_reference"]
 
@@ -28,6 +33,9 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     """
     if _triton.wants(x, weight, bias):  # CUDA: one Triton kernel per pass
         return _triton.layer_norm_2d(x, weight, bias, eps)
+    if (not needs_grad(x, weight, bias) and not exporting() and plain_tensors(x, weight, bias)
+            and _layer_norm_native.usable(x, weight, bias)):
+        return _layer_norm_native.layer_norm_rows(x, weight, bias, eps)
     c = x.shape[1]
     y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
     return y.permute(0, 3, 1, 2)

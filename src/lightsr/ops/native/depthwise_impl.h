@@ -103,69 +103,107 @@ static inline void FN(epilogue)(const float *acc, float *tmp, T *yp, i64 C, i64 
 /* ---- 3 x 3 kernels (stride 1, padding 1, no dilation): a whole output row per channel block ----
  *
  * The generic per-pixel loop reads a weight vector and an input vector for every multiply-add;
- * on CPUs that load one 256-bit vector per cycle (AMD Zen 1) that halves the rate. Here the nine
- * weight vectors of a channel block stay in registers while four neighbouring output pixels are
- * computed from six input vectors per kernel row (0.5 loads per multiply-add); the row's outputs
- * go to a row buffer (W x C floats), from which the gates are applied pixel by pixel. */
+ * on CPUs that load one 256-bit vector per cycle (AMD Zen 1) that halves the rate. Here eight
+ * neighbouring output pixels of a channel block are accumulated in registers, kernel row by kernel
+ * row: three weight vectors and ten input vectors per row for 24 multiply-adds (0.54 loads each),
+ * eight independent accumulators (enough to hide the FMA latency), 13 vector registers in all. The
+ * row's outputs go to a row buffer (W x C floats), from which the gates are applied pixel by pixel. */
 
-/* acc (4 consecutive pixels from column x0 - 1) += w0 x[-1] + w1 x[0] + w2 x[+1], one kernel row */
-#define ROW4(P, W0, W1, W2, A0, A1, A2, A3)                                                               \
+/* Accumulators of consecutive output pixels += one kernel row (w0 x[-1] + w1 x[0] + w2 x[+1]), as
+ * separate multiply-adds (one FMA each) while the input columns stream through one register: each
+ * input vector is loaded once and feeds up to three accumulators. P points at the input column left
+ * of the first output pixel; WR at the kernel row's three weight vectors (C floats apart). */
+#define TAPS_PROLOGUE(P, WR)                                                                             \
+    const v8 w0_ = ld_f32(WR), w1_ = ld_f32((WR) + C), w2_ = ld_f32((WR) + 2 * C);                        \
+    const T *p_ = (P);                                                                                    \
+    v8 x_
+#define IN(k) (x_ = LD(p_ + (k) * xw))
+#define ROW8(P, WR, A0, A1, A2, A3, A4, A5, A6, A7)                                                       \
     do {                                                                                                  \
-        const v8 x0 = LD(P), x1 = LD((P) + xw), x2 = LD((P) + 2 * xw), x3 = LD((P) + 3 * xw);             \
-        const v8 x4 = LD((P) + 4 * xw), x5 = LD((P) + 5 * xw);                                           \
-        A0 += W0 * x0 + W1 * x1 + W2 * x2;                                                                \
-        A1 += W0 * x1 + W1 * x2 + W2 * x3;                                                                \
-        A2 += W0 * x2 + W1 * x3 + W2 * x4;                                                                \
-        A3 += W0 * x3 + W1 * x4 + W2 * x5;                                                                \
+        TAPS_PROLOGUE(P, WR);                                                                             \
+        IN(0); A0 += w0_ * x_;                                                                            \
+        IN(1); A0 += w1_ * x_; A1 += w0_ * x_;                                                            \
+        IN(2); A0 += w2_ * x_; A1 += w1_ * x_; A2 += w0_ * x_;                                            \
+        IN(3); A1 += w2_ * x_; A2 += w1_ * x_; A3 += w0_ * x_;                                            \
+        IN(4); A2 += w2_ * x_; A3 += w1_ * x_; A4 += w0_ * x_;                                            \
+        IN(5); A3 += w2_ * x_; A4 += w1_ * x_; A5 += w0_ * x_;                                            \
+        IN(6); A4 += w2_ * x_; A5 += w1_ * x_; A6 += w0_ * x_;                                            \
+        IN(7); A5 += w2_ * x_; A6 += w1_ * x_; A7 += w0_ * x_;                                            \
+        IN(8); A6 += w2_ * x_; A7 += w1_ * x_;                                                            \
+        IN(9); A7 += w2_ * x_;                                                                            \
+    } while (0)
+#define ROW4(P, WR, A0, A1, A2, A3)                                                                       \
+    do {                                                                                                  \
+        TAPS_PROLOGUE(P, WR);                                                                             \
+        IN(0); A0 += w0_ * x_;                                                                            \
+        IN(1); A0 += w1_ * x_; A1 += w0_ * x_;                                                            \
+        IN(2); A0 += w2_ * x_; A1 += w1_ * x_; A2 += w0_ * x_;                                            \
+        IN(3); A1 += w2_ * x_; A2 += w1_ * x_; A3 += w0_ * x_;                                            \
+        IN(4); A2 += w2_ * x_; A3 += w1_ * x_;                                                            \
+        IN(5); A3 += w2_ * x_;                                                                            \
     } while (0)
 
-/* output columns [w0, w1) of row oh, channels [c, c + 8) */
+/* output columns [w0, w1) of row oh, channels [c, c + 8): eight pixels per step, then four, then one */
 static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, float *buf, const dw_geom *g,
                               i64 oh, i64 c, i64 w0, i64 w1)
 {
     const i64 C = g->C, W = g->W, H = g->H, xw = g->xw;
     const v8 zero = {0};
     const v8 bv = bias ? ld_f32(bias + c) : zero;
-    const int has[3] = {oh - 1 >= 0, 1, oh + 1 < H};
-    v8 wv[3][3];
+    int rows[3], n = 0; /* the kernel rows inside the image */
+    for (int i = 0; i < 3; ++i)
+        if (oh + i - 1 >= 0 && oh + i - 1 < H)
+            rows[n++] = i;
     const T *xr[3];
-    for (int i = 0; i < 3; ++i) {
-        for (int j = 0; j < 3; ++j)
-            wv[i][j] = has[i] ? ld_f32(w + (i * 3 + j) * C + c) : zero;
-        xr[i] = xb + (has[i] ? oh + i - 1 : oh) * g->xh + c; /* a valid row; its weights are zero */
+    const float *wr[3];
+    for (int k = 0; k < n; ++k) {
+        xr[k] = xb + (oh + rows[k] - 1) * g->xh + c;
+        wr[k] = w + rows[k] * 3 * C + c;
     }
     const i64 inner_end = w1 < W - 1 ? w1 : W - 1; /* columns with a right neighbour */
     i64 ow = w0 > 1 ? w0 : 1;
+    for (; ow + 8 <= inner_end; ow += 8) {
+        v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv, a4 = bv, a5 = bv, a6 = bv, a7 = bv;
+        for (int k = 0; k < n; ++k)
+            ROW8(xr[k] + (ow - 1) * xw, wr[k], a0, a1, a2, a3, a4, a5, a6, a7);
+        float *o = buf + ow * C + c;
+        st_f32(o, a0);
+        st_f32(o + C, a1);
+        st_f32(o + 2 * C, a2);
+        st_f32(o + 3 * C, a3);
+        st_f32(o + 4 * C, a4);
+        st_f32(o + 5 * C, a5);
+        st_f32(o + 6 * C, a6);
+        st_f32(o + 7 * C, a7);
+    }
     for (; ow + 4 <= inner_end; ow += 4) {
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-        for (int i = 0; i < 3; ++i)
-            if (has[i])
-                ROW4(xr[i] + (ow - 1) * xw, wv[i][0], wv[i][1], wv[i][2], a0, a1, a2, a3);
-        st_f32(buf + ow * C + c, a0);
-        st_f32(buf + (ow + 1) * C + c, a1);
-        st_f32(buf + (ow + 2) * C + c, a2);
-        st_f32(buf + (ow + 3) * C + c, a3);
+        for (int k = 0; k < n; ++k)
+            ROW4(xr[k] + (ow - 1) * xw, wr[k], a0, a1, a2, a3);
+        float *o = buf + ow * C + c;
+        st_f32(o, a0);
+        st_f32(o + C, a1);
+        st_f32(o + 2 * C, a2);
+        st_f32(o + 3 * C, a3);
     }
     for (; ow < w1; ++ow) { /* the remaining columns of the range, the right border included */
         v8 a = bv;
-        for (int i = 0; i < 3; ++i) {
-            if (!has[i])
-                continue;
-            const T *p = xr[i] + ow * xw;
-            a += wv[i][0] * LD(p - xw) + wv[i][1] * LD(p);
+        for (int k = 0; k < n; ++k) {
+            const T *p = xr[k] + ow * xw;
+            a += ld_f32(wr[k]) * LD(p - xw);
+            a += ld_f32(wr[k] + C) * LD(p);
             if (ow + 1 < W)
-                a += wv[i][2] * LD(p + xw);
+                a += ld_f32(wr[k] + 2 * C) * LD(p + xw);
         }
         st_f32(buf + ow * C + c, a);
     }
     if (w0 == 0) { /* the left border column */
         v8 a = bv;
-        for (int i = 0; i < 3; ++i)
-            if (has[i]) {
-                a += wv[i][1] * LD(xr[i]);
-                if (W > 1)
-                    a += wv[i][2] * LD(xr[i] + xw);
-            }
+        for (int k = 0; k < n; ++k) {
+            a += ld_f32(wr[k] + C) * LD(xr[k]);
+            if (W > 1)
+                a += ld_f32(wr[k] + 2 * C) * LD(xr[k] + xw);
+        }
         st_f32(buf + c, a);
     }
 }
@@ -409,6 +447,9 @@ int FN(lightsr_scale_gelu)(const T *d, const float *s, T *y, const dw_geom *g, i
 }
 
 #undef ROW4
+#undef ROW8
+#undef IN
+#undef TAPS_PROLOGUE
 #undef FN
 #undef CAT
 #undef CAT_

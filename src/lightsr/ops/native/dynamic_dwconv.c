@@ -305,41 +305,165 @@ typedef struct {
     i64 B, H, W, C, G, P, K, NH;
 } dyn_fused_geom;
 
+/* Two horizontally neighbouring pixels at once where both have all K x K taps inside the image
+ * (the interior): their kernels are made together, each weight vector of the 1x1 convolution
+ * feeding both pixels' accumulators (eight in flight), and the taps are applied to up to four
+ * groups of both pixels at once (eight accumulators, one chain each): an input vector of column
+ * ow - p + jj serves the first pixel's tap jj and the second's tap jj - 1, so the K + 1 columns of a
+ * kernel row are loaded once for both. Borders, groups wider than one vector and the tensor's last
+ * pixels (whose last vector would read past the end) go one pixel at a time. */
+static void kernels_of_pair(const float *h0, const float *h1, const float *wt, const float *bias, float *k0, float *k1,
+                            i64 NH, i64 NK)
+{
+    i64 o = 0;
+    for (; o + 32 <= NK; o += 32) {
+        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        if (bias) {
+            a0 = ld_f32(bias + o), a1 = ld_f32(bias + o + 8), a2 = ld_f32(bias + o + 16), a3 = ld_f32(bias + o + 24);
+        }
+        v8 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+        for (i64 k = 0; k < NH; ++k) {
+            const float s = h0[k], t = h1[k];
+            const float *wr = wt + k * NK + o;
+            const v8 w0 = ld_f32(wr), w1 = ld_f32(wr + 8), w2 = ld_f32(wr + 16), w3 = ld_f32(wr + 24);
+            a0 += s * w0;
+            b0 += t * w0;
+            a1 += s * w1;
+            b1 += t * w1;
+            a2 += s * w2;
+            b2 += t * w2;
+            a3 += s * w3;
+            b3 += t * w3;
+        }
+        st_f32(k0 + o, a0), st_f32(k0 + o + 8, a1), st_f32(k0 + o + 16, a2), st_f32(k0 + o + 24, a3);
+        st_f32(k1 + o, b0), st_f32(k1 + o + 8, b1), st_f32(k1 + o + 16, b2), st_f32(k1 + o + 24, b3);
+    }
+    for (; o + 8 <= NK; o += 8) {
+        v8 a = bias ? ld_f32(bias + o) : (v8){0}, b = a;
+        for (i64 k = 0; k < NH; ++k) {
+            const v8 w = ld_f32(wt + k * NK + o);
+            a += h0[k] * w;
+            b += h1[k] * w;
+        }
+        st_f32(k0 + o, a);
+        st_f32(k1 + o, b);
+    }
+    for (; o < NK; ++o) {
+        float a = bias ? bias[o] : 0.0f, b = a;
+        for (i64 k = 0; k < NH; ++k) {
+            a += h0[k] * wt[k * NK + o];
+            b += h1[k] * wt[k * NK + o];
+        }
+        k0[o] = a;
+        k1[o] = b;
+    }
+}
+
+/* groups [g0, g0 + NG) of the pair: xr0 points at input row oh - p (channel 0) and column ow - p
+ * (the first pixel's first tap); o0 / o1 are the pixels' output buffers */
+#define APPLY_PAIR(NG)                                                                                        \
+    static inline void apply_pair_##NG(const float *xr0, const float *k0, const float *k1, float *o0, float *o1, \
+                                       const dyn_fused_geom *d, i64 g0, i64 i0, i64 i1)                        \
+    {                                                                                                         \
+        const i64 K = d->K, KK = K * K, C = d->C, P = d->P, rowstride = d->W * C;                             \
+        v8 a[NG], b[NG];                                                                                      \
+        for (int q = 0; q < NG; ++q)                                                                          \
+            a[q] = (v8){0}, b[q] = (v8){0};                                                                   \
+        for (i64 i = i0; i < i1; ++i) {                                                                       \
+            const float *xr = xr0 + i * rowstride + g0 * P;                                                  \
+            const float *kr0 = k0 + g0 * KK + i * K, *kr1 = k1 + g0 * KK + i * K;                              \
+            for (int q = 0; q < NG; ++q)                                                                      \
+                a[q] += kr0[q * KK] * ld_f32(xr + q * P);                                                     \
+            for (i64 jj = 1; jj < K; ++jj) {                                                                  \
+                const float *xs = xr + jj * C;                                                                \
+                for (int q = 0; q < NG; ++q) {                                                                \
+                    const v8 xv = ld_f32(xs + q * P);                                                         \
+                    a[q] += kr0[q * KK + jj] * xv;                                                            \
+                    b[q] += kr1[q * KK + jj - 1] * xv;                                                        \
+                }                                                                                             \
+            }                                                                                                 \
+            for (int q = 0; q < NG; ++q)                                                                      \
+                b[q] += kr1[q * KK + K - 1] * ld_f32(xr + K * C + q * P);                                     \
+        }                                                                                                     \
+        for (int q = 0; q < NG; ++q) { /* ascending: a group's spare lanes are overwritten by the next's */     \
+            st_f32(o0 + (g0 + q) * P, a[q]);                                                                  \
+            st_f32(o1 + (g0 + q) * P, b[q]);                                                                  \
+        }                                                                                                     \
+    }
+APPLY_PAIR(1)
+APPLY_PAIR(2)
+APPLY_PAIR(3)
+APPLY_PAIR(4)
+
+static void apply_pair(const float *xr0, const float *k0, const float *k1, float *o0, float *o1, const dyn_fused_geom *d,
+                       i64 i0, i64 i1)
+{
+    for (i64 g0 = 0; g0 < d->G; g0 += 4) {
+        switch (d->G - g0 < 4 ? d->G - g0 : 4) {
+        case 1: apply_pair_1(xr0, k0, k1, o0, o1, d, g0, i0, i1); break;
+        case 2: apply_pair_2(xr0, k0, k1, o0, o1, d, g0, i0, i1); break;
+        case 3: apply_pair_3(xr0, k0, k1, o0, o1, d, g0, i0, i1); break;
+        default: apply_pair_4(xr0, k0, k1, o0, o1, d, g0, i0, i1); break;
+        }
+    }
+}
+
+/* one pixel (any position): kernels in kbuf, the outputs into buf */
+static void fused_pixel(const float *x, const float *end, const float *kbuf, float *buf, const dyn_fused_geom *d,
+                        i64 b, i64 oh, i64 ow, i64 i0, i64 i1)
+{
+    const i64 H = d->H, W = d->W, C = d->C, P = d->P, K = d->K, KK = K * K, p = K / 2, V = (P + 7) / 8;
+    i64 j0, j1;
+    tap_range(ow, p, 1, K, W, &j0, &j1);
+    for (i64 g = 0; g < d->G; ++g) {
+        for (i64 v = 0; v < V; ++v) {
+            const i64 c0 = g * P + 8 * v;
+            const int tail = c0 + 8 > C;
+            v8 acc = {0};
+            for (i64 i = i0; i < i1; ++i) {
+                const float *xr = x + ((b * H + oh + i - p) * W) * C + c0;
+                const float *kr = kbuf + g * KK + i * K;
+                for (i64 j = j0; j < j1; ++j) {
+                    const float *xs = xr + (ow + j - p) * C;
+                    acc += kr[j] * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
+                }
+            }
+            st_f32(buf + c0, acc);
+        }
+    }
+}
+
 int lightsr_dyn_fused_cl(const float *x, const float *hidden, const float *wt, const float *bias, float *y,
                          const dyn_fused_geom *d, i64 r0, i64 r1)
 {
-    const i64 H = d->H, W = d->W, C = d->C, G = d->G, P = d->P, K = d->K, KK = K * K, p = K / 2;
-    const i64 NK = G * KK, V = (P + 7) / 8;
+    const i64 H = d->H, W = d->W, C = d->C, G = d->G, P = d->P, K = d->K, p = K / 2;
+    const i64 NK = G * K * K, V = (P + 7) / 8, span = C + 8 * V + 8;
     const float *end = x + d->B * H * W * C;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + 8 * V + 8 + NK));
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(2 * span + 2 * NK));
     if (!buf)
         return 2;
-    float *kbuf = buf + C + 8 * V + 8;
+    float *buf1 = buf + span, *k0 = buf + 2 * span, *k1 = k0 + NK;
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, oh = r % H;
         i64 i0, i1;
         tap_range(oh, p, 1, K, H, &i0, &i1);
-        for (i64 ow = 0; ow < W; ++ow) {
-            i64 j0, j1;
-            tap_range(ow, p, 1, K, W, &j0, &j1);
-            kernels_of_pixel(hidden + (r * W + ow) * d->NH, wt, bias, kbuf, d->NH, NK);
-            for (i64 g = 0; g < G; ++g) {
-                for (i64 v = 0; v < V; ++v) {
-                    const i64 c0 = g * P + 8 * v;
-                    const int tail = c0 + 8 > C;
-                    v8 acc = {0};
-                    for (i64 i = i0; i < i1; ++i) {
-                        const float *xr = x + ((b * H + oh + i - p) * W) * C + c0;
-                        const float *kr = kbuf + g * KK + i * K;
-                        for (i64 j = j0; j < j1; ++j) {
-                            const float *xs = xr + (ow + j - p) * C;
-                            acc += kr[j] * (tail ? load_tail_safe(xs, end) : ld_f32(xs));
-                        }
-                    }
-                    st_f32(buf + c0, acc);
-                }
+        const float *xr0 = x + ((b * H + oh - p) * W) * C; /* row oh - p (may lie outside: only rows i0.. are read) */
+        /* the last input pixel the pair at ow reads is (oh + i1 - 1 - p, ow + 1 + p); its last vector must end in x */
+        const i64 last_row = (b * H + oh + i1 - 1 - p) * W;
+        for (i64 ow = 0; ow < W;) {
+            const float *hp = hidden + (r * W + ow) * d->NH;
+            if (V == 1 && ow >= p && ow + 1 + p < W && x + (last_row + ow + 1 + p) * C + (G - 1) * P + 8 <= end) {
+                kernels_of_pair(hp, hp + d->NH, wt, bias, k0, k1, d->NH, NK);
+                apply_pair(xr0 + (ow - p) * C, k0, k1, buf, buf1, d, i0, i1);
+                memcpy(y + (r * W + ow) * C, buf, sizeof(float) * (size_t)C);
+                memcpy(y + (r * W + ow + 1) * C, buf1, sizeof(float) * (size_t)C);
+                ow += 2;
+                continue;
             }
+            kernels_of_pixel(hp, wt, bias, k0, d->NH, NK);
+            fused_pixel(x, end, k0, buf, d, b, oh, ow, i0, i1);
             memcpy(y + (r * W + ow) * C, buf, sizeof(float) * (size_t)C);
+            ow += 1;
         }
     }
     free(buf);

@@ -1,0 +1,38 @@
+"""ctypes glue of ``native/layer_norm.c``: the channels-last LayerNorm's forward (inference)."""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from lightsr.ops import _native
+
+__all__ = ["NATIVE_SIGNATURES", "layer_norm_rows", "usable"]
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [("C", ctypes.c_longlong), ("eps", ctypes.c_double)]
+
+
+_p = ctypes.c_void_p
+NATIVE_SIGNATURES = {"lightsr_ln_rows_f32": [_p, _p, _p, _p, ctypes.POINTER(_Geom), ctypes.c_longlong, ctypes.c_longlong]}
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """float32 CPU tensors, x (B, C, H, W) dense channels-last, and the library built."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.numel() > 0
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, weight, bias))
+            and weight.numel() == x.shape[1] == bias.numel()
+            and x.permute(0, 2, 3, 1).is_contiguous() and _native.library() is not None)
+
+
+def layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the channels of each pixel of a dense channels-last ``x``; channels-last output."""
+    b, c, h, w = x.shape
+    y = torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last)
+    wv, bv = weight.detach().reshape(c).contiguous(), bias.detach().reshape(c).contiguous()
+    geom = _Geom(c, float(eps))
+    args = [ctypes.c_void_p(t.data_ptr()) for t in (x, wv, bv, y)]
+    _native.run_rows(_native.library().lightsr_ln_rows_f32, lambda _, r0, r1: (*args, geom, r0, r1), b * h * w,
+                     min_rows=256)
+    return y

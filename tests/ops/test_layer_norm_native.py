@@ -1,0 +1,64 @@
+"""The native channels-last LayerNorm (inference) against the float64 formula: channel counts below,
+at and between vector widths, 1x1 and odd sizes, batch > 1, threads; and where it must step aside."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightsr.ops import _layer_norm_native, _native, layer_norm_2d, layer_norm_2d_reference
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
+
+
+def _case(b, c, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(b, c, h, w, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    return x, torch.randn(c, generator=g), torch.randn(c, generator=g)
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 1, 1), (1, 3, 1, 1), (2, 8, 5, 3), (1, 48, 9, 13), (3, 90, 7, 11),
+                                     (2, 64, 16, 16), (1, 13, 2, 31)])
+def test_native_matches_the_formula(b, c, h, w):
+    x, weight, bias = _case(b, c, h, w)
+    assert _layer_norm_native.usable(x, weight, bias)
+    with torch.no_grad():
+        out = layer_norm_2d(x, weight, bias, 1e-5)
+    ref = layer_norm_2d_reference(x.double(), weight.double(), bias.double(), 1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+
+
+@needs_native
+def test_native_equals_aten_and_is_thread_independent():
+    x, weight, bias = _case(2, 48, 17, 23, seed=1)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(layer_norm_2d(x, weight, bias))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    with _native.use_native(False), torch.no_grad():
+        aten = layer_norm_2d(x, weight, bias)
+    torch.testing.assert_close(outs[0], aten, atol=1e-5, rtol=1e-5)
+
+
+def test_training_and_other_layouts_take_aten(monkeypatch):
+    """A gradient, an NCHW tensor, a channel slice or bfloat16: never the native forward."""
+    def boom(*a, **k):
+        raise AssertionError("native LayerNorm used")
+
+    monkeypatch.setattr(_layer_norm_native, "layer_norm_rows", boom)
+    x, weight, bias = _case(1, 16, 6, 7, seed=2)
+    weight.requires_grad_(True)
+    out = layer_norm_2d(x, weight, bias)
+    out.sum().backward()
+    assert weight.grad is not None
+    with torch.no_grad():
+        layer_norm_2d(x.contiguous(), weight, bias)
+        layer_norm_2d(torch.randn(1, 32, 6, 7).contiguous(memory_format=torch.channels_last)[:, :16], weight, bias)
+        layer_norm_2d(x.bfloat16(), weight.bfloat16(), bias.bfloat16())
