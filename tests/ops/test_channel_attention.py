@@ -1,12 +1,20 @@
 """The copy-free channel attention against the official formula: values and gradients (q, k, v and
-the temperature), heads, batch > 1, odd sizes, channels-last and NCHW, the activations the models use."""
+the temperature), heads, batch > 1, odd sizes, channels-last and NCHW, the activations the models use;
+the native inference kernels (heads of 8 channels) on the whole map and on TLC windows."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops import channel_attention, channel_attention_reference
+from lightsr.ops import (
+    _attention_native,
+    _native,
+    channel_attention,
+    channel_attention_reference,
+    tlc_channel_attention,
+    tlc_channel_attention_reference,
+)
 
 
 def _rel(a, b) -> float:
@@ -44,3 +52,69 @@ def test_channel_attention_matches_reference(b, c, heads, h, w, act, layout):
 def test_channel_attention_rejects_bad_shapes():
     with pytest.raises(ValueError, match="heads"):
         channel_attention(torch.randn(1, 3 * 10, 4, 4), 3, torch.ones(3, 1, 1), F.relu)
+
+
+# --- the native kernels (heads of 8 channels, inference): whole map and TLC windows -------------------
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
+
+
+def _qkv(b, heads, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3 * 8 * heads, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+
+
+@needs_native
+@pytest.mark.parametrize("b,heads,h,w,kernel", [(1, 6, 1, 1, 48), (2, 6, 7, 9, 48), (1, 6, 37, 50, 16),
+                                                (2, 2, 20, 33, (8, 12)), (3, 1, 16, 16, 16), (1, 6, 48, 97, 48)])
+@pytest.mark.parametrize("act", [F.relu, _topk_softmax])
+def test_native_tlc_attention_matches_reference(b, heads, h, w, kernel, act):
+    """1x1, one window, windows overlapping on both axes (odd sizes), rectangular windows, batch > 1."""
+    qkv, temp = _qkv(b, heads, h, w), torch.rand(heads, 1, 1) + 0.5
+    assert _attention_native.usable(qkv, heads)
+    with torch.no_grad():
+        out = tlc_channel_attention(qkv, heads, temp, act, kernel)
+        ref = tlc_channel_attention_reference(qkv.double(), heads, temp.double(), act, kernel)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(out, ref) < 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize("b,heads,h,w", [(1, 6, 1, 1), (2, 6, 7, 9), (1, 1, 13, 5)])
+def test_native_whole_map_attention_matches_reference(b, heads, h, w):
+    qkv, temp = _qkv(b, heads, h, w, seed=1), torch.rand(heads, 1, 1) + 0.5
+    with torch.no_grad():
+        out = channel_attention(qkv, heads, temp, F.relu)
+        with _native.use_native(False):
+            blas = channel_attention(qkv, heads, temp, F.relu)
+    ref = channel_attention_reference(qkv.double(), heads, temp.double(), F.relu)
+    assert _rel(out, ref) < 1e-5 and _rel(blas, ref) < 1e-5
+
+
+@needs_native
+def test_native_attention_is_thread_independent_and_takes_bfloat16():
+    qkv, temp = _qkv(2, 6, 40, 57, seed=2), torch.rand(6, 1, 1) + 0.5
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(tlc_channel_attention(qkv, 6, temp, F.relu, 16))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    with torch.no_grad():
+        half = tlc_channel_attention(qkv.bfloat16(), 6, temp, F.relu, 16)
+    assert half.dtype == torch.bfloat16 and _rel(half, outs[0]) < 2e-2
+
+
+def test_training_takes_the_differentiable_path(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("native attention used with a gradient")
+
+    monkeypatch.setattr(_attention_native, "attention", boom)
+    qkv = _qkv(1, 6, 20, 30).requires_grad_(True)
+    out = tlc_channel_attention(qkv, 6, torch.ones(6, 1, 1), F.relu, 16)
+    out.sum().backward()
+    assert qkv.grad is not None and torch.isfinite(qkv.grad).all()

@@ -159,8 +159,9 @@ class SparseGSA(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual + SparseGSA(x)`` (the residual added inside the last 1x1 product)."""
         qkv = self.qkv_dwconv(self.qkv(x))
-        if self.tlc and not self.training:
-            out = get_op("tlc")(self.attend, qkv, self.tlc_kernel)
+        if self.tlc and not self.training:  # the attention on TLC windows, averaged
+            out = get_op("tlc_channel_attention")(qkv, self.num_heads, self.temperature, self._attention_map,
+                                                  self.tlc_kernel)
         else:
             out = self.attend(qkv)
         # the attention's output is channels-last on the fast CPU path (NCHW on the reference path)

@@ -12,6 +12,7 @@ depth-wise conv                  :func:`depthwise_conv2d`              :func:`de
 depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`gated_depthwise_conv2d_reference`
 1x1 conv (+ residual)            :func:`pointwise_conv`                :func:`pointwise_conv_reference`
 channel (transposed) attention   :func:`channel_attention`             :func:`channel_attention_reference`
+... on TLC windows, averaged     :func:`tlc_channel_attention`         :func:`tlc_channel_attention_reference`
 GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`scale_gelu_reference`
 ===============================  ====================================  ======================================
 
@@ -20,7 +21,8 @@ fast ops run native C kernels where they pay (``native/*.c``, compiled on first 
 system C compiler into one library by :mod:`lightsr.ops._native`; no compiler or
 ``LIGHTSR_NATIVE=0``: the PyTorch implementations, tested equal): the channels-last depth-wise
 convolutions with the FFN gates fused (float32 and bfloat16 storage), the loops of the dynamic
-convolution, and the focal attention; the 1x1 convolutions and the channel attention are BLAS
+convolution, the focal attention, the inference LayerNorm and the channel attention of 8-channel
+heads (whole map or TLC windows); the 1x1 convolutions and the other channel attentions are BLAS
 products on channels-last rows with no layout copy. Every other device runs PyTorch. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
@@ -44,7 +46,12 @@ import contextlib
 import torch
 
 from lightsr.ops._common import exporting
-from lightsr.ops.channel_attention import channel_attention, channel_attention_reference
+from lightsr.ops.channel_attention import (
+    channel_attention,
+    channel_attention_reference,
+    tlc_channel_attention,
+    tlc_channel_attention_reference,
+)
 from lightsr.ops.depthwise_conv import (
     depthwise_conv2d,
     depthwise_conv2d_reference,
@@ -98,6 +105,8 @@ __all__ = [
     "scale_gelu",
     "scale_gelu_reference",
     "tlc",
+    "tlc_channel_attention",
+    "tlc_channel_attention_reference",
     "tlc_reference",
     "tlc_windows",
     "use_reference_ops",
@@ -110,6 +119,7 @@ _FAST = {
     "dynamic_dwconv_fused": dynamic_dwconv_fused,
     "focal_attention": focal_attention,
     "tlc": tlc,
+    "tlc_channel_attention": tlc_channel_attention,
     "layer_norm_2d": layer_norm_2d,
     "depthwise_conv2d": depthwise_conv2d,
     "gated_depthwise_conv2d": gated_depthwise_conv2d,
@@ -122,6 +132,7 @@ _REFERENCE = {
     "dynamic_dwconv_fused": dynamic_dwconv_fused_reference,
     "focal_attention": focal_attention_reference,
     "tlc": tlc_reference,
+    "tlc_channel_attention": tlc_channel_attention_reference,
     "layer_norm_2d": layer_norm_2d_reference,
     "depthwise_conv2d": depthwise_conv2d_reference,
     "gated_depthwise_conv2d": gated_depthwise_conv2d_reference,

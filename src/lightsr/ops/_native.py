@@ -143,7 +143,7 @@ def _build() -> ctypes.CDLL:
     lib.lightsr_parallel_available.restype = ctypes.c_int
     lib.lightsr_parallel_calls.restype = ctypes.c_int
     lib.lightsr_parallel_calls.argtypes = [ptr, _i64, ptr, _i64, ptr]
-    for name in ("_depthwise_native", "_dynamic_native", "_layer_norm_native"):
+    for name in ("_attention_native", "_depthwise_native", "_dynamic_native", "_layer_norm_native"):
         _declare(lib, name)
     _state["path"] = path
     _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())

@@ -7,13 +7,23 @@ Per image and head, with q, k, v the head's ``d`` channels over all ``N`` pixels
 
 * :func:`channel_attention_reference` - the formula as the official code writes it: q, k, v as
   (B, heads, d, N) rows (an NCHW copy), ``F.normalize`` and two batched products.
-* :func:`channel_attention` - on channels-last input, the same numbers without any layout copy:
+* :func:`channel_attention` - at inference on dense channels-last float32 CPU input with heads of 8
+  channels (DLGSANet's tiny and light): the native kernels of ``native/channel_attention.c``
+  (Gram matrices and sums of squares in one pass, ``A v`` straight into the output). Otherwise,
+  on channels-last input, the same numbers without any layout copy:
   q, k, v stay (B, N, 3C) pixel rows; the norms come from one product and sum and divide the small
   d x d Gram matrix instead of the (d, N) rows; each head's Gram matrix is one product reading the
   rows in place; the heads' maps are placed on the diagonal of one C x C matrix so that ``A v``
   for all heads is a single product whose output already is channels-last (C x C instead of
   heads x d x d multiply-adds per pixel there: one product instead of ``heads`` strided ones).
   NCHW input runs the reference.
+
+* :func:`tlc_channel_attention` - the attention on the overlapping windows of the test-time local
+  converter, averaged (:func:`tlc_channel_attention_reference`: :func:`~lightsr.ops.tlc.tlc_reference`
+  around the reference). Where the native kernels apply, all windows go through them in two calls
+  (no window copies, no canvas pass per window; SparseGSA's attention at 320x180 went from 57 ms to
+  a few, ``python benchmarks/native_speed.py --kernels``); otherwise :func:`~lightsr.ops.tlc.tlc`
+  around :func:`channel_attention`.
 
 ``act`` maps the (B, heads, d, d) logits to the attention (ReLU in SparseGSA, top-k softmax mixtures
 in DGSA); it is applied to the same tensor in both paths.
@@ -25,9 +35,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops._common import exporting
+from lightsr.ops import _attention_native
+from lightsr.ops._common import exporting, needs_grad, plain_tensors
+from lightsr.ops.tlc import inverse_coverage, tlc, tlc_reference, tlc_windows
 
-__all__ = ["channel_attention", "channel_attention_reference"]
+__all__ = ["channel_attention", "channel_attention_reference", "tlc_channel_attention",
+           "tlc_channel_attention_reference"]
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,6 +77,10 @@ def channel_attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, 
     c, d = _check(qkv, heads)
     if qkv.shape[1] > 1 and qkv.stride(1) != 1 or exporting() or qkv.device.type == "meta":
         return channel_attention_reference(qkv, heads, temperature, act)
+    native = _native_input(qkv, heads, temperature)
+    if native is not None:
+        h, w = qkv.shape[2:]
+        return _attention_native.attention(native, heads, temperature, act, ((0, 0, h, w),), None).to(qkv.dtype)
     if qkv.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(qkv.device.type):
         # reduced precision (CPU autocast): the maps in float32 - top-k selections and ReLU sparsity
         # flip on bf16-rounded logits (LGUN's Set5 PSNR moved by 0.02 dB); a copy of q, k, v
@@ -88,3 +105,33 @@ def _attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, ac
     attn = act(gram / (qn * kn) * temperature)
     out = v @ _block_diagonal(attn).transpose(1, 2)  # (B, N, C): every head's A v
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _native_input(qkv: torch.Tensor, heads: int, temperature: torch.Tensor) -> torch.Tensor | None:
+    """The float32 qkv the native kernels take at inference (a copy only for bfloat16 input), else None."""
+    if (qkv.device.type != "cpu" or needs_grad(qkv, temperature) or exporting()
+            or not plain_tensors(qkv, temperature) or qkv.dtype not in (torch.float32, torch.bfloat16)):
+        return None
+    x = qkv if qkv.dtype == torch.float32 else qkv.float().contiguous(memory_format=torch.channels_last)
+    return x if _attention_native.usable(x, heads) else None
+
+
+def tlc_channel_attention_reference(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation,
+                                    kernel: int | tuple[int, int]) -> torch.Tensor:
+    """The reference attention on each TLC window, averaged where windows overlap (test oracle)."""
+    return tlc_reference(lambda t: channel_attention_reference(t, heads, temperature, act), qkv, kernel)
+
+
+def tlc_channel_attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation,
+                          kernel: int | tuple[int, int]) -> torch.Tensor:
+    """The reference's result: all windows through the native kernels where they apply, else the
+    batched TLC around :func:`channel_attention`."""
+    _check(qkv, heads)
+    native = _native_input(qkv, heads, temperature)
+    if native is None:
+        return tlc(lambda t: channel_attention(t, heads, temperature, act), qkv, kernel)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    h, w = qkv.shape[2:]
+    windows = tlc_windows(h, w, kh, kw)
+    cov = None if len(windows) == 1 else inverse_coverage(h, w, kh, kw, qkv.device, torch.float32)
+    return _attention_native.attention(native, heads, temperature, act, windows, cov).to(qkv.dtype)

@@ -25,7 +25,7 @@ import torch
 
 from lightsr.ops._common import memory_format_of
 
-__all__ = ["tlc", "tlc_reference", "tlc_windows"]
+__all__ = ["inverse_coverage", "tlc", "tlc_reference", "tlc_windows"]
 
 Window = tuple[int, int, int, int]  # (top, left, height, width)
 
@@ -58,7 +58,7 @@ def _coverage(windows, height, width, device, dtype) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
-def _inverse_coverage(height: int, width: int, kh: int, kw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def inverse_coverage(height: int, width: int, kh: int, kw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """1 / (number of windows covering each pixel), cached per size (inference repeats sizes)."""
     return _coverage(tlc_windows(height, width, kh, kw), height, width, device, torch.float64).reciprocal_().to(dtype)
 
@@ -112,4 +112,4 @@ def tlc(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kernel: int
                               memory_format=memory_format_of(y[0])).zero_()
         for n, (i, j, _, _) in enumerate(chunk):
             out[:, :, i : i + wh, j : j + ww] += y[n]
-    return out.mul_(_inverse_coverage(h, w, kh, kw, out.device, out.dtype))
+    return out.mul_(inverse_coverage(h, w, kh, kw, out.device, out.dtype))

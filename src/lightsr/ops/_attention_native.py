@@ -1,0 +1,64 @@
+"""ctypes glue of ``native/channel_attention.c``: the channel attention of heads of 8 channels at
+inference, on the whole map or on TLC windows with their average (see the C file)."""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Sequence
+
+import torch
+
+from lightsr.ops import _native
+
+__all__ = ["NATIVE_SIGNATURES", "attention", "usable"]
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "nwin")]
+
+
+_p, _i64 = ctypes.c_void_p, ctypes.c_longlong
+NATIVE_SIGNATURES = {
+    "lightsr_ca_gram_d8": [_p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
+    "lightsr_ca_apply_d8": [_p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
+}
+
+
+def usable(qkv: torch.Tensor, heads: int) -> bool:
+    """float32 CPU (B, 3C, H, W) dense channels-last, heads of 8 channels, and the library built."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 4 and qkv.numel() > 0
+            and qkv.shape[1] == 3 * 8 * heads and qkv.permute(0, 2, 3, 1).is_contiguous()
+            and _native.library() is not None)
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
+              windows: Sequence[tuple[int, int, int, int]], inverse_coverage: torch.Tensor | None) -> torch.Tensor:
+    """(B, 3C, H, W) -> (B, C, H, W) channels-last: each window's attention, averaged where windows
+    overlap (``inverse_coverage``: (H, W) or broadcastable to it; None for a single whole-map window).
+    ``act`` gets the logits of all windows at once, window-major (task n * B + b), as the PyTorch TLC
+    path stacks them."""
+    b, c3, h, w = qkv.shape
+    c, nwin = c3 // 3, len(windows)
+    lib = _native.library()
+    wins = torch.tensor(windows, dtype=torch.int64).reshape(-1).contiguous()
+    geom = _Geom(b, h, w, c, nwin)
+    tasks = nwin * b
+    gram = torch.empty(tasks, heads, 8, 8)
+    ss = torch.empty(tasks, 2 * c)
+    args = (_ptr(qkv), _ptr(wins), _ptr(gram), _ptr(ss), geom)
+    _native.run_rows(lib.lightsr_ca_gram_d8, lambda _, t0, t1: (*args, t0, t1), tasks, min_rows=1)
+    norms = ss.clamp_min(1e-24).sqrt()  # as channel_attention: |q|, |k| = max(L2 norm, 1e-12)
+    qn, kn = norms[:, :c].view(tasks, heads, 8, 1), norms[:, c:].view(tasks, heads, 1, 8)
+    attn = act(gram / (qn * kn) * temperature.float())
+    at = attn.float().transpose(-1, -2).contiguous()
+    cov = (torch.ones(h, w) if inverse_coverage is None else inverse_coverage.float().expand(1, 1, h, w)
+           .reshape(h, w).contiguous())
+    out = torch.empty((b, c, h, w), memory_format=torch.channels_last)
+    args = (_ptr(qkv), _ptr(wins), _ptr(at), _ptr(cov), _ptr(out), geom)
+    codes = _native.run_rows(lib.lightsr_ca_apply_d8, lambda _, r0, r1: (*args, r0, r1), b * h, min_rows=1)
+    if any(codes):
+        raise MemoryError("channel attention: cannot allocate the native kernel's row buffer")
+    return out
