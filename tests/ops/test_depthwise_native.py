@@ -226,7 +226,8 @@ def test_scale_gelu_native_matches_reference(shape, layout):
 @pytest.mark.parametrize("scale", [False, True])
 def test_pointwise_into_a_band_of_rows(b, rows, bias, scale, monkeypatch):
     """``pointwise_conv(..., out=band)``: a band of rows of a channels-last image receives exactly
-    the result (in place by addmm where the band's rows are dense, batch 1; copied otherwise)."""
+    the result (in place by addmm where the band's rows are dense, batch 1, with or without a
+    per-channel scale; copied otherwise)."""
     from lightsr.ops import pointwise as pw
 
     copied = []
@@ -243,7 +244,7 @@ def test_pointwise_into_a_band_of_rows(b, rows, bias, scale, monkeypatch):
     band = out[:, :, r0:r1]
     res = pointwise_conv(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec, out=band)
     assert res.data_ptr() == band.data_ptr()
-    assert bool(copied) == (b > 1 or scale), "batch 1 without a scale must take the in-place product"
+    assert bool(copied) == (b > 1), "batch 1 must take the in-place product"
     expected = pointwise_conv_reference(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec)
     torch.testing.assert_close(band, expected, rtol=1e-5, atol=1e-5)
     ref_out = torch.empty_like(out)[:, :, r0:r1]  # the reference op takes out= too (use_reference_ops)
@@ -253,3 +254,40 @@ def test_pointwise_into_a_band_of_rows(b, rows, bias, scale, monkeypatch):
     # the same numbers as without out= (the direct path is the same product)
     torch.testing.assert_close(band, pointwise_conv(x[:, :, r0:r1], weight, bvec, residual[:, :, r0:r1], svec),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("scale", [False, True])
+@pytest.mark.parametrize("band", [False, True])
+def test_pointwise_accumulates_into_its_residual(bias, scale, band, monkeypatch):
+    """``out=residual`` (the residual stream written in place at inference): the product accumulates
+    into the residual's rows with no copy of it; the values are the reference's."""
+    from lightsr.ops import pointwise as pw
+
+    copied = []
+    real = pw.pointwise_conv
+    monkeypatch.setattr(pw, "pointwise_conv", lambda *a, **k: copied.append(1) or real(*a, **k))
+    torch.manual_seed(2)
+    x, residual = _input(1, 6, 7, 9), _input(1, 5, 7, 9)
+    weight, bvec, svec = torch.randn(5, 6, 1, 1), torch.randn(5) if bias else None, torch.rand(5) if scale else None
+    expected = pointwise_conv_reference(x, weight, bvec, residual, svec)
+    if band:  # two different view objects of the same band (as the FFN strips pass them)
+        res = pointwise_conv(x[:, :, 2:5], weight, bvec, residual[:, :, 2:5], svec, out=residual[:, :, 2:5])
+        expected = torch.cat([residual[:, :, :2], expected[:, :, 2:5], residual[:, :, 5:]], dim=2)
+    else:
+        res = pointwise_conv(x, weight, bvec, residual, svec, out=residual)
+    assert not copied and res.data_ptr() == residual[:, :, 2 if band else 0:].data_ptr()
+    torch.testing.assert_close(residual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_into_its_residual_with_autograd_stays_differentiable():
+    torch.manual_seed(3)
+    x = _input(1, 6, 5, 4).requires_grad_(True)
+    residual = (_input(1, 5, 5, 4) * 1.0).requires_grad_(False) + 0 * x.sum()  # a non-leaf in the graph
+    weight = torch.randn(5, 6, 1, 1, requires_grad=True)
+    expected = pointwise_conv_reference(x, weight, None, residual.detach(), None)
+    out = pointwise_conv(x, weight, None, residual, None, out=residual)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and weight.grad is not None
+

@@ -57,13 +57,27 @@ class Conv1x1(nn.Conv2d):
         return get_op("pointwise_conv")(x, self.weight, self.bias, residual, scale, out=out)
 
 
+def writable(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` when a residual layer may write its result into it, else None (pass as ``out=``).
+
+    At inference (no autograd) the output of a layer's first residual branch is read only by the
+    second branch (its input, through the norm, and its residual): the second branch can then add
+    its product into it in place, with no copy of the residual stream. A forward hook that keeps
+    that intermediate output sees it updated. With autograd on, the norm's backward needs it: None.
+    """
+    return None if torch.is_grad_enabled() else x
+
+
 def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor | None = None,
-                      scale: torch.Tensor | None = None) -> torch.Tensor:
+                      scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + scale * conv(concat[a, b], dim=1)`` for a 1x1 ``conv``, as two products
-    ``W[:, :Ca] a`` and ``W[:, Ca:] b`` accumulated in turn: no concat copy (forward and backward)."""
+    ``W[:, :Ca] a`` and ``W[:, Ca:] b`` accumulated in turn: no concat copy (forward and backward);
+    at inference the second product accumulates into the first's output in place (written into
+    ``out`` when given, which may be ``residual``)."""
     w, ca = conv.weight, a.shape[1]
     op = get_op("pointwise_conv")
-    return op(b, w[:, ca:], None, op(a, w[:, :ca], conv.bias, residual, scale), scale)
+    first = op(a, w[:, :ca], conv.bias, residual, scale, out=out)
+    return op(b, w[:, ca:], None, first, scale, out=writable(first))
 
 
 class GatedDconvFFN(nn.Module):
@@ -85,20 +99,21 @@ class GatedDconvFFN(nn.Module):
         self.project_out = Conv1x1(hidden * 2 if dual_gate else hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual + scale * FFN(x)`` (the layer's residual added inside the last product)."""
+                scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + scale * FFN(x)`` (the layer's residual added inside the last product), written
+        into ``out`` when given (inference; may be ``residual`` itself, see :func:`writable`)."""
         if _strips_pay(x):
-            return self._forward_strips(x, residual, scale)
-        return self._forward(x, residual, scale)
+            return self._forward_strips(x, residual, scale, out)
+        return self._forward(x, residual, scale, out)
 
-    def _forward(self, x, residual, scale):
+    def _forward(self, x, residual, scale, out=None):
         # dwconv, split, GELU and the gate(s) in one op (one native pass on the CPU)
         gate = "dual" if self.dual_gate else "gelu"
         gated = get_op("gated_depthwise_conv2d")(self.project_in(x), self.dwconv.weight, self.dwconv.bias,
                                                  self.dwconv.padding, gate)
-        return self.project_out(gated, residual, scale)
+        return self.project_out(gated, residual, scale, out=out)
 
-    def _forward_strips(self, x, residual, scale):
+    def _forward_strips(self, x, residual, scale, out=None):
         """Inference on bands of rows: the hidden tensor (2h channels: 4x the input) is made and used
         a band at a time (plus the depth-wise kernel's halo rows, whose own outputs are dropped) and
         never exists whole: no image-sized allocation (fresh, page-faulting memory in every layer)
@@ -108,7 +123,6 @@ class GatedDconvFFN(nn.Module):
         rows = max(1, STRIP_PIXELS // w)
         halo = self.dwconv.padding[0]
         gate = "dual" if self.dual_gate else "gelu"
-        out = None
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
@@ -146,8 +160,8 @@ class ConvFFN(nn.Module):
         self.project_out = Conv1x1(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
-        return self.project_out(F.gelu(self.project_in(x)), residual, scale)
+                scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project_out(F.gelu(self.project_in(x)), residual, scale, out=out)
 
 
 class ReconstructionHead(nn.Sequential):

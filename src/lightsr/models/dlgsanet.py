@@ -41,6 +41,7 @@ from lightsr.models.blocks import (
     LayerNorm2d,
     MeanShift,
     pixel_shuffle_head,
+    writable,
 )
 from lightsr.ops import get_op, preferred_memory_format
 
@@ -180,7 +181,7 @@ class LocalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.IDynamicDWConv(self.norm1(x), residual=x)  # x + MHDLSA(LN(x))
-        return self.IDynamic_ffn(self.norm2(x), residual=x)  # x + GDFN(LN(x))
+        return self.IDynamic_ffn(self.norm2(x), residual=x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
 
 
 class GlobalLayer(nn.Module):
@@ -195,7 +196,7 @@ class GlobalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.restormer_attn(self.norm3(x), residual=x)  # x + SparseGSA(LN(x))
-        return self.restormer_ffn(self.norm4(x), residual=x)  # x + GDFN(LN(x))
+        return self.restormer_ffn(self.norm4(x), residual=x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
 
 
 class RHDTG(nn.Module):

@@ -44,6 +44,7 @@ from lightsr.models.blocks import (
     conv1x1_of_concat,
     pixel_shuffle_head,
     trunc_normal_init_,
+    writable,
 )
 from lightsr.ops import build_kernel_map, get_op, patch_size_of, preferred_memory_format
 
@@ -75,8 +76,9 @@ class PreNormResidual(nn.Module):
         self.norm = LayerNormChannels(dim)
         self.fn = fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.norm(x), residual=x, scale=self.alpha)  # x + alpha * fn(LN(x)), in fn's last product
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x + alpha * fn(LN(x)), in fn's last product; written into ``out`` when given (may be ``x``)."""
+        return self.fn(self.norm(x), residual=x, scale=self.alpha, out=out)
 
 
 def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +149,9 @@ class UnifiedLinearMixer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual + scale * ULM(x)`` (the residual added inside the last 1x1 products)."""
+                scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + scale * ULM(x)`` (the residual added inside the last 1x1 products; into ``out``
+        when given)."""
         fsa = get_op("focal_attention")
         x1, x2 = self.proj_in(x).chunk(2, dim=1)
         x_c = self.channel_branch(x1)
@@ -157,7 +160,7 @@ class UnifiedLinearMixer(nn.Module):
         x_s = fsa(a, _logits(self.v_kernel, a), self.taps, dim=-2, activation="tanh")  # vertical, kernel predicted from it
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
-        return conv1x1_of_concat(self.proj_out, x_c, x_s, residual, scale)  # proj_out(concat[x_c, x_s])
+        return conv1x1_of_concat(self.proj_out, x_c, x_s, residual, scale, out)  # proj_out(concat[x_c, x_s])
 
 
 def _logits(predictor: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +182,12 @@ class LAMBlock(nn.Module):
         self.mixers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(x, self.mixers(x), self.alpha)  # mixers(x) * alpha + x
+        """mixers(x) * alpha + x; at inference each layer after the first adds its branch into its
+        own input, which nothing else reads (see :func:`~lightsr.models.blocks.writable`)."""
+        y = self.mixers[0](x)
+        for layer in self.mixers[1:]:
+            y = layer(y, out=writable(y))
+        return torch.addcmul(x, y, self.alpha)
 
 
 class LAMNet(nn.Module):

@@ -70,7 +70,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.models.blocks import Conv1x1, DepthwiseConv2d, LayerNorm2d, pixel_shuffle_head
+from lightsr.models.blocks import Conv1x1, DepthwiseConv2d, LayerNorm2d, pixel_shuffle_head, writable
 from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["LGUN", "MLHA", "DGSA", "SAFFN"]
@@ -206,10 +206,11 @@ class SAFFN(nn.Module):
         self.se = SqueezeExcitation(hidden, se_reduction)
         self.project_out = Conv1x1(hidden, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual + FFN(x)`` (the residual added inside the last 1x1 product)."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + FFN(x)`` (the residual added inside the last 1x1 product; into ``out`` when given)."""
         d = self.dwconv(self.project_in(x))
-        return self.project_out(get_op("scale_gelu")(d, self.se.gate(d)), residual)  # GELU(SE(d)) in one pass
+        return self.project_out(get_op("scale_gelu")(d, self.se.gate(d)), residual, out=out)  # GELU(SE(d)) in one pass
 
 
 class LGUBlock(nn.Module):
@@ -224,7 +225,7 @@ class LGUBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mixer(self.norm1(x), residual=x)  # x + mixer(Norm(x))
-        return self.ffn(self.norm2(x), residual=x)  # x + FFN(Norm(x))
+        return self.ffn(self.norm2(x), residual=x, out=writable(x))  # x + FFN(Norm(x)), in place at inference
 
 
 class LGUN(nn.Module):

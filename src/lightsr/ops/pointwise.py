@@ -60,9 +60,10 @@ def pointwise_conv(x, weight, bias=None, residual=None, scale=None, out=None) ->
     """The reference's result; a matrix product on channels-last CPU tensors (the output is
     channels-last). Under autocast the product runs in the autocast dtype, as a convolution would.
 
-    ``out`` (inference only): a tensor of the result's shape to write it into (a band of rows of a
-    larger channels-last image, say); the product writes there directly where its rows are one dense
-    block, else the result is copied in. Returns ``out``."""
+    ``out``: a tensor of the result's shape to write it into (a band of rows of a larger
+    channels-last image, say, or ``residual`` itself); at inference the product writes there
+    directly where its rows are one dense block (accumulating in place when ``out`` is the
+    residual), else the result is copied in. Returns ``out``."""
     if out is not None:
         return _into(out, x, weight, bias, residual, scale)
     _check(x, weight)
@@ -91,18 +92,33 @@ def _dense_rows(t: torch.Tensor) -> bool:
     return t.stride(1) == 1 and t.stride(3) == c and t.stride(2) == w * c and (b == 1 or t.stride(0) == h * w * c)
 
 
+def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same elements (one tensor, or two equal views of it)."""
+    return (a is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
 def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
-    """``out[...] = residual + scale * conv1x1(x)``, by ``addmm(..., out=)`` where out's rows are dense."""
-    direct = (residual is not None and scale is None and out.dtype == x.dtype and _dense_rows(out)
+    """``out[...] = residual + scale * conv1x1(x)``, by ``addmm`` into out's rows where they are dense;
+    ``out`` may be ``residual`` itself (the product accumulates in place: no copy of the residual)."""
+    direct = (residual is not None and out.dtype == x.dtype and _dense_rows(out)
               and not torch.is_autocast_enabled("cpu")
               and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                       for t in (x, weight, bias, residual)))
-              and _eligible(x, weight, bias, residual, out))
+                                                       for t in (x, weight, bias, residual, scale)))
+              and _eligible(x, weight, bias, residual, scale, out))
     if not direct:
         out.copy_(pointwise_conv(x, weight, bias, residual, scale))
         return out
     _check(x, weight)
-    torch.addmm(_rows(residual), _rows(x), weight.reshape(weight.shape[0], -1).t(), out=_rows(out))
+    wm = weight.reshape(weight.shape[0], -1)
+    if scale is not None:
+        s = scale.reshape(-1)
+        wm = wm * s[:, None]
+        bias = None if bias is None else bias * s
+    if _same(residual, out):
+        _rows(out).addmm_(_rows(x), wm.t())
+    else:
+        torch.addmm(_rows(residual), _rows(x), wm.t(), out=_rows(out))
     if bias is not None:
         out.add_(bias.reshape(1, -1, 1, 1))
     return out
