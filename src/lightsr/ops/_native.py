@@ -63,8 +63,8 @@ def _cache_dir() -> Path:
 
 
 def _variants() -> list[tuple[list[str], list[str]]]:
-    """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised tanhf
-    (libmvec, glibc >= 2.35) where the CPU has them, then plain."""
+    """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised erff / expf
+    (libmvec, glibc >= 2.35: the exact GELU) where the CPU has them, then plain."""
     base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
     if _torch_uses_openmp():  # parts on torch's own OpenMP threads (parallel.c)
         base = base + ["-fopenmp"]
@@ -191,7 +191,8 @@ def available() -> bool:
 
 
 def vector_tanh() -> bool:
-    """Whether the library applies tanh with a vectorised tanhf (then fusing LAMNet's tanh pays)."""
+    """Whether the library applies tanh with vector code (then fusing LAMNet's tanh pays): always,
+    since the kernel carries its own rational tanh; kept for libraries built before that."""
     return available() and bool(_state.get("vector_tanh"))
 
 

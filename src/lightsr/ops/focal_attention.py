@@ -434,9 +434,9 @@ def focal_attention(
 ) -> torch.Tensor:
     """Fast FSA along ``dim`` (custom op ``lightsr::focal_attention``); same semantics as the reference.
 
-    ``activation="tanh"``: ``kernel`` holds logits; the native kernel applies tanh itself (a
-    vectorised tanhf, faster than ``torch.tanh`` on this CPU, and no tensor of activated
-    coefficients), otherwise ``torch.tanh`` runs first. While an exporter traces the model (ONNX,
+    ``activation="tanh"``: ``kernel`` holds logits; the native kernel applies tanh itself (an
+    8-wide rational approximation, max abs error 3.3e-7, faster than ``torch.tanh`` on this CPU, and
+    no tensor of activated coefficients), otherwise ``torch.tanh`` runs first. While an exporter traces the model (ONNX,
     ``torch.export``) :func:`focal_attention_composite` is used.
     """
     if exporting():
