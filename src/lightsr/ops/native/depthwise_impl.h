@@ -143,8 +143,9 @@ static inline void FN(epilogue)(const float *acc, float *tmp, T *yp, i64 C, i64 
         IN(5); A3 += w2_ * x_;                                                                            \
     } while (0)
 
-/* output columns [w0, w1) of row oh, channels [c, c + 8): eight pixels per step, then four, then one */
-static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, float *buf, const dw_geom *g,
+/* output columns [w0, w1) of row oh, channels [c, c + 8), into buf (pixels bs floats apart): eight
+ * pixels per step, then four, then one */
+static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, float *buf, i64 bs, const dw_geom *g,
                               i64 oh, i64 c, i64 w0, i64 w1)
 {
     const i64 C = g->C, W = g->W, H = g->H, xw = g->xw;
@@ -166,25 +167,25 @@ static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, fl
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv, a4 = bv, a5 = bv, a6 = bv, a7 = bv;
         for (int k = 0; k < n; ++k)
             ROW8(xr[k] + (ow - 1) * xw, wr[k], a0, a1, a2, a3, a4, a5, a6, a7);
-        float *o = buf + ow * C + c;
+        float *o = buf + ow * bs + c;
         st_f32(o, a0);
-        st_f32(o + C, a1);
-        st_f32(o + 2 * C, a2);
-        st_f32(o + 3 * C, a3);
-        st_f32(o + 4 * C, a4);
-        st_f32(o + 5 * C, a5);
-        st_f32(o + 6 * C, a6);
-        st_f32(o + 7 * C, a7);
+        st_f32(o + bs, a1);
+        st_f32(o + 2 * bs, a2);
+        st_f32(o + 3 * bs, a3);
+        st_f32(o + 4 * bs, a4);
+        st_f32(o + 5 * bs, a5);
+        st_f32(o + 6 * bs, a6);
+        st_f32(o + 7 * bs, a7);
     }
     for (; ow + 4 <= inner_end; ow += 4) {
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
         for (int k = 0; k < n; ++k)
             ROW4(xr[k] + (ow - 1) * xw, wr[k], a0, a1, a2, a3);
-        float *o = buf + ow * C + c;
+        float *o = buf + ow * bs + c;
         st_f32(o, a0);
-        st_f32(o + C, a1);
-        st_f32(o + 2 * C, a2);
-        st_f32(o + 3 * C, a3);
+        st_f32(o + bs, a1);
+        st_f32(o + 2 * bs, a2);
+        st_f32(o + 3 * bs, a3);
     }
     for (; ow < w1; ++ow) { /* the remaining columns of the range, the right border included */
         v8 a = bv;
@@ -195,7 +196,7 @@ static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, fl
             if (ow + 1 < W)
                 a += ld_f32(wr[k] + 2 * C) * LD(p + xw);
         }
-        st_f32(buf + ow * C + c, a);
+        st_f32(buf + ow * bs + c, a);
     }
     if (w0 == 0) { /* the left border column */
         v8 a = bv;
@@ -212,20 +213,26 @@ static int FN(forward_3x3)(const T *x, const float *w, const float *bias, T *y, 
                            i64 r0, i64 r1)
 {
     const i64 C = g->C, H = g->H, W = g->W;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(W * C + 2 * C + 8));
-    if (!buf)
+    /* float32 output without a gate or d: the row goes straight into y (no row buffer, no copy) */
+    const int direct = sizeof(T) == sizeof(float) && g->gate == GATE_NONE && !d;
+    float *buf = direct ? NULL : (float *)malloc(sizeof(float) * (size_t)(W * C + 2 * C + 8));
+    if (!direct && !buf)
         return 2;
-    float *tmp = buf + W * C;
+    float *tmp = direct ? NULL : buf + W * C;
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, oh = r % H;
         const T *xb = x + b * g->xb;
+        float *dst = direct ? (float *)(void *)(y + b * g->yb + oh * g->yh) : buf;
+        const i64 bs = direct ? g->yw : C;
         /* columns in chunks whose three input rows stay in the L1/L2 caches across the channel blocks
          * (a whole row of 192 channels does not: every block re-read it from memory) */
         for (i64 w0 = 0; w0 < W; w0 += DW_CHUNK) {
             const i64 w1 = w0 + DW_CHUNK < W ? w0 + DW_CHUNK : W;
             for (i64 c0 = 0; c0 < C; c0 += 8) /* the last block overlaps the previous one when C % 8 */
-                FN(row_3x3_block)(xb, w, bias, buf, g, oh, c0 + 8 <= C ? c0 : C - 8, w0, w1);
+                FN(row_3x3_block)(xb, w, bias, dst, bs, g, oh, c0 + 8 <= C ? c0 : C - 8, w0, w1);
         }
+        if (direct)
+            continue;
         for (i64 ow = 0; ow < W; ++ow) {
             const float *acc = buf + ow * C;
             if (d)
