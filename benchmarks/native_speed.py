@@ -10,7 +10,7 @@ Runs on an older tree too (``PYTHONPATH=<tree>/src``): only ``create_model`` is 
 models' channel counts (GMAC/s), DLGSANet's fused dynamic 7x7 convolution (kernels made from the
 hidden values and applied, GMAC/s of both), ``scale_gelu`` against ``F.gelu(x * s)``, the q/k norms
 of the channel attention as ``vector_norm`` against product + sum, and the channels-last LayerNorm
-against aten's.
+and SparseGSA's TLC channel attention against the same ops with the native library off.
 
     python benchmarks/native_speed.py --models imdn dlgsanet_tiny lgun lamnet [--profile]
     python benchmarks/native_speed.py --kernels
@@ -94,10 +94,36 @@ def kernels(repeats: int) -> None:
         a = _median_ms(lambda: scale_gelu(x, s), repeats)
         b = _median_ms(lambda: scale_gelu_reference(x, s), repeats)
         print(f"| scale_gelu vs F.gelu(x * s) | 128x180x320 | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        _native_vs_aten_rows(repeats)
         qk = torch.randn(1, 57600, 192)[..., :128]
         a = _median_ms(lambda: (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt(), repeats)
         b = _median_ms(lambda: torch.linalg.vector_norm(qk, dim=1), repeats)
         print(f"| q/k norms: product + sum vs vector_norm | 57600 px x 128 of 192 ch | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+
+def _native_vs_aten_rows(repeats: int) -> None:
+    """The LayerNorm and SparseGSA's TLC channel attention: native kernel against the same op with
+    the native library off (aten's layer_norm; the BLAS products per window), interleaved."""
+    import torch.nn.functional as F
+
+    from lightsr.ops import _native, layer_norm_2d, tlc_channel_attention
+
+    cl = torch.channels_last
+    cases = []
+    for c in (48, 64):
+        x, w, b = torch.randn(1, c, 180, 320).contiguous(memory_format=cl), torch.randn(c), torch.randn(c)
+        cases.append((f"LayerNorm (channels-last) | {c}x180x320", lambda x=x, w=w, b=b: layer_norm_2d(x, w, b)))
+    qkv, temp = torch.randn(1, 144, 180, 320).contiguous(memory_format=cl), torch.ones(6, 1, 1)
+    cases.append(("SparseGSA attention, TLC windows of 48 (6 heads of 8) | qkv 144x180x320",
+                  lambda: tlc_channel_attention(qkv, 6, temp, F.relu, 48)))
+    for label, fn in cases:
+        fast, aten = [], []
+        for _ in range(repeats):  # interleaved
+            fast.append(_median_ms(fn, 1))
+            with _native.use_native(False):
+                aten.append(_median_ms(fn, 1))
+        a, b = statistics.median(fast), statistics.median(aten)
+        print(f"| native {label} | {a:.1f} | {b:.1f} (native off) | {b / a:.2f}x |")
 
 
 def _dynamic_rows(repeats: int) -> None:
@@ -122,9 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's malloc defaults (the CLI tunes it)")
     args = ap.parse_args(argv)
+    if not args.no_malloc_tuning:  # as lightsr upscale / eval / train: freed memory reused, no page faults per call
+        from lightsr.allocator import tune_malloc
+
+        tune_malloc()
     print("command: python benchmarks/native_speed.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"torch {torch.__version__}; {torch.backends.cpu.get_cpu_capability()}\n")
+    print(f"torch {torch.__version__}; {torch.backends.cpu.get_cpu_capability()}; malloc tuned: {not args.no_malloc_tuning}\n")
     if args.models:
         thread_table(args.models, args.repeats, args.profile)
     if args.kernels:

@@ -4,7 +4,8 @@ A synthetic textured PNG of the requested size is written to a temporary folder,
 random weights (seed 0; speed and memory do not depend on the
 weight values) is saved beside it, and a *child process* reads the image, upscales it with
 automatic tiling and writes the result (``read_image`` -> ``Upscaler.upscale_image`` ->
-``write_image``, the CLI's path). The parent samples the child's RSS and reads its peak
+``write_image``, the CLI's path, with glibc malloc tuned as the CLI tunes it unless
+``--no-malloc-tuning``). The parent samples the child's RSS and reads its peak
 (``VmHWM``) so that nothing of the benchmark itself is counted.
 
 ``--model nearest`` swaps the network for nearest-neighbour upscaling: the same pipeline (read,
@@ -40,6 +41,9 @@ CHILD = textwrap.dedent(
     from lightsr.inference import Upscaler
     from lightsr.inference.io import read_image, write_image
     cfg = json.loads(sys.argv[1])
+    if cfg["malloc_tuning"]:  # as lightsr upscale does
+        from lightsr.allocator import tune_malloc
+        tune_malloc()
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
 
@@ -107,6 +111,8 @@ def main() -> None:
     ap.add_argument("--tile", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the child (default: torch's choice)")
     ap.add_argument("--time-limit", type=float, default=None, help="stop the child after this many seconds")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="keep glibc's malloc defaults in the child (lightsr upscale tunes it: lightsr.allocator)")
     args = ap.parse_args()
 
     import torch
@@ -122,9 +128,11 @@ def main() -> None:
             torch.manual_seed(0)
             weights = str(lightsr.save_model(lightsr.create_model(args.model, args.scale), tmp / "w.safetensors"))
         cfg = {"input": str(src), "output": str(tmp / "out.png"), "weights": weights, "model": args.model,
-               "scale": args.scale, "tile": args.tile if args.tile == "auto" else int(args.tile), "threads": args.threads}
+               "scale": args.scale, "tile": args.tile if args.tile == "auto" else int(args.tile), "threads": args.threads,
+               "malloc_tuning": not args.no_malloc_tuning}
         print(f"upscaling a {args.width}x{args.height} RGB PNG x{args.scale} with {args.model} on the CPU "
-              f"({os.cpu_count()} cores visible, torch {torch.__version__}); child process measured")
+              f"({os.cpu_count()} cores visible, torch {torch.__version__}); child process measured, malloc "
+              f"{'glibc defaults' if args.no_malloc_tuning else 'tuned as by lightsr upscale'}")
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
         os.set_blocking(proc.stdout.fileno(), False)
