@@ -14,17 +14,15 @@ hundreds of thousands of minor page faults and seconds of system time per step
 32 MiB, the largest glibc accepts, no block served by its own ``mmap`` at all, and no trimming):
 the pages are faulted in once and reused. Blocks above 32 MiB matter at inference: a 640x360
 feature map of 64 channels is 59 MB (a 1280x720 photo at x2), and with ``mmap`` they were mapped,
-faulted in and unmapped on every allocation (IMDN at 640x360 -> x2, one fresh process, 1 thread:
-13.2 s with them mapped, 10.0 s served from the heap; a 3x3 depth-wise convolution of 192 x 180
-x 320 channels: 35 -> 17 ms).
+faulted in and unmapped on every allocation.
 The cost is that the process keeps its peak heap size until it exits, which is what a training
 process does anyway. ``lightsr train`` applies it on CPU unless ``train.malloc_tuning: false``.
 
 The price is memory: freed blocks stay in the heap, where a later block of another size cannot
 always reuse them. 1280x720 -> x4 with automatic tiling, peak RSS (``python
-benchmarks/upscale_memory.py --width 1280 --height 720 --scale 4 --model dlgsanet_tiny --threads 2``):
-0.86 GiB with glibc's defaults (upscale 44.0 s), 1.07 GiB with the 32 MiB threshold alone (47.6 s),
-1.40 GiB with no block mapped (38.1 s). ``LIGHTSR_MALLOC_TUNING=0`` in the environment keeps glibc's
+benchmarks/upscale_memory.py --width 1280 --height 720 --scale 4 --model dlgsanet_tiny --threads 2``,
+docs/results/cpu_epyc_avx2_2026-12-05c/): 0.86 GiB with glibc's defaults (upscale 44.0 s), 1.07 GiB
+with the 32 MiB threshold alone (47.6 s), 1.40 GiB with no block mapped (38.1 s). ``LIGHTSR_MALLOC_TUNING=0`` in the environment keeps glibc's
 defaults (for a machine where memory, not time, is short).
 
 It is a process-wide, one-way setting (glibc has no way back to the dynamic threshold), a no-op

@@ -75,8 +75,8 @@ def _variants() -> list[tuple[list[str], list[str]]]:
     variants = []
     if capability in ("AVX2", "AVX512"):  # what torch itself detected on this CPU
         # -fno-semantic-interposition: the exported entry points cannot be interposed, so calls
-        # between and into them are optimised as in an executable (-fPIC alone cost the dynamic
-        # convolution 10-12% in a C harness on this EPYC)
+        # between and into them are optimised as in an executable (-fPIC alone made the dynamic
+        # convolution measurably slower on this EPYC)
         fast = base + ["-mavx2", "-mfma", "-fno-semantic-interposition"]
         variants.append((fast + ["-DLIGHTSR_MVEC"], ["-lmvec", "-lm"]))
         variants.append((fast, ["-lm"]))

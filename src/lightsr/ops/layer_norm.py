@@ -11,7 +11,7 @@ mean and *biased* variance over the channel axis of an NCHW tensor, ``eps`` insi
   a 48 x 180 x 320 map it is 3-9x faster than the formula (``benchmarks/ops_speed.py``). At
   inference on dense channels-last float32 CPU tensors: the native kernel of
   ``native/layer_norm.c`` (aten's spends most of its time on per-row set-up for rows of 48-90
-  channels: 1.6x, ``python benchmarks/native_speed.py --kernels``).
+  channels: about 1.5x, ``python benchmarks/native_speed.py --kernels``).
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@
  * Other group widths use a plain per-tap loop. With act = 1 the kernel coefficients are logits
  * and tanh is applied on the fly (LAMNet's kernel predictors end in tanh): per line, the
  * coefficients are copied into a buffer and passed through an 8-wide rational approximation of
- * tanh (tanh_rational below: max abs error 3.3e-7, 1.7x libmvec's vector tanhf here, and
- * vectorised with any libc); the backward returns the gradient of the logits, gk * (1 - tanh^2). Lines are independent, so callers may split
+ * tanh (tanh_rational below: max abs error 3.3e-7, faster than libmvec's vector tanhf on this
+ * EPYC, and vectorised with any libc); the backward returns the gradient of the logits, gk * (1 - tanh^2). Lines are independent, so callers may split
  * [line0, line1) across threads. Vector code uses GCC / clang vector extensions (AVX with
  * -mavx2 -mfma where the CPU has it, SSE otherwise).
  */
