@@ -92,17 +92,9 @@ def test_native_whole_map_attention_matches_reference(b, heads, h, w):
 
 
 @needs_native
-def test_native_attention_is_thread_independent_and_takes_bfloat16():
+def test_native_attention_is_thread_independent_and_takes_bfloat16(outputs_per_thread_count):
     qkv, temp = _qkv(2, 6, 40, 57, seed=2), torch.rand(6, 1, 1) + 0.5
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                outs.append(tlc_channel_attention(qkv, 6, temp, F.relu, 16))
-    finally:
-        torch.set_num_threads(threads)
+    outs = outputs_per_thread_count(lambda: tlc_channel_attention(qkv, 6, temp, F.relu, 16))
     assert torch.equal(outs[0], outs[1])
     with torch.no_grad():
         half = tlc_channel_attention(qkv.bfloat16(), 6, temp, F.relu, 16)

@@ -71,17 +71,9 @@ def test_native_bfloat16_inputs():
 
 
 @needs_native
-def test_native_threads_are_identical():
+def test_native_threads_are_identical(outputs_per_thread_count):
     x, hidden, weight, bias = _case(2, 48, 8, 7, 12, 17, 9)
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                outs.append(dynamic_dwconv_fused(x, hidden, weight, bias, 7))
-    finally:
-        torch.set_num_threads(threads)
+    outs = outputs_per_thread_count(lambda: dynamic_dwconv_fused(x, hidden, weight, bias, 7))
     assert torch.equal(outs[0], outs[1])
 
 

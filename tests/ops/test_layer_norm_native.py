@@ -30,17 +30,9 @@ def test_native_matches_the_formula(b, c, h, w):
 
 
 @needs_native
-def test_native_equals_aten_and_is_thread_independent():
+def test_native_equals_aten_and_is_thread_independent(outputs_per_thread_count):
     x, weight, bias = _case(2, 48, 17, 23, seed=1)
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                outs.append(layer_norm_2d(x, weight, bias))
-    finally:
-        torch.set_num_threads(threads)
+    outs = outputs_per_thread_count(lambda: layer_norm_2d(x, weight, bias))
     assert torch.equal(outs[0], outs[1])
     with _native.use_native(False), torch.no_grad():
         aten = layer_norm_2d(x, weight, bias)
