@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops._common import exporting, observed
+from lightsr.ops._common import exporting, needs_grad, observed
 
 __all__ = ["pointwise_conv", "pointwise_conv_reference"]
 
@@ -103,8 +103,7 @@ def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
     ``out`` may be ``residual`` itself (the product accumulates in place: no copy of the residual)."""
     direct = (residual is not None and out.dtype == x.dtype and _dense_rows(out)
               and not torch.is_autocast_enabled("cpu")
-              and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                       for t in (x, weight, bias, residual, scale)))
+              and not needs_grad(x, weight, bias, residual, scale)
               and _eligible(x, weight, bias, residual, scale, out))
     if not direct:
         out.copy_(pointwise_conv(x, weight, bias, residual, scale))
