@@ -60,6 +60,12 @@ PAPER = {
     ("lgun", 2): ("LGUN paper, Table 2", ["38.24/0.9618", "33.93/0.9208", "32.34/0.9027", "32.65/0.9322", "39.38/0.9786"]),
     ("lgun", 3): ("LGUN paper, Table 2", ["34.60/0.9292", "30.54/0.8458", "29.25/0.8102", "28.53/0.8586", "34.26/0.9480"]),
     ("lgun", 4): ("LGUN paper, Table 2", ["32.63/0.9008", "28.94/0.7897", "27.82/0.7458", "26.88/0.8084", "31.52/0.9183"]),
+    ("lamnet", 2): ("LAMNet paper, Table 3", ["38.22/0.9613", "34.00/0.9208", "32.35/0.9019", "33.03/0.9359", "39.33/0.9782"]),
+    ("lamnet", 3): ("LAMNet paper, Table 3", ["34.71/0.9295", "30.63/0.8472", "29.28/0.8097", "28.90/0.8668", "34.36/0.9491"]),
+    ("lamnet", 4): ("LAMNet paper, Table 3", ["32.51/0.8983", "28.87/0.7880", "27.75/0.7427", "26.72/0.8048", "31.26/0.9169"]),
+    ("lamnet_large", 2): ("LAMNet paper, Table 3", ["38.27/0.9615", "34.07/0.9214", "32.38/0.9023", "33.16/0.9373", "39.38/0.9785"]),
+    ("lamnet_large", 3): ("LAMNet paper, Table 3", ["34.75/0.9299", "30.65/0.8478", "29.31/0.8107", "29.03/0.8692", "34.44/0.9497"]),
+    ("lamnet_large", 4): ("LAMNet paper, Table 3", ["32.60/0.9000", "28.87/0.7886", "27.77/0.7434", "26.82/0.8078", "31.33/0.9183"]),
 }
 # The published bicubic rows (full sets; MATLAB-script convention, see docs/evaluation.md).
 BICUBIC_PUBLISHED = {
@@ -235,16 +241,36 @@ PRECISION_JSON = REPO / "src" / "lightsr" / "pretrained" / "precision.json"
 BF16_MARK = "**bf16** (`--precision bf16`"
 
 
-def measure_bf16(model, set5, fp32=None) -> dict:
-    """Set5 PSNR of ``model`` in fp32 (or the given result) and under bf16 autocast."""
+def measure_bf16(model, set5, fp32=None, bf16=None) -> dict:
+    """Set5 PSNR of ``model`` in fp32 and under bf16 autocast (either measured here unless given)."""
     import lightsr
     from lightsr.inference.policy import BF16_TOLERANCE_DB, native_bf16
 
     fp32 = fp32 if fp32 is not None else lightsr.evaluate(model, set5, progress=False)["Set5"].psnr
-    bf16 = lightsr.evaluate(model, set5, precision="bf16", progress=False)["Set5"].psnr
+    bf16 = bf16 if bf16 is not None else lightsr.evaluate(model, set5, precision="bf16", progress=False)["Set5"].psnr
     return {"set5_fp32": round(fp32, 4), "set5_bf16": round(bf16, 4), "delta_db": round(bf16 - fp32, 4),
             "within_tolerance": abs(bf16 - fp32) <= BF16_TOLERANCE_DB,
             "measured_with": "native bf16" if native_bf16() else "bf16 emulated by this CPU (no native bf16)"}
+
+
+def _bf16_sets(choice: list[str]) -> list[str]:
+    """The sets of the card's bf16 row: ``auto`` = every set on a CPU with native bf16, Set5 alone where
+    bf16 is emulated (there it runs an order of magnitude slower than fp32: B100 alone would take longer
+    than all fp32 rows together)."""
+    from lightsr.inference.policy import native_bf16
+
+    if choice != ["auto"]:
+        return choice
+    return SETS if native_bf16() else ["Set5"]
+
+
+BF16_PARTIAL = ("The bf16 row was run on the sets with a value ('-': not run): this CPU has no native bf16, and emulated bf16 runs an order "
+                "of magnitude slower than fp32 (`--bf16-sets` chooses; on a CPU with AVX512-BF16 / AMX it covers "
+                "every set).")
+
+
+def _psnr_of(res, name: str) -> float | None:
+    return next((s.psnr for s in res.sets if s.name == name), None)
 
 
 def record_precision(wpath: Path, m: dict) -> None:
@@ -297,6 +323,9 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", default=SETS)
     ap.add_argument("--out", default=None, help="the card (default: <weights>.md beside the weights)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16-sets", nargs="+", default=["auto"], metavar="SET",
+                    help="sets of the bf16 row (default auto: all on a CPU with native bf16, Set5 alone where bf16 "
+                         "is emulated; '-' in the other cells)")
     ap.add_argument("--results", default=None, metavar="DIR",
                     help="also write the evaluation (results.md / per_image.csv / results.json, as lightsr eval) here")
     ap.add_argument("--hardware", default=None, help="hardware line (default: this CPU and core count)")
@@ -327,6 +356,7 @@ def main() -> int:
     import lightsr
     from lightsr.bench import environment
     from lightsr.data.benchmark import find_benchmark
+    from lightsr.inference.policy import native_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -350,16 +380,18 @@ def main() -> int:
         model.set_tlc(not tlc_used)
         other = lightsr.evaluate(model, sets, label=name)
         model.set_tlc(tlc_used)
-    low = lightsr.evaluate(model, sets, label=name, precision="bf16")
+    chosen = [s for s in sets if s.name in _bf16_sets(args.bf16_sets)]
+    low = lightsr.evaluate(model, chosen, label=name, precision="bf16") if chosen else None
     set5 = [s for s in sets if s.name == "Set5"]
-    bf16 = measure_bf16(model, set5, fp32=ours["Set5"].psnr) if set5 else None
+    bf16 = measure_bf16(model, set5, fp32=ours["Set5"].psnr, bf16=low and _psnr_of(low, "Set5")) if set5 else None
     if args.results:
         ours.write(args.results)
     names = [s.name for s in ours.sets]
     counts = [len(s.images) for s in ours.sets]
 
     def cells(res):
-        return [f"{s.psnr:.2f}/{s.ssim:.4f}" for s in res.sets]
+        by_name = {s.name: s for s in res.sets}
+        return [f"{by_name[n].psnr:.2f}/{by_name[n].ssim:.4f}" if n in by_name else "-" for n in names]
 
     head = "| | " + " | ".join(f"{n} ({c})" for n, c in zip(names, counts)) + " |"
     rule = "|---|" + "---|" * len(names)
@@ -368,7 +400,8 @@ def main() -> int:
     if tlc_used is not None:
         lines.insert(3, f"| same weights, TLC {'off' if tlc_used else 'on'} (`--tlc {'off' if tlc_used else 'on'}`) | "
                      + " | ".join(cells(other)) + " |")
-    lines.insert(3, "| same weights, bf16 (`--precision bf16`) | " + " | ".join(cells(low)) + " |")
+    if low is not None:
+        lines.insert(3, "| same weights, bf16 (`--precision bf16`) | " + " | ".join(cells(low)) + " |")
     delta = [f"{o.psnr - b.psnr:+.2f} dB" for o, b in zip(ours.sets, bic.sets)]
     lines.append("| gain over bicubic | " + " | ".join(delta) + " |")
     idx = [SETS.index(n) if n in SETS else None for n in names]
@@ -408,6 +441,7 @@ def main() -> int:
               "metadata options, which `lightsr upscale` and `lightsr eval` follow; `--tlc on` overrides)")
              + f"; the row 'same weights, TLC {'off' if tlc_used else 'on'}' measures the other setting.", ""]
             if tlc_used is not None else []),
+          *([BF16_PARTIAL, ""] if low is not None and len(low.sets) < len(names) and not native_bf16() else []),
           *([bf16_line(bf16), ""] if bf16 else []),
           f"Evaluation time: {t_eval:.0f} s ({torch.get_num_threads()} CPU thread(s)). Re-create this card with:", "",
           "```bash",

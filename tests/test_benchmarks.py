@@ -187,3 +187,21 @@ def test_model_card_writes_openmodeldb_json_beside_the_weights(tmp_path):
     assert "datasetSize" not in e  # its folder is not here
     assert "Set5 35.10/0.9400 and B100 30.20/0.8600; bicubic 33.67/0.9303 and 29.56/0.8434" in e["description"]
     assert e["resources"][0]["size"] == weights.stat().st_size and e["date"] == "2026-12-05"
+
+
+def test_model_card_bf16_sets(monkeypatch):
+    """The card's bf16 row: every set where bf16 is native, Set5 alone where it is emulated (an order of
+    magnitude slower), an explicit list as given; cells of sets it skipped read '-'."""
+    from lightsr.inference import policy
+
+    mc = _load("model_card")
+    monkeypatch.setattr(policy, "native_bf16", lambda: False)
+    assert mc._bf16_sets(["auto"]) == ["Set5"]
+    monkeypatch.setattr(policy, "native_bf16", lambda: True)
+    assert mc._bf16_sets(["auto"]) == mc.SETS
+    assert mc._bf16_sets(["Set14", "B100"]) == ["Set14", "B100"]
+
+    class Res:
+        sets = [type("S", (), {"name": "Set5", "psnr": 30.0})()]
+
+    assert mc._psnr_of(Res, "Set5") == 30.0 and mc._psnr_of(Res, "B100") is None
