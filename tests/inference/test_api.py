@@ -114,7 +114,7 @@ def test_la_alpha_and_gray_exact_with_nearest():
 
 def test_model_by_name_without_weights_refuses():
     with pytest.raises(WeightsMissing, match="weights"):
-        lightsr.upscale(np.zeros((4, 4, 3), np.uint8), "lamnet", 4)
+        lightsr.upscale(np.zeros((4, 4, 3), np.uint8), "lamnet_large", 4)
 
 
 def test_weights_file_and_scale_mismatch(tmp_path):

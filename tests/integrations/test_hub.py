@@ -56,4 +56,4 @@ def test_shipped_options_recognise_only_the_shipped_tensors():
     changed = {**sd, key: sd[key] + 1e-3}
     assert shipped_options("dlgsanet_tiny", 4, changed) is None
     assert shipped_options("dlgsanet_tiny", 4, {k: v for k, v in sd.items() if k != key}) is None
-    assert shipped_options("lamnet", 4, lightsr.create_model("lamnet", 4).state_dict()) is None  # none shipped
+    assert shipped_options("lamnet_large", 4, lightsr.create_model("lamnet_large", 4).state_dict()) is None  # none shipped
