@@ -69,5 +69,5 @@ def test_cli_export(tmp_path, capsys):
     assert out.is_file() and "verified with onnxruntime" in text and "TLC switched off" in text
     assert main(["export", "--weights", str(weights), "--scale", "2", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "x4" in capsys.readouterr().err
-    assert main(["export", "--model", "lamnet", "--scale", "4", "-o", str(tmp_path / "y.onnx")]) == 2
+    assert main(["export", "--model", "lamnet_large", "--scale", "4", "-o", str(tmp_path / "y.onnx")]) == 2
     assert "--weights" in capsys.readouterr().err

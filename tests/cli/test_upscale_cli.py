@@ -154,7 +154,7 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, weights, monke
 def test_weights_errors(tmp_path, weights, capsys):
     src = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(src)
-    assert run(src, "-o", tmp_path / "o", "--model", "lamnet", "--scale", "4") == 2
+    assert run(src, "-o", tmp_path / "o", "--model", "lamnet_large", "--scale", "4") == 2
     err = capsys.readouterr().err
     assert "--weights" in err and len(err.strip().splitlines()) == 1
     assert run(src, "-o", tmp_path / "o", "--weights", weights, "--scale", "4") == 2
