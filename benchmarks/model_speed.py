@@ -21,12 +21,14 @@ On the same input and machine, in one run:
    interleaved timings (the profiler inflates the reference step's many large temporaries);
 6. ``--compile``: ``torch.compile`` of the fast model against eager (compile time printed; a
    failure is reported and skipped);
-7. ``--op-times``: one fast training step with every operator call timed on its own (a
-   ``TorchDispatchMode``: wall time around each aten / lightsr op, a custom op including the aten
-   calls inside it). Unlike the profiler, which adds a fixed cost to every call and so inflates
-   the many small element-wise calls of small training patches, this leaves each call's cost
-   as it is; the sum is within a few percent of an untimed step. Grouped by operator and by
-   operator + input shapes / strides (mixed memory layouts show up there).
+7. ``--op-times``: one fast training step with every operator call timed on its own: a
+   ``TorchDispatchMode`` (marked ``lightsr_transparent``, so lightsr's ops take the same fast
+   paths as without it) times each aten call, and each native C kernel call (every one goes
+   through ``lightsr.ops._native.run_rows``) is timed as ``native:<entry point>``. Unlike the
+   profiler, which adds a fixed cost to every call and so inflates the many small element-wise
+   calls of small training patches, this leaves each call's cost as it is; the sum is within a
+   few percent of an untimed step. Grouped by operator and by operator + input shapes / strides
+   (mixed memory layouts show up there; native calls show their row count).
 
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
@@ -50,6 +52,7 @@ from lightsr.bench import environment, format_environment, interleaved_timings, 
 from lightsr.complexity import count_model_macs
 from lightsr.models import create_model, get_spec, list_models
 from lightsr.ops import use_reference_ops
+from lightsr.ops import _native
 from lightsr.ops._native import use_native
 
 OURS = ["dlgsanet_tiny", "dlgsanet_light", "dlgsanet", "lgun", "lamnet", "lamnet_large"]
@@ -338,17 +341,38 @@ def _op_times(names, args, rows: int = 12):
                          for a in xs if isinstance(a, torch.Tensor))
 
     class Timer(TorchDispatchMode):
+        lightsr_transparent = True  # the fast paths (native kernels included) run as without the mode
+
         def __init__(self):
             super().__init__()
             self.calls = defaultdict(lambda: [0, 0.0])
 
+        def record(self, key, t0):
+            entry = self.calls[key]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             t0 = time.perf_counter()
             out = func(*args, **(kwargs or {}))
-            entry = self.calls[(func.name(), describe(args[:3]))]
-            entry[0] += 1
-            entry[1] += time.perf_counter() - t0
+            self.record((func.name(), describe(args[:3])), t0)
             return out
+
+        def __enter__(self):
+            plain = self.plain_run_rows = _native.run_rows
+
+            def timed(fn, args_of, rows, *a, **k):
+                t0 = time.perf_counter()
+                out = plain(fn, args_of, rows, *a, **k)
+                self.record((f"native:{getattr(fn, '__name__', fn)}", f"{rows} rows"), t0)
+                return out
+
+            _native.run_rows = timed
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            _native.run_rows = self.plain_run_rows
+            return super().__exit__(*exc)
 
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
