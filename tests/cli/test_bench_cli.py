@@ -40,6 +40,33 @@ def test_unknown_model_and_missing_scale(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
+def test_dtype_with_autocast_is_refused(capsys):
+    assert main(["bench", "--models", "imdn", "--precision", "bf16", "--dtype", "float16", "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lightsr bench: --dtype casts the model; use it with --precision fp32"
+
+
+def test_a_failed_timing_is_one_line_and_the_others_go_on(monkeypatch, capsys):
+    import lightsr.cli.bench as bench
+
+    real_time = bench._time
+
+    def failing_for_imdn(args, setup, name, scale, lr):
+        if name == "imdn":
+            raise RuntimeError("simulated failure\nsecond line")
+        return real_time(args, setup, name, scale, lr)
+
+    monkeypatch.setattr(bench, "_time", failing_for_imdn)
+    rc = main(["bench", "--models", "imdn", "pan", "--scales", "2", "--lr-size", "12", "16",
+               "--repeats", "1", "--threads", "1", "--no-memory", "--precision", "fp32"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert err.strip() == "lightsr bench: imdn x2: timing failed: RuntimeError: simulated failure"
+    assert "| imdn |" not in out
+    pan = [ln for ln in out.splitlines() if ln.startswith("| pan | x2 |")]
+    assert len(pan) == 1 and pan[0].split("|")[-2].strip() == "1"  # the next model is still measured
+
+
 def test_interleaved_timings_alternate_and_count():
     calls = []
     res = interleaved_timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=4)

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 EPILOG = """\
 what is measured (per model and scale):
@@ -106,40 +107,42 @@ def _fmt(v, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+class _Setup(NamedTuple):
+    """What every measurement of one ``lightsr bench`` call shares."""
 
-    from lightsr.bench import environment, format_environment, interleaved_timings, load_average, peak_memory
-    from lightsr.complexity import NTIRE_LR_SIZE, count_model_macs, lr_size_for_hd
-    from lightsr.models import create_model, get_spec
-    from lightsr.ops import use_reference_ops
+    models: list
+    device: object
+    dtype: object
+    precision: str
+    autocast: object  # torch.bfloat16 / torch.float16, or None for no autocast
+    warmup: int
+
+
+def _validate(args: argparse.Namespace) -> _Setup | str:
+    """The run's settings, or the one-line reason they cannot run."""
+    import torch
 
     try:
         models = _model_list(args.models)
     except KeyError as exc:
-        print(f"lightsr bench: {exc.args[0]}", file=sys.stderr)
-        return 2
+        return exc.args[0]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("lightsr bench: --device cuda requested but CUDA is not available", file=sys.stderr)
-        return 2
-    from lightsr.cli.upscale import setup_cpu
-
-    setup_cpu(args.threads)
+        return "--device cuda requested but CUDA is not available"
     dtype = getattr(torch, args.dtype)
     precision = _precision(args.precision, device)
     if precision != "fp32" and dtype != torch.float32:
-        print("lightsr bench: --dtype casts the model; use it with --precision fp32", file=sys.stderr)
-        return 2
+        return "--dtype casts the model; use it with --precision fp32"
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     warmup = args.warmup if not (device.type == "cuda" and args.warmup == 1) else 10
+    return _Setup(models, device, dtype, precision, autocast, warmup)
 
-    env = environment(device)
-    print(format_environment(env))
-    kind = f"{precision} (autocast)" if autocast else args.dtype
-    print(f"protocol: eval, batch 1, {kind}, {'reference' if args.reference_ops else 'fast'} ops, warm-up {warmup}, "
-          f"{'%d runs' % args.repeats if args.repeats else 'runs: as many as fit in %gs (3-50)' % args.time_budget}, "
-          f"alternatives interleaved\n")
+
+def _print_header(args: argparse.Namespace, setup: _Setup) -> None:
+    kind = f"{setup.precision} (autocast)" if setup.autocast else args.dtype
+    runs = "%d runs" % args.repeats if args.repeats else "runs: as many as fit in %gs (3-50)" % args.time_budget
+    print(f"protocol: eval, batch 1, {kind}, {'reference' if args.reference_ops else 'fast'} ops, "
+          f"warm-up {setup.warmup}, {runs}, alternatives interleaved\n")
     cols = ["model", "scale", "params", "LR input", "GMACs", "GMACs custom=0"]
     if args.ntire:
         cols.append("GMACs NTIRE 256²")
@@ -150,88 +153,136 @@ def run(args: argparse.Namespace) -> int:
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
 
+
+def _count(args: argparse.Namespace, name: str, scale: int, lr: tuple) -> tuple[dict, list]:
+    """Parameters and MACs: the row's JSON fields and its first table cells."""
+    from lightsr.complexity import NTIRE_LR_SIZE, count_model_macs
+
+    hd = count_model_macs(name, scale, lr)
+    ntire = count_model_macs(name, scale, NTIRE_LR_SIZE) if args.ntire else None
+    base = {
+        "model": name, "scale": scale, "params": hd.params, "lr_size": list(lr),
+        "macs": hd.macs, "macs_custom_ops_zero": hd.tracer_visible_macs, "macs_by_op": hd.by_op,
+        "macs_ntire": ntire.macs if ntire else None,
+    }
+    cells = [name, f"x{scale}", f"{hd.params:,}", f"{lr[1]}x{lr[0]}", f"{hd.macs / 1e9:.2f}",
+             f"{hd.tracer_visible_macs / 1e9:.2f}"]
+    if args.ntire:
+        cells.append(f"{ntire.macs / 1e9:.2f}")
+    return base, cells
+
+
+def _time(args: argparse.Namespace, setup: _Setup, name: str, scale: int, lr: tuple) -> tuple[dict, dict]:
+    """Interleaved latency of the model's variants (DLGSANet: TLC on / off): ({variant: tlc}, {variant: timing})."""
+    import torch
+
+    from lightsr.bench import interleaved_timings
+    from lightsr.models import create_model
+    from lightsr.ops import use_reference_ops
+
+    device, autocast = setup.device, setup.autocast
+    model = create_model(name, scale).eval().to(device=device, dtype=setup.dtype)
+    x = torch.rand(1, 3, *lr, device=device, dtype=setup.dtype)
+    variants = {"TLC on": True, "TLC off": False} if hasattr(model, "set_tlc") else {"-": None}
+    if autocast is not None and device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)  # as the upscaler runs reduced precision
+        model = model.to(memory_format=torch.channels_last)
+
+    def make(tlc):
+        def fn():
+            if tlc is not None:
+                model.set_tlc(tlc)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                return model(x)
+        return fn
+
+    with use_reference_ops(args.reference_ops), torch.inference_mode():
+        timings = interleaved_timings({v: make(t) for v, t in variants.items()}, device=device,
+                                      warmup=setup.warmup, repeats=args.repeats, time_budget=args.time_budget)
+    return variants, timings
+
+
+def _memory(args: argparse.Namespace, setup: _Setup, name: str, scale: int, lr: tuple, tlc) -> dict | None:
+    from lightsr.bench import peak_memory
+
+    try:
+        return peak_memory(name, scale, lr, device=setup.device, dtype=args.dtype, threads=args.threads,
+                           tlc=tlc, reference_ops=args.reference_ops)
+    except Exception as exc:
+        print(f"lightsr bench: {name} x{scale}: memory probe failed: {exc}", file=sys.stderr)
+        return None
+
+
+def _bench_one(args: argparse.Namespace, setup: _Setup, name: str, scale: int) -> tuple[list, int]:
+    """Measure one model at one scale, printing its table lines: (JSON rows, failures)."""
+    from lightsr.complexity import lr_size_for_hd
+
+    lr = tuple(args.lr_size) if args.lr_size else lr_size_for_hd(scale)
+    try:
+        base, cells = _count(args, name, scale, lr)
+    except Exception as exc:  # one clear line per failure, carry on
+        print(f"lightsr bench: {name} x{scale}: MAC count failed: {exc}", file=sys.stderr)
+        return [], 1
+    if args.no_latency:
+        print("| " + " | ".join(cells) + " |", flush=True)
+        return [base], 0
+    try:
+        variants, timings = _time(args, setup, name, scale, lr)
+    except Exception as exc:
+        print(f"lightsr bench: {name} x{scale}: timing failed: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200]}", file=sys.stderr)
+        return [], 1
     rows, failures = [], 0
-    for name in models:
-        spec = get_spec(name)
-        for scale in args.scales:
-            if scale not in spec.scales:
-                print(f"lightsr bench: {name} has no x{scale} (scales {spec.scales}); skipped", file=sys.stderr)
-                continue
-            lr = tuple(args.lr_size) if args.lr_size else lr_size_for_hd(scale)
-            try:
-                hd = count_model_macs(name, scale, lr)
-                ntire = count_model_macs(name, scale, NTIRE_LR_SIZE) if args.ntire else None
-            except Exception as exc:  # one clear line per failure, carry on
-                print(f"lightsr bench: {name} x{scale}: MAC count failed: {exc}", file=sys.stderr)
-                failures += 1
-                continue
-            base = {
-                "model": name, "scale": scale, "params": hd.params, "lr_size": list(lr),
-                "macs": hd.macs, "macs_custom_ops_zero": hd.tracer_visible_macs, "macs_by_op": hd.by_op,
-                "macs_ntire": ntire.macs if ntire else None,
-            }
-            cells = [name, f"x{scale}", f"{hd.params:,}", f"{lr[1]}x{lr[0]}", f"{hd.macs / 1e9:.2f}",
-                     f"{hd.tracer_visible_macs / 1e9:.2f}"]
-            if args.ntire:
-                cells.append(f"{ntire.macs / 1e9:.2f}")
-            if args.no_latency:
-                rows.append(base)
-                print("| " + " | ".join(cells) + " |", flush=True)
-                continue
-            try:
-                model = create_model(name, scale).eval().to(device=device, dtype=dtype)
-                x = torch.rand(1, 3, *lr, device=device, dtype=dtype)
-                variants = {"-": None}
-                if hasattr(model, "set_tlc"):
-                    variants = {"TLC on": True, "TLC off": False}
+    for variant, tlc in variants.items():
+        t = timings[variant]
+        mem = None if args.no_memory else _memory(args, setup, name, scale, lr, tlc)
+        failures += int(not args.no_memory and mem is None)
+        rows.append({**base, "variant": variant, "tlc": tlc, "latency": t.to_dict(),
+                     "peak_bytes": mem["peak_bytes"] if mem else None,
+                     "memory_method": mem["method"] if mem else None})
+        line = cells + [variant, f"{t.median * 1e3:.1f}", f"{t.p90 * 1e3:.1f}", str(t.n)]
+        if not args.no_memory:
+            line.append(_fmt(mem["peak_bytes"] / 2**20 if mem else None, ".0f"))
+        print("| " + " | ".join(line) + " |", flush=True)
+    return rows, failures
 
-                if autocast is not None and device.type == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)  # as the upscaler runs reduced precision
-                    model = model.to(memory_format=torch.channels_last)
 
-                def make(tlc):
-                    def fn():
-                        if tlc is not None:
-                            model.set_tlc(tlc)
-                        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                            return model(x)
-                    return fn
-
-                with use_reference_ops(args.reference_ops), torch.inference_mode():
-                    timings = interleaved_timings(
-                        {v: make(t) for v, t in variants.items()}, device=device, warmup=warmup,
-                        repeats=args.repeats, time_budget=args.time_budget,
-                    )
-                del model, x
-            except Exception as exc:
-                print(f"lightsr bench: {name} x{scale}: timing failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                      file=sys.stderr)
-                failures += 1
-                continue
-            for variant, tlc in variants.items():
-                t = timings[variant]
-                mem = None
-                if not args.no_memory:
-                    try:
-                        mem = peak_memory(name, scale, lr, device=device, dtype=args.dtype, threads=args.threads,
-                                          tlc=tlc, reference_ops=args.reference_ops)
-                    except Exception as exc:
-                        print(f"lightsr bench: {name} x{scale}: memory probe failed: {exc}", file=sys.stderr)
-                        failures += 1
-                row = {**base, "variant": variant, "tlc": tlc, "latency": t.to_dict(),
-                       "peak_bytes": mem["peak_bytes"] if mem else None, "memory_method": mem["method"] if mem else None}
-                rows.append(row)
-                line = cells + [variant, f"{t.median * 1e3:.1f}", f"{t.p90 * 1e3:.1f}", str(t.n)]
-                if not args.no_memory:
-                    line.append(_fmt(mem["peak_bytes"] / 2**20 if mem else None, ".0f"))
-                print("| " + " | ".join(line) + " |", flush=True)
+def _summary(args: argparse.Namespace, setup: _Setup, env: dict, rows: list) -> None:
+    from lightsr.bench import load_average
 
     load_end = load_average()
     print(f"\nload average at the end (1/5/15 min): {load_end}")
     if args.json:
         payload = {"command": ["lightsr", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else sys.argv,
-                   "environment": env, "load_average_end": load_end,
-                   "dtype": args.dtype, "precision": precision, "device": str(device), "reference_ops": args.reference_ops, "rows": rows}
+                   "environment": env, "load_average_end": load_end, "dtype": args.dtype,
+                   "precision": setup.precision, "device": str(setup.device),
+                   "reference_ops": args.reference_ops, "rows": rows}
         _write_json(Path(args.json), payload)
         print(f"wrote {args.json}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightsr.bench import environment, format_environment
+    from lightsr.cli.upscale import setup_cpu
+    from lightsr.models import get_spec
+
+    setup = _validate(args)
+    if isinstance(setup, str):
+        print(f"lightsr bench: {setup}", file=sys.stderr)
+        return 2
+    setup_cpu(args.threads)
+    env = environment(setup.device)
+    print(format_environment(env))
+    _print_header(args, setup)
+    rows, failures = [], 0
+    for name in setup.models:
+        spec = get_spec(name)
+        for scale in args.scales:
+            if scale not in spec.scales:
+                print(f"lightsr bench: {name} has no x{scale} (scales {spec.scales}); skipped", file=sys.stderr)
+                continue
+            new_rows, new_failures = _bench_one(args, setup, name, scale)
+            rows += new_rows
+            failures += new_failures
+    _summary(args, setup, env, rows)
     return 1 if failures else 0
