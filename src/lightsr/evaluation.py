@@ -505,14 +505,7 @@ def evaluate(
         if scale is None:
             raise ValueError("evaluate('bicubic', ...) needs scale=")
         model = Bicubic(scale)
-    if scale is None:
-        scale = getattr(model, "scale", None)
-        if scale is None:
-            if isinstance(dataset, BenchmarkSet):
-                scale = dataset.scale
-            else:
-                raise ValueError("cannot tell the scale: pass scale= (the model has no .scale attribute)")
-    scale = int(scale)
+    scale = _resolve_scale(model, dataset, scale)
     sets = _as_sets(dataset, scale)
     for s in sets:
         if s.scale != scale:
@@ -526,53 +519,9 @@ def evaluate(
     is_bicubic = isinstance(model, Bicubic)
     if is_bicubic and self_ensemble:
         raise ValueError("self-ensemble has no effect on the bicubic baseline; leave it off")
-
-    if isinstance(model, nn.Module):
-        model.eval()
-        if tlc is not None:
-            if not hasattr(model, "set_tlc"):
-                raise ValueError(f"{_model_label(model)} has no test-time local converter (TLC is a DLGSANet option)")
-            model.set_tlc(bool(tlc))
-        if device is None:
-            p = next(iter(model.parameters()), None)
-            device = p.device if p is not None else torch.device("cpu")
-        device = torch.device(device)
-        if not is_bicubic:
-            model.to(device)
-        p = next(iter(model.parameters()), None)
-        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    else:
-        device = torch.device(device or "cpu")
-        dtype = torch.float32
-
-    sparsity_ctx: Callable | None = None
-    if attention_stats:
-        from lightsr.models.dlgsanet import SparseGSA, collect_attention_sparsity
-
-        if not isinstance(model, nn.Module) or not any(isinstance(m, SparseGSA) for m in model.modules()):
-            raise ValueError("attention statistics need a DLGSANet model (no SparseGSA layers found)")
-        sparsity_ctx = collect_attention_sparsity
-
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "?")
-    if autocast_dtype == "?":
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-
-    def run_model(x: torch.Tensor) -> torch.Tensor:
-        if autocast_dtype is None or is_bicubic:
-            return model(x)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast reduced-precision layout
-        with torch.autocast(device.type, dtype=autocast_dtype):
-            return model(x).float()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fn = run_model
-        if tile:
-            base = fn
-            fn = lambda t: forward_tiled(base, t, scale, tile, tile_overlap)  # noqa: E731
-        if self_ensemble:
-            return forward_self_ensemble(fn, x)
-        return fn(x)
+    device, dtype = _prepare_model(model, tlc, device)
+    sparsity_ctx = _sparsity_collector(model) if attention_stats else None
+    forward = _forward_fn(model, is_bicubic, device, precision, scale, tile, tile_overlap, self_ensemble)
 
     options = {"self_ensemble": self_ensemble, "tile": tile, "tlc": tlc, "device": str(device), "limit": limit,
                "precision": None if precision == "fp32" else precision}
@@ -590,6 +539,71 @@ def evaluate(
         if sr_set is not None:
             result.sets.append(sr_set)
     return result if main else None
+
+
+def _resolve_scale(model, dataset, scale: int | None) -> int:
+    """``scale``, else the model's ``.scale``, else a single benchmark set's."""
+    if scale is None:
+        scale = getattr(model, "scale", None)
+    if scale is None:
+        if not isinstance(dataset, BenchmarkSet):
+            raise ValueError("cannot tell the scale: pass scale= (the model has no .scale attribute)")
+        scale = dataset.scale
+    return int(scale)
+
+
+def _prepare_model(model, tlc: bool | None, device) -> tuple[torch.device, torch.dtype]:
+    """Eval mode, the TLC switch, the device: returns where the model runs and the input dtype."""
+    if not isinstance(model, nn.Module):
+        return torch.device(device or "cpu"), torch.float32
+    model.eval()
+    if tlc is not None:
+        if not hasattr(model, "set_tlc"):
+            raise ValueError(f"{_model_label(model)} has no test-time local converter (TLC is a DLGSANet option)")
+        model.set_tlc(bool(tlc))
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    if not isinstance(model, Bicubic):
+        model.to(device)
+    p = next(iter(model.parameters()), None)
+    return device, (p.dtype if p is not None and p.is_floating_point() else torch.float32)
+
+
+def _sparsity_collector(model) -> Callable:
+    """The context that records SparseGSA's share of positive attention entries (paper Table 5)."""
+    from lightsr.models.dlgsanet import SparseGSA, collect_attention_sparsity
+
+    if not isinstance(model, nn.Module) or not any(isinstance(m, SparseGSA) for m in model.modules()):
+        raise ValueError("attention statistics need a DLGSANet model (no SparseGSA layers found)")
+    return collect_attention_sparsity
+
+
+def _forward_fn(model, is_bicubic: bool, device: torch.device, precision: str, scale: int, tile: int | None,
+                tile_overlap: int, self_ensemble: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """LR batch -> SR batch as evaluated: under autocast for bf16 / fp16, tiled, self-ensembled."""
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, "?")
+    if autocast_dtype == "?":
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+
+    def run_model(x: torch.Tensor) -> torch.Tensor:
+        if autocast_dtype is None or is_bicubic:
+            return model(x)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast reduced-precision layout
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            return model(x).float()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fn = run_model
+        if tile:
+            fn = lambda t: forward_tiled(run_model, t, scale, tile, tile_overlap)  # noqa: E731
+        if self_ensemble:
+            return forward_self_ensemble(fn, x)
+        return fn(x)
+
+    return forward
 
 
 def _evaluate_set(ds: BenchmarkSet, scale: int, n: int, score: "_ImageScorer", job, sparsity: Callable | None,
