@@ -646,61 +646,107 @@ class Trainer:
                 log.warning("train.cuda_graphs: not used (%s); the step runs eagerly", graphed.fallback_reason)
         return graphed
 
-    def _loop(self) -> int:
-        cfg = self.cfg
-        is_main = self.dist.is_main
-        root = self.root
-        start = self.start_iter
-        total = cfg.train.total_iter
-        if is_main:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-            metric_names = list(cfg.val.metrics) if cfg.val else []
-            self.train_csv = CSVLog(root / "train_log.csv", TRAIN_FIELDS)
-            self.val_csv = CSVLog(root / "val_log.csv", ["iter", "dataset", *metric_names, "best"])
-            if start:
-                self.train_csv.truncate_after(start)
-                self.val_csv.truncate_after(start)
-            if cfg.logger.use_tb_logger:
-                self.tb = TensorBoard(root / "tb", purge_step=start + 1 if start else None)
-            ds = self.train_set
-            log.info("run %s: %s x%d (%s parameters) on %s x %d process(es)%s", cfg.name, cfg.network_g.type,
-                     cfg.scale, f"{self.n_params:,}", self.device.type, self.dist.world_size,
-                     (f", {torch.get_num_threads()} threads each" + (", malloc tuned (lightsr.allocator)"
-                                                                      if self.malloc_tuned else ""))
-                     if not self.cuda else "")
-            log.info("data: %d training images x%d (%s), LR patch %d, batch %d per process = %d effective, "
-                     "%d iterations per epoch, %d workers", len(ds.items), ds.enlarge_ratio,
-                     "in memory" if ds.preloaded is not None else "from disk", cfg.lq_patch, self.batch,
-                     self.sampler.global_batch, self.sampler.batches_per_epoch, cfg.train_set.num_worker_per_gpu)
-            log.info("%s iteration %d of %d -> %s", "resuming at" if start else "starting at", start, total, root)
+    def _open_logs(self, start: int) -> None:
+        """The run folder, its config and logs (rank 0); a resume truncates them after ``start``."""
+        cfg, root = self.cfg, self.root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        metric_names = list(cfg.val.metrics) if cfg.val else []
+        self.train_csv = CSVLog(root / "train_log.csv", TRAIN_FIELDS)
+        self.val_csv = CSVLog(root / "val_log.csv", ["iter", "dataset", *metric_names, "best"])
+        if start:
+            self.train_csv.truncate_after(start)
+            self.val_csv.truncate_after(start)
+        if cfg.logger.use_tb_logger:
+            self.tb = TensorBoard(root / "tb", purge_step=start + 1 if start else None)
+
+    def _log_start(self, start: int, total: int) -> None:
+        cfg, ds = self.cfg, self.train_set
+        per_process = "" if self.cuda else (f", {torch.get_num_threads()} threads each"
+                                            + (", malloc tuned (lightsr.allocator)" if self.malloc_tuned else ""))
+        log.info("run %s: %s x%d (%s parameters) on %s x %d process(es)%s", cfg.name, cfg.network_g.type,
+                 cfg.scale, f"{self.n_params:,}", self.device.type, self.dist.world_size, per_process)
+        log.info("data: %d training images x%d (%s), LR patch %d, batch %d per process = %d effective, "
+                 "%d iterations per epoch, %d workers", len(ds.items), ds.enlarge_ratio,
+                 "in memory" if ds.preloaded is not None else "from disk", cfg.lq_patch, self.batch,
+                 self.sampler.global_batch, self.sampler.batches_per_epoch, cfg.train_set.num_worker_per_gpu)
+        log.info("%s iteration %d of %d -> %s", "resuming at" if start else "starting at", start, total, self.root)
+
+    def _wrapped_model(self) -> nn.Module:
+        """The model as the step runs it: under DDP with several processes, compiled with ``train.compile``."""
         model = self.model
         if self.dist.distributed:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.cuda else None, **D.no_buffer_sync_kwargs())
-        if cfg.train.compile:
-            model = torch.compile(model, mode=None if cfg.train.compile is True else cfg.train.compile)
-        self.train_model = model
-        graphed = self._graphed_step(model)
+        if self.cfg.train.compile:
+            model = torch.compile(model, mode=None if self.cfg.train.compile is True else self.cfg.train.compile)
+        return model
+
+    def _optimizer_step(self, it: int) -> None:
+        """Gradient clipping (``train.grad_clip_norm``), the optimizer step (through the fp16 scaler), the EMA."""
+        clip = self.cfg.train.grad_clip_norm
+        if self.scaler is not None:
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, it)
+
+    def _log_window(self, window: "_Window", it: int, total: int, lr: float, bar) -> float:
+        """Mean loss over the print window (all ranks), written to the CSV / TensorBoard / console on rank 0."""
+        loss_sum, n_sum = D.all_reduce_sum([window.loss.item(), float(window.n)], self.device)
+        mean_loss = loss_sum / max(n_sum, 1)
+        now = time.perf_counter()
+        speed = window.n / max(now - window.t0, 1e-9)
+        if self.dist.is_main:
+            elapsed = self.elapsed_before + (now - self.t_start)
+            row = {"iter": it, "epoch": self.sampler.epoch_of(it - 1), "lr": lr, "loss": mean_loss,
+                   "iter_per_s": speed, "data_s": window.data_s / max(window.n, 1), "elapsed_s": elapsed}
+            self.train_csv.write(row)
+            if self.tb is not None:
+                self.tb.scalar("train/loss", mean_loss, it)
+                self.tb.scalar("train/lr", lr, it)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            else:
+                eta = (total - it) / speed if speed > 0 else float("nan")
+                log.info("iter %d/%d | epoch %d | lr %.3e | loss %.5f | %.2f it/s | data %.3fs/it | eta %s",
+                         it, total, row["epoch"], lr, mean_loss, speed, row["data_s"], format_duration(eta))
+        return mean_loss
+
+    def _should_stop(self, it: int, start: int) -> bool:
+        """Ranks agree on stopping (a signal may reach only some); on GPUs every 10 iterations, so that
+        the flag's all-reduce does not synchronise the device at every step."""
+        check = not (self.dist.distributed and self.cuda) or (it - start) % 10 == 0
+        return check and D.any_flag(self.stop_signal is not None, self.device)
+
+    def _loop(self) -> int:
+        cfg, start, total = self.cfg, self.start_iter, self.cfg.train.total_iter
+        if self.dist.is_main:
+            self._open_logs(start)
+            self._log_start(start, total)
+        self.train_model = self._wrapped_model()
+        graphed = self._graphed_step(self.train_model)
         self._install_signals()
         bar = None
-        if is_main and self.use_bar:
+        if self.dist.is_main and self.use_bar:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, desc=cfg.name, smoothing=0.05)
         self.t_start = time.perf_counter()
-        window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        window_n, window_data, window_t0 = 0, 0.0, time.perf_counter()
+        window = _Window(self.device)
         it = self.it = start
         data_iter = iter(self.loader)
-        exit_code = EXIT_OK
         val_freq = cfg.val.val_freq if cfg.val else None
         try:
             while it < total:
-                # ranks agree on stopping (a signal may reach only some); on GPUs every 10 iterations
-                # so that the flag's all-reduce does not synchronise the device at every step
-                check = not (self.dist.distributed and self.cuda) or (it - start) % 10 == 0
-                if check and D.any_flag(self.stop_signal is not None, self.device):
+                if self._should_stop(it, start):
                     break
                 t_data = time.perf_counter()
                 try:
@@ -709,9 +755,8 @@ class Trainer:
                     if self.stop_signal is not None:  # a worker died of the same signal
                         break
                     raise
-                window_data += time.perf_counter() - t_data
-                it += 1
-                self.it = it
+                window.data_s += time.perf_counter() - t_data
+                it = self.it = it + 1
                 lr = self.schedule.apply(self.optimizer, it)
                 lq = lq.to(self.device, non_blocking=True)
                 gt = gt.to(self.device, non_blocking=True)
@@ -719,48 +764,17 @@ class Trainer:
                     lq = lq.contiguous(memory_format=torch.channels_last)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = graphed(lq, gt)  # forward (autocast per train.amp), loss, backward (scaled for fp16)
-                if self.scaler is not None:
-                    if cfg.train.grad_clip_norm:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    if cfg.train.grad_clip_norm:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip_norm)
-                    self.optimizer.step()
-                if self.ema is not None:
-                    self.ema.update(self.model, it)
-                window_loss += loss.detach().double()
-                window_n += 1
+                self._optimizer_step(it)
+                window.add(loss)
                 if bar is not None:
                     bar.update(1)
                 if it % cfg.logger.print_freq == 0 or it == total:
-                    loss_sum, n_sum = D.all_reduce_sum([window_loss.item(), float(window_n)], self.device)
-                    mean_loss = loss_sum / max(n_sum, 1)
-                    now = time.perf_counter()
-                    speed = window_n / max(now - window_t0, 1e-9)
-                    if is_main:
-                        elapsed = self.elapsed_before + (now - self.t_start)
-                        row = {"iter": it, "epoch": self.sampler.epoch_of(it - 1), "lr": lr, "loss": mean_loss,
-                               "iter_per_s": speed, "data_s": window_data / max(window_n, 1), "elapsed_s": elapsed}
-                        self.train_csv.write(row)
-                        if self.tb is not None:
-                            self.tb.scalar("train/loss", mean_loss, it)
-                            self.tb.scalar("train/lr", lr, it)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                        else:
-                            eta = (total - it) / speed if speed > 0 else float("nan")
-                            log.info("iter %d/%d | epoch %d | lr %.3e | loss %.5f | %.2f it/s | data %.3fs/it | eta %s",
-                                     it, total, row["epoch"], lr, mean_loss, speed, row["data_s"], format_duration(eta))
+                    mean_loss = self._log_window(window, it, total, lr, bar)
                     if not math.isfinite(mean_loss):
                         log.error("loss is %s at iteration %d; stopping without saving (last checkpoint: iteration %d). "
                                   "Lower train.optim_g.lr or set train.grad_clip_norm", mean_loss, it, self.last_saved)
-                        exit_code = EXIT_NONFINITE
-                        break
-                    window_loss.zero_()
-                    window_n, window_data, window_t0 = 0, 0.0, time.perf_counter()
+                        return EXIT_NONFINITE
+                    window.reset()
                 if (val_freq and it % val_freq == 0) or it == total:
                     self.validate(it)  # before the checkpoint, so that its state records the best metric
                 if it % cfg.logger.save_checkpoint_freq == 0 or it == total:
@@ -769,22 +783,39 @@ class Trainer:
             if bar is not None:
                 bar.close()
             del data_iter
-        if exit_code == EXIT_NONFINITE:
-            return exit_code
+        return self._finish(it, total)
+
+    def _finish(self, it: int, total: int) -> int:
+        """Exit code of a loop that ended without a non-finite loss: done, or stopped by a signal (checkpointed)."""
         if it == total:
-            if is_main:
+            if self.dist.is_main:
                 elapsed = self.elapsed_before + (time.perf_counter() - self.t_start)
                 log.info("finished %d iterations in %s; weights: %s", total, format_duration(elapsed),
-                         root / "models" / "net_g_latest.safetensors")
+                         self.root / "models" / "net_g_latest.safetensors")
             return EXIT_OK
-        # stopped by a signal
         if self.last_saved != it:
             self.save_checkpoint(it)
         sig = self.stop_signal
-        if is_main:
+        if self.dist.is_main:
             log.warning("stopped at iteration %d by %s; checkpoint written. Continue with: %s",
-                        it, signal.Signals(sig).name if sig else "a signal", resume_command(cfg))
+                        it, signal.Signals(sig).name if sig else "a signal", resume_command(self.cfg))
         return EXIT_SIGTERM if sig == signal.SIGTERM else EXIT_SIGINT
+
+
+class _Window:
+    """Loss and data-wait time summed over the iterations since the last log line."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.n, self.data_s, self.t0 = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss.detach().double()
+        self.n += 1
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
