@@ -97,3 +97,8 @@ def test_plot_log(tmp_path, capsys):
         assert im.size[0] > 600 and im.size[1] > 300
     assert main(["plot-log", str(tmp_path / "nothing"), "-o", str(out)]) == 2
     assert main(["plot-log", str(run), "-o", str(out), "--ref", "high"]) == 2
+    assert "--ref 'high': expected VALUE[:LABEL]" in capsys.readouterr().err
+    svg = tmp_path / "fig" / "curve.svg"  # the format follows the suffix; nothing partial is left beside it
+    assert main(["plot-log", str(run), "-o", str(svg), "--smooth", "0"]) == 0
+    assert b"<svg" in svg.read_bytes()[:2000]
+    assert sorted(p.name for p in svg.parent.iterdir()) == ["curve.png", "curve.svg"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,17 +232,19 @@ def draw(points: list[Point], output: Path, title: str, dpi: int = 150) -> None:
     if sources:
         fig.text(0.01, 0.005, "paper-reported: " + "; ".join(sources), fontsize=6, color="grey", wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".png", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_figure(fig, output, dpi)
     finally:
         plt.close(fig)
+
+
+def save_figure(fig, output: Path, dpi: int) -> None:
+    """Write a matplotlib figure atomically (a partial file never appears); format from the suffix, PNG if none."""
+    from lightsr.inference.io import atomic_output
+
+    fmt = output.suffix[1:].lower() or "png"
+    with atomic_output(output, overwrite=True) as f:
+        fig.savefig(f, dpi=dpi, format=fmt)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 EPILOG = """\
@@ -70,6 +68,95 @@ def _floats(rows, key):
     return out
 
 
+def _parse_refs(refs: list[str]) -> list[tuple[float, str | None]]:
+    """``--ref VALUE[:LABEL]`` lines; ValueError names the bad one."""
+    out = []
+    for ref in refs:
+        value, _, label = ref.partition(":")
+        try:
+            out.append((float(value), label or None))
+        except ValueError:
+            raise ValueError(f"--ref {ref!r}: expected VALUE[:LABEL]") from None
+    return out
+
+
+def _collect(args: argparse.Namespace) -> list[tuple[str, list, list, str | None]]:
+    """(label, loss points, validation points, validation dataset) per run; ValueError for a run with nothing."""
+    series = []
+    for i, spec in enumerate(args.runs):
+        try:
+            train_csv, val_csv, name = _files(spec)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        loss = _floats(_read(train_csv), "loss")
+        val_rows = _read(val_csv)
+        datasets = list(dict.fromkeys(r.get("dataset", "") for r in val_rows))
+        ds = args.dataset or (datasets[0] if datasets else None)
+        val = _floats([r for r in val_rows if r.get("dataset") == ds], args.metric)
+        if not loss and not val:
+            raise ValueError(f"{spec}: no rows in {train_csv.name} or {val_csv.name}")
+        series.append((args.labels[i] if args.labels else name, loss, val, ds))
+    return series
+
+
+def _ema(ys, factor: float) -> list[float]:
+    """Debiased EMA (as TensorBoard's smoothing): no lag towards the first value; non-finite values skipped."""
+    sm, acc, n = [], 0.0, 0
+    for y in ys:
+        if math.isfinite(y):
+            acc = factor * acc + (1 - factor) * y
+            n += 1
+        sm.append(acc / (1 - factor ** n) if n else float("nan"))
+    return sm
+
+
+def _plot_loss(ax, label: str, loss: list, color, smooth: float) -> None:
+    its, ys = zip(*loss)
+    ax.plot(its, ys, color=color, alpha=0.3 if smooth > 0 else 1.0, lw=0.8, label=None if smooth > 0 else label)
+    if smooth > 0:
+        ax.plot(its, _ema(ys, smooth), color=color, lw=1.6, label=f"{label} (EMA {smooth:g})")
+
+
+def _plot_val(ax, label: str, val: list, ds: str | None, color, metric: str) -> None:
+    its, ys = zip(*val)
+    ax.plot(its, ys, "o-", color=color, ms=3, lw=1.2, label=f"{label}: {ds}")
+    if metric.lower() != "lpips":  # annotate the best validation (higher is better)
+        best = max(range(len(ys)), key=lambda j: ys[j])
+        ax.annotate(f"{ys[best]:.2f}", (its[best], ys[best]), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8, color=color)
+
+
+def _draw(plt, args: argparse.Namespace, series: list, refs: list):
+    has_val = any(s[2] for s in series)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4), squeeze=False)
+    ax_loss = axes[0][0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, loss, val, ds) in enumerate(series):
+        if loss:
+            _plot_loss(ax_loss, label, loss, colors[k % len(colors)], args.smooth)
+        if val:
+            _plot_val(axes[0][1], label, val, ds, colors[k % len(colors)], args.metric)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("training loss")
+    if args.log_y:
+        ax_loss.set_yscale("log")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    if has_val:
+        ax = axes[0][1]
+        for y, label in refs:
+            ax.axhline(y, color="gray", ls="--", lw=1, label=label)
+        ax.margins(y=0.12)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"validation {args.metric} (Y)" if args.metric == "psnr" else f"validation {args.metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    return fig
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import matplotlib
@@ -82,82 +169,18 @@ def run(args: argparse.Namespace) -> int:
     if args.labels and len(args.labels) != len(args.runs):
         print("lightsr plot-log: --labels needs one label per run", file=sys.stderr)
         return 2
-    series = []
-    for i, spec in enumerate(args.runs):
-        try:
-            train_csv, val_csv, name = _files(spec)
-        except FileNotFoundError as exc:
-            print(f"lightsr plot-log: {exc}", file=sys.stderr)
-            return 2
-        loss = _floats(_read(train_csv), "loss")
-        val_rows = _read(val_csv)
-        datasets = list(dict.fromkeys(r.get("dataset", "") for r in val_rows))
-        ds = args.dataset or (datasets[0] if datasets else None)
-        val = _floats([r for r in val_rows if r.get("dataset") == ds], args.metric)
-        if not loss and not val:
-            print(f"lightsr plot-log: {spec}: no rows in {train_csv.name} or {val_csv.name}", file=sys.stderr)
-            return 2
-        series.append((args.labels[i] if args.labels else name, loss, val, ds))
-    has_val = any(s[2] for s in series)
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4), squeeze=False)
-    ax_loss = axes[0][0]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (label, loss, val, ds) in enumerate(series):
-        c = colors[k % len(colors)]
-        if loss:
-            its, ys = zip(*loss)
-            ax_loss.plot(its, ys, color=c, alpha=0.3 if args.smooth > 0 else 1.0, lw=0.8,
-                         label=None if args.smooth > 0 else label)
-            if args.smooth > 0:
-                sm, acc, n = [], 0.0, 0
-                for y in ys:  # debiased EMA (as TensorBoard): no lag towards the first value
-                    if math.isfinite(y):
-                        acc = args.smooth * acc + (1 - args.smooth) * y
-                        n += 1
-                    sm.append(acc / (1 - args.smooth ** n) if n else float("nan"))
-                ax_loss.plot(its, sm, color=c, lw=1.6, label=f"{label} (EMA {args.smooth:g})")
-        if val and has_val:
-            ax = axes[0][1]
-            its, ys = zip(*val)
-            ax.plot(its, ys, "o-", color=c, ms=3, lw=1.2, label=f"{label}: {ds}")
-            best = max(range(len(ys)), key=lambda j: ys[j]) if args.metric.lower() != "lpips" else None
-            if best is not None:
-                ax.annotate(f"{ys[best]:.2f}", (its[best], ys[best]), textcoords="offset points",
-                            xytext=(0, 6), ha="center", fontsize=8, color=c)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("training loss")
-    if args.log_y:
-        ax_loss.set_yscale("log")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8)
-    if has_val:
-        ax = axes[0][1]
-        for ref in args.ref:
-            value, _, label = ref.partition(":")
-            try:
-                y = float(value)
-            except ValueError:
-                print(f"lightsr plot-log: --ref {ref!r}: expected VALUE[:LABEL]", file=sys.stderr)
-                return 2
-            ax.axhline(y, color="gray", ls="--", lw=1, label=label or None)
-        ax.margins(y=0.12)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(f"validation {args.metric} (Y)" if args.metric == "psnr" else f"validation {args.metric}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if args.title:
-        fig.suptitle(args.title)
-    fig.tight_layout()
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=args.dpi)
-        os.replace(tmp, out)
+        refs = _parse_refs(args.ref)
+        series = _collect(args)
+    except ValueError as exc:
+        print(f"lightsr plot-log: {exc}", file=sys.stderr)
+        return 2
+    from lightsr.cli.plot import save_figure
+
+    fig = _draw(plt, args, series, refs)
+    try:
+        save_figure(fig, Path(args.output), args.dpi)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    plt.close(fig)
-    print(f"wrote {out}")
+        plt.close(fig)
+    print(f"wrote {Path(args.output)}")
     return 0
