@@ -477,6 +477,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 def _check(cfg: Config) -> None:
     """Cross-field rules the types alone cannot express."""
+    _check_network(cfg)
+    _check_datasets(cfg)
+    _check_train_set(cfg)
+    _check_train(cfg)
+    _check_logger_and_val(cfg)
+
+
+def _check_network(cfg: Config) -> None:
+    """The run name, the model and its options (built on the meta device: the values are checked too)."""
     from lightsr.models import get_spec
 
     if not cfg.name:
@@ -508,6 +517,9 @@ def _check(cfg: Config) -> None:
         expected_state_dict(cfg.network_g.type, cfg.scale, cfg.network_g.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"network_g: cannot build {cfg.network_g.type} x{cfg.scale}: {exc}") from None
+
+
+def _check_datasets(cfg: Config) -> None:
     if "train" not in cfg.datasets:
         raise ConfigError("datasets.train: required")
     for key in cfg.datasets:
@@ -532,6 +544,9 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.filename_tmpl: must contain '{{}}' (e.g. '{{}}x{cfg.scale}')")
         if ds.meta_info_file and len(gts) != 1:
             raise ConfigError(f"{where}.meta_info_file: needs exactly one dataroot_gt")
+
+
+def _check_train_set(cfg: Config) -> None:
     tr = cfg.train_set
     if (tr.gt_size is None) == (tr.lq_size is None):
         raise ConfigError("datasets.train: give exactly one of gt_size (HR patch) and lq_size (LR patch)")
@@ -552,6 +567,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("datasets.train.num_worker_per_gpu: must be >= 0")
     if tr.dataset_enlarge_ratio < 1:
         raise ConfigError("datasets.train.dataset_enlarge_ratio: must be >= 1")
+
+
+def _check_train(cfg: Config) -> None:
     t = cfg.train
     if t.total_iter <= 0:
         raise ConfigError("train.total_iter: required, a positive number of iterations")
@@ -580,6 +598,9 @@ def _check(cfg: Config) -> None:
             raise ConfigError("train.scheduler: CosineAnnealingRestartLR needs periods (and as many restart_weights)")
     if s.type == "CosineAnnealingLR" and s.T_max is not None and s.T_max <= 0:
         raise ConfigError("train.scheduler.T_max: must be positive")
+
+
+def _check_logger_and_val(cfg: Config) -> None:
     lg = cfg.logger
     if lg.save_checkpoint_freq <= 0 or lg.print_freq <= 0:
         raise ConfigError("logger.save_checkpoint_freq and logger.print_freq: must be positive")
@@ -593,8 +614,6 @@ def _check(cfg: Config) -> None:
         for key, m in cfg.val.metrics.items():
             if m.crop_border is not None and m.crop_border < 0:
                 raise ConfigError(f"val.metrics.{key}.crop_border: must be >= 0")
-    if cfg.path.pretrain_network_g is None and not cfg.path.strict_load_g:
-        pass  # harmless
 
 
 def _did_you_mean(key: str, valid: list[str]) -> str:
