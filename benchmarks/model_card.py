@@ -80,12 +80,17 @@ def _csv_rows(path: Path) -> list[dict]:
 
 
 def _device_of(run: Path) -> str:
-    """'CPU' or 'GPU', with the process count, from the run's own train.log ('on cpu x 2 process(es)')."""
+    """'CPU' or 'GPU', with the process count, from the run's own train.log ('on cpu x 2 process(es)');
+    a run resumed with another process count gives each in turn ('CPU, 1 then 2 procs')."""
     log = run / "train.log"
-    m = re.search(r" on (cpu|cuda) x (\d+) process", log.read_text()) if log.is_file() else None
-    if not m:
+    starts = re.findall(r" on (cpu|cuda) x (\d+) process", log.read_text()) if log.is_file() else []
+    if not starts:
         return "-"
-    kind, n = ("GPU" if m.group(1) == "cuda" else "CPU"), int(m.group(2))
+    kind = "GPU" if starts[0][0] == "cuda" else "CPU"
+    counts = list(dict.fromkeys(int(n) for _, n in starts))  # in order of first use
+    if len(counts) > 1:
+        return f"{kind}, {' then '.join(map(str, counts))} procs"
+    n = counts[0]
     return f"{n} {kind}s" if kind == "GPU" and n > 1 else (kind if n == 1 else f"{kind}, {n} procs")
 
 

@@ -153,6 +153,9 @@ def test_model_card_reads_each_stage_recipe(tmp_path):
         r = mc.read_run(run)
         assert r["recipe"] == {"batch": 8, "lq": 48, "lr": 1e-4, "loss": "MSE" if loss else "L1"}
         assert (r["iters"], r["elapsed_s"], r["best"]["iter"], r["device"]) == (40, 61.5, "20", "CPU, 2 procs")
+    with open(run / "train.log", "a") as f:  # resumed with another process count: both are named
+        f.write("2026-11-30 19:00:00 INFO run r: dlgsanet_tiny x4 (581,298 parameters) on cpu x 1 process(es), 1 threads each\n")
+    assert mc.read_run(run)["device"] == "CPU, 2 then 1 procs"
 
 
 def test_model_card_openmodeldb_entries_are_what_the_script_writes():
