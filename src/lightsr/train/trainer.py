@@ -685,15 +685,14 @@ class Trainer:
     def _optimizer_step(self, it: int) -> None:
         """Gradient clipping (``train.grad_clip_norm``), the optimizer step (through the fp16 scaler), the EMA."""
         clip = self.cfg.train.grad_clip_norm
+        if clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if self.scaler is not None:
-            if clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model, it)
