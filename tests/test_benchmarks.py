@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
@@ -217,3 +218,43 @@ def test_model_card_bf16_sets(monkeypatch):
         sets = [type("S", (), {"name": "Set5", "psnr": 30.0})()]
 
     assert mc._psnr_of(Res, "Set5") == 30.0 and mc._psnr_of(Res, "B100") is None
+
+
+def _fake_run(root: Path, name: str, scale: int, elapsed: list[tuple[int, float]], psnr: list[tuple[int, float]]) -> Path:
+    run = root / name
+    run.mkdir()
+    (run / "config.yaml").write_text(f"scale: {scale}\n")
+    (run / "train_log.csv").write_text("iter,elapsed_s\n" + "".join(f"{i},{s}\n" for i, s in elapsed))
+    (run / "val_log.csv").write_text("iter,dataset,psnr,ssim,best\n" + "".join(f"{i},Set5,{p},0.9,1\n" for i, p in psnr))
+    (run / "train.log").write_text("INFO run r: m x2 (1 parameters) on cpu x 2 process(es), 1 threads each\n")
+    return run
+
+
+def test_quality_per_time_chains_and_time_matching(tmp_path, capsys):
+    """Cumulative hours run across a card's stages (an x2 stage counts under x4 weights), the hours at
+    the point's own scale are kept apart, a chain whose x2 stages only repeat another's is shown once,
+    and the time-matched tables pick the best point within the earliest stop and the first at the target."""
+    qpt = _load("quality_per_time")
+    a2 = _fake_run(tmp_path, "a_x2", 2, [(100, 1800.0), (200, 3600.0)], [(100, 34.0), (200, 35.0)])
+    a4 = _fake_run(tmp_path, "a_x4", 4, [(100, 1800.0), (200, 3600.0)], [(100, 29.5), (200, 30.0)])
+    b4 = _fake_run(tmp_path, "b_x4", 4, [(100, 1800.0), (200, 2700.0)], [(100, 29.0), (200, 29.6)])
+    b2 = _fake_run(tmp_path, "b_x2", 2, [(50, 900.0), (100, 1800.0)], [(50, 33.0), (100, 34.5)])
+    cards = []
+    for name, runs in (("a_x2", [a2]), ("a_x4", [a2, a4]), ("b_x4", [b4]), ("b_x2", [b2])):
+        cards.append(tmp_path / f"{name}.md")
+        cards[-1].write_text("".join(f"    --run {r} \\\n" for r in runs))
+    points, stages = qpt.chain_points(qpt.card_runs(cards[1]))
+    assert [(p.run, p.hours, p.scale_hours) for p in points] == [
+        ("a_x2", 0.5, 0.5), ("a_x2", 1.0, 1.0), ("a_x4", 1.5, 0.5), ("a_x4", 2.0, 1.0)]
+    assert stages[-1] == ("a_x4", "cpu x2", 2.0)
+    assert qpt.main(["--cards", *map(str, cards)]) == 0
+    out = capsys.readouterr().out
+    x2 = out.split("## x2: time-matched")[1].split("##")[0]
+    # a_x4's x2 stage is a_x2's: one row for it; the horizon is b_x2's 0.5 h, the target its 34.5 dB
+    assert [line.split("|")[1].strip() for line in x2.splitlines() if line.startswith("| a_") or line.startswith("| b_")] \
+        == ["a_x2", "b_x2"]
+    assert "| a_x2 | 1.00 | 35.00 | 34.00 (`a_x2` @100) | 1.00 h (1.00 h), 35.00 dB |" in x2
+    x4 = out.split("## x4: time-matched")[1]
+    # b_x4 stops at 0.75 h, before a_x4's x2 stage ends; the target is b_x4's last 29.60 dB
+    assert "| a_x4 | 2.00 | 30.00 | - (no x4 point yet) | 2.00 h (1.00 h), 30.00 dB |" in x4
+    assert "| b_x4 | 0.75 | 29.60 | 29.60 (`b_x4` @200) | 0.75 h (0.75 h), 29.60 dB |" in x4
