@@ -17,6 +17,8 @@ a GPU stage makes the chain incomparable), and the recipes differ (the model car
 
     python benchmarks/quality_per_time.py                       # every card, summaries per scale
     python benchmarks/quality_per_time.py --cards src/lightsr/pretrained/lgun_x4.md src/lightsr/pretrained/lamnet_x4.md
+    python benchmarks/quality_per_time.py --cards src/lightsr/pretrained/lgun_x4.md \
+        --chain tiny_scratch=docs/training_runs/race_dlgsanet_tiny_x4   # a run that no card lists
 """
 from __future__ import annotations
 
@@ -136,19 +138,27 @@ def print_comparison(scale: int, segs: dict[str, list[Point]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cards", nargs="+", type=Path, default=None,
-                    help="model cards to read (default: every src/lightsr/pretrained/*.md)")
+                    help="model cards to read (default: every src/lightsr/pretrained/*.md, unless --chain is given)")
+    ap.add_argument("--chain", action="append", default=[], metavar="NAME=RUN[,RUN...]",
+                    help="a chain of run folders not (yet) in a card, in training order, e.g. a race "
+                         "from scratch: race=docs/training_runs/race_dlgsanet_tiny_x4 (repeatable)")
     args = ap.parse_args(argv)
-    cards = args.cards or sorted(CARDS.glob("*.md"))
+    cards = args.cards if args.cards is not None else ([] if args.chain else sorted(CARDS.glob("*.md")))
+    named = [(c.stem, card_runs(c), str(c)) for c in cards]
+    for item in args.chain:
+        name, sep, runs = item.partition("=")
+        if not sep or not runs:
+            ap.error(f"--chain {item!r}: expected NAME=RUN[,RUN...]")
+        named.append((name, [Path(r) for r in runs.split(",")], f"--chain {name}"))
     chains: dict[str, list[Point]] = {}
-    print("command: python benchmarks/quality_per_time.py" + (" " + " ".join(argv) if argv else ""))
-    for card in cards:
-        runs = card_runs(card)
+    shown = sys.argv[1:] if argv is None else argv
+    print("command: python benchmarks/quality_per_time.py" + "".join(" " + a for a in shown))
+    for name, runs, source in named:
         missing = [r for r in runs if not (r / "val_log.csv").is_file()]
         if not runs or missing:
-            print(f"{card}: skipped ({'no --run lines' if not runs else f'no val_log.csv in {missing[0]}'})")
+            print(f"{source}: skipped ({'no --run lines' if not runs else f'no val_log.csv in {missing[0]}'})")
             continue
         points, stages = chain_points(runs)
-        name = card.stem
         print_chain(name, points, stages)
         chains[name] = points
     for scale in sorted({p.scale for pts in chains.values() for p in pts}):

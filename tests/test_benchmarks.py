@@ -258,3 +258,9 @@ def test_quality_per_time_chains_and_time_matching(tmp_path, capsys):
     # b_x4 stops at 0.75 h, before a_x4's x2 stage ends; the target is b_x4's last 29.60 dB
     assert "| a_x4 | 2.00 | 30.00 | - (no x4 point yet) | 2.00 h (1.00 h), 30.00 dB |" in x4
     assert "| b_x4 | 0.75 | 29.60 | 29.60 (`b_x4` @200) | 0.75 h (0.75 h), 29.60 dB |" in x4
+    # a chain that no card lists (a race from scratch), beside a card; a malformed --chain is refused
+    assert qpt.main(["--cards", str(cards[2]), "--chain", f"race={a2},{a4}"]) == 0
+    out = capsys.readouterr().out
+    assert "## race\n" in out and "| race | 2.00 | 30.00 |" in out and "## a_x4\n" not in out
+    with pytest.raises(SystemExit):
+        qpt.main(["--chain", "race"])
