@@ -17,8 +17,8 @@ a GPU stage makes the chain incomparable), and the recipes differ (the model car
 
     python benchmarks/quality_per_time.py                       # every card, summaries per scale
     python benchmarks/quality_per_time.py --cards src/lightsr/pretrained/lgun_x4.md src/lightsr/pretrained/lamnet_x4.md
-    python benchmarks/quality_per_time.py --cards src/lightsr/pretrained/lgun_x4.md \
-        --chain tiny_scratch=docs/training_runs/race_dlgsanet_tiny_x4   # a run that no card lists
+    python benchmarks/quality_per_time.py --chain race_dlgsanet_tiny_x4_scratch=docs/training_runs/race_dlgsanet_tiny_x4_scratch
+        # every card and a run that no card lists (the equal-recipe race of docs/training.md)
 """
 from __future__ import annotations
 
@@ -138,12 +138,12 @@ def print_comparison(scale: int, segs: dict[str, list[Point]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cards", nargs="+", type=Path, default=None,
-                    help="model cards to read (default: every src/lightsr/pretrained/*.md, unless --chain is given)")
+                    help="model cards to read (default: every src/lightsr/pretrained/*.md)")
     ap.add_argument("--chain", action="append", default=[], metavar="NAME=RUN[,RUN...]",
                     help="a chain of run folders not (yet) in a card, in training order, e.g. a race "
-                         "from scratch: race=docs/training_runs/race_dlgsanet_tiny_x4 (repeatable)")
+                         "from scratch: race=docs/training_runs/race_dlgsanet_tiny_x4_scratch (repeatable; added to the cards)")
     args = ap.parse_args(argv)
-    cards = args.cards if args.cards is not None else ([] if args.chain else sorted(CARDS.glob("*.md")))
+    cards = args.cards if args.cards is not None else sorted(CARDS.glob("*.md"))
     named = [(c.stem, card_runs(c), str(c)) for c in cards]
     for item in args.chain:
         name, sep, runs = item.partition("=")
