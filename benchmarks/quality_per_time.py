@@ -23,15 +23,15 @@ a GPU stage makes the chain incomparable), and the recipes differ (the model car
 from __future__ import annotations
 
 import argparse
-import csv
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded from a file path (tests)
+from model_card import REPO, _card_runs, _csv_rows, _device_of  # noqa: E402  the cards' own readers
+
 CARDS = REPO / "src" / "lightsr" / "pretrained"
 
 
@@ -45,19 +45,9 @@ class Point:
     psnr: float
 
 
-def _rows(path: Path) -> list[dict]:
-    return list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
-
-
 def card_runs(card: Path) -> list[Path]:
     """The card's training stages, in order (``--run`` lines, relative to the repository)."""
-    return [REPO / m for m in re.findall(r"--run (\S+)", card.read_text())]
-
-
-def _device(run: Path) -> str:
-    log = run / "train.log"
-    found = re.findall(r" on (cpu|cuda) x (\d+) process", log.read_text()) if log.is_file() else []
-    return ", ".join(dict.fromkeys(f"{kind} x{n}" for kind, n in found)) or "-"
+    return _card_runs(card.read_text())
 
 
 def _elapsed_at(train_rows: list[dict], iteration: int) -> float:
@@ -73,8 +63,8 @@ def chain_points(runs: list[Path]) -> tuple[list[Point], list[tuple[str, str, fl
     for run in runs:
         cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
         scale = int((cfg or {}).get("scale") or 0)
-        train = _rows(run / "train_log.csv")
-        for v in _rows(run / "val_log.csv"):
+        train = _csv_rows(run / "train_log.csv")
+        for v in _csv_rows(run / "val_log.csv"):
             if v.get("dataset", "Set5") != "Set5":
                 continue
             it, done = int(v["iter"]), _elapsed_at(train, int(v["iter"]))
@@ -83,7 +73,7 @@ def chain_points(runs: list[Path]) -> tuple[list[Point], list[tuple[str, str, fl
         total = float(train[-1]["elapsed_s"]) if train else 0.0
         offset += total
         per_scale[scale] = per_scale.get(scale, 0.0) + total
-        stages.append((run.name, _device(run), offset / 3600))
+        stages.append((run.name, _device_of(run), offset / 3600))
     return points, stages
 
 

@@ -246,7 +246,7 @@ def test_quality_per_time_chains_and_time_matching(tmp_path, capsys):
     points, stages = qpt.chain_points(qpt.card_runs(cards[1]))
     assert [(p.run, p.hours, p.scale_hours) for p in points] == [
         ("a_x2", 0.5, 0.5), ("a_x2", 1.0, 1.0), ("a_x4", 1.5, 0.5), ("a_x4", 2.0, 1.0)]
-    assert stages[-1] == ("a_x4", "cpu x2", 2.0)
+    assert stages[-1] == ("a_x4", "CPU, 2 procs", 2.0)
     assert qpt.main(["--cards", *map(str, cards)]) == 0
     out = capsys.readouterr().out
     x2 = out.split("## x2: time-matched")[1].split("##")[0]
