@@ -466,13 +466,19 @@ def train_table(device, names, batch, patch, repeats, variants, results) -> None
             print(f"  note ({name}): {note}")
 
 
-def _train_row(name, device, batch, patch, repeats, variants) -> dict:
+def _train_setup(name, device, batch, patch):
+    """A seeded x4 model in train mode, its Adam, and one random (LR, HR) batch, all on ``device``."""
     torch.manual_seed(0)
     model = create_model(name, 4).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, patch, patch, generator=g).to(device)
     y = torch.rand(batch, 3, 4 * patch, 4 * patch, generator=g).to(device)
+    return model, opt, x, y
+
+
+def _train_row(name, device, batch, patch, repeats, variants) -> dict:
+    model, opt, x, y = _train_setup(name, device, batch, patch)
     steps = {v: _train_step(model, opt, x, y, v, device) for v in variants}
     row = {"notes": sorted({s.note for s in steps.values() if s.note})}
     try:
@@ -490,12 +496,7 @@ def train_speed(device, names, batch, patch, repeats, results) -> None:
     print("| model | fp32 median ms | bf16 autocast median ms | bf16 speed-up | fp32 samples/s | peak MiB (fp32) |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        torch.manual_seed(0)
-        model = create_model(name, 4).to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(batch, 3, patch, patch, generator=g).to(device)
-        y = torch.rand(batch, 3, 4 * patch, 4 * patch, generator=g).to(device)
+        model, opt, x, y = _train_setup(name, device, batch, patch)
 
         def step(dtype):
             def fn():
