@@ -291,3 +291,52 @@ def test_pointwise_into_its_residual_with_autograd_stays_differentiable():
     out.sum().backward()
     assert x.grad is not None and weight.grad is not None
 
+
+
+@pytest.mark.parametrize("residual_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_into_its_residual_under_bf16_autocast(residual_dtype, bias, monkeypatch):
+    """Under CPU bf16 autocast at inference: a bf16 residual stream takes the product in place in bf16
+    (no separate product and copy); a float32 stream gets the bf16 product added in one pass. Both
+    within bf16 rounding of the float32 reference, and nothing outside the band is touched."""
+    from lightsr.ops import pointwise as pw
+
+    copied = []
+    real = pw.pointwise_conv
+    monkeypatch.setattr(pw, "pointwise_conv", lambda *a, **k: copied.append(1) or real(*a, **k))
+    torch.manual_seed(4)
+    x, residual = _input(1, 16, 9, 11).to(torch.bfloat16), _input(1, 8, 9, 11).to(residual_dtype)
+    weight, bvec, svec = torch.randn(8, 16, 1, 1), torch.randn(8) if bias else None, torch.rand(8)
+    expected = pointwise_conv_reference(x.float(), weight, bvec, residual.float(), svec)
+    before = residual.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        res = pointwise_conv(x[:, :, 2:7], weight, bvec, residual[:, :, 2:7], svec, out=residual[:, :, 2:7])
+    assert res.dtype == residual_dtype and res.data_ptr() == residual[:, :, 2:].data_ptr()
+    assert bool(copied) == (residual_dtype == torch.float32), "a bf16 stream must take the product in place"
+    torch.testing.assert_close(residual[:, :, 2:7].float(), expected[:, :, 2:7], rtol=2e-2, atol=2e-2 * 4)
+    assert torch.equal(residual[:, :, :2], before[:, :, :2]) and torch.equal(residual[:, :, 7:], before[:, :, 7:])
+
+
+@pytest.mark.parametrize("rows,cin,cout", [(0, 8, 4), (1, 3, 5), (37, 48, 192), (300, 96, 48)])
+def test_pointwise_onednn_product_equals_the_blas_one(rows, cin, cout):
+    """The inference product through oneDNN (where torch has it) against ``F.linear``: float32 within
+    1e-5 (relative), bfloat16 within its rounding, strided rows (a channel slice) included; with a
+    gradient needed ``F.linear`` runs (autograd through it)."""
+    from lightsr.ops import pointwise as pw
+
+    torch.manual_seed(5)
+    wide = torch.randn(rows, 2 * cin)
+    for x in (wide[:, :cin], wide[:, cin:].contiguous()):
+        w, b = torch.randn(cout, cin), torch.randn(cout)
+        ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+        with torch.no_grad():
+            y = pw._linear(x, w, b)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yb = pw._linear(x, w, b)
+        assert y.shape == (rows, cout) and y.dtype == torch.float32 and yb.dtype == torch.bfloat16
+        scale = ref.abs().max().clamp_min(1.0).item() if rows else 1.0
+        torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-5 * scale)
+        torch.testing.assert_close(yb.double(), ref, rtol=0, atol=2e-2 * scale)
+    wg = torch.randn(cout, cin, requires_grad=True)
+    pw._linear(wide[:, :cin], wg, None).sum().backward()
+    assert wg.grad is not None

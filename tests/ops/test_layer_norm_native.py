@@ -54,3 +54,21 @@ def test_training_and_other_layouts_take_aten(monkeypatch):
         layer_norm_2d(x.contiguous(), weight, bias)
         layer_norm_2d(torch.randn(1, 32, 6, 7).contiguous(memory_format=torch.channels_last)[:, :16], weight, bias)
         layer_norm_2d(x.bfloat16(), weight.bfloat16(), bias.bfloat16())
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 1, 1), (2, 8, 5, 3), (1, 48, 9, 13), (3, 90, 7, 11), (1, 13, 2, 31)])
+def test_native_bf16_rows_match_aten_mixed_precision(b, c, h, w):
+    """bfloat16 rows with float32 weight and bias (what autocast hands the norm): float32 arithmetic,
+    the result rounded once to bfloat16, as aten's mixed-precision kernel (at most one bf16 step apart)."""
+    x, weight, bias = _case(b, c, h, w, seed=3)
+    x = x.bfloat16()
+    assert _layer_norm_native.usable(x, weight, bias)
+    with torch.no_grad():
+        out = layer_norm_2d(x, weight, bias, 1e-5)
+        with _native.use_native(False):
+            aten = layer_norm_2d(x, weight, bias, 1e-5)
+    ref = layer_norm_2d_reference(x.double(), weight.double(), bias.double(), 1e-5)
+    assert out.dtype == aten.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=2**-8)  # one rounding of the exact value
+    torch.testing.assert_close(out, aten, atol=1e-5, rtol=2**-7)

@@ -1,11 +1,14 @@
-/* LayerNorm over the channels of dense channels-last rows (CPU, float32):
+/* LayerNorm over the channels of dense channels-last rows (CPU), float32 or bfloat16 storage:
  *
  *   y[r, c] = (x[r, c] - mean_r) / sqrt(var_r + eps) * w[c] + b[c]
  *
  * mean and biased variance over the C channels of each row r (a pixel), two passes over the row
  * (sum, then the sum of squared deviations), as the reference formula. aten's kernel spends most of
  * its time on per-row set-up for rows this short (48-90 channels); here a row is a handful of
- * vectors kept in the L1 cache between its three passes. Rows [r0, r1); return code 0.
+ * vectors kept in the L1 cache between its three passes. w and b are float32, all arithmetic is
+ * float32; the bfloat16 entry point reads and writes bfloat16 rows (aten's result for a bfloat16
+ * input with float32 weights: the float32 value rounded to the nearest even). Rows [r0, r1);
+ * return code 0.
  */
 #include "simd.h"
 
@@ -19,35 +22,65 @@ static inline float hsum(v8 v)
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
+/* One row: xr float32 (C values), the result stored by ST / STS into yr. */
+#define LN_ROW(yr, ST, STS)                                                                                    \
+    do {                                                                                                       \
+        v8 s = {0};                                                                                            \
+        for (i64 c = 0; c < CV; c += 8)                                                                        \
+            s += ld_f32(xr + c);                                                                               \
+        float sum = hsum(s);                                                                                   \
+        for (i64 c = CV; c < C; ++c)                                                                           \
+            sum += xr[c];                                                                                      \
+        const float mean = sum * inv_c;                                                                        \
+        const v8 m = (v8){0} + mean;                                                                           \
+        v8 q = {0};                                                                                            \
+        for (i64 c = 0; c < CV; c += 8) {                                                                      \
+            const v8 d = ld_f32(xr + c) - m;                                                                   \
+            q += d * d;                                                                                        \
+        }                                                                                                      \
+        float var = hsum(q);                                                                                   \
+        for (i64 c = CV; c < C; ++c)                                                                           \
+            var += (xr[c] - mean) * (xr[c] - mean);                                                            \
+        const float rstd = 1.0f / sqrtf(var * inv_c + eps);                                                    \
+        const v8 rs = (v8){0} + rstd;                                                                          \
+        for (i64 c = 0; c < CV; c += 8)                                                                        \
+            ST(yr + c, (ld_f32(xr + c) - m) * rs * ld_f32(w + c) + ld_f32(b + c));                             \
+        for (i64 c = CV; c < C; ++c)                                                                           \
+            STS(yr + c, (xr[c] - mean) * rstd * w[c] + b[c]);                                                  \
+    } while (0)
+
 int lightsr_ln_rows_f32(const float *x, const float *w, const float *b, float *y, const ln_geom *g, i64 r0, i64 r1)
 {
     const i64 C = g->C, CV = C - C % 8;
     const float eps = (float)g->eps, inv_c = 1.0f / (float)C;
     for (i64 r = r0; r < r1; ++r) {
         const float *xr = x + r * C;
-        float *yr = y + r * C;
-        v8 s = {0};
+        LN_ROW(y + r * C, st_f32, sts_f32);
+    }
+    return 0;
+}
+
+/* bfloat16 rows: each row is widened once into a float32 buffer, then as above (its three passes
+ * would otherwise widen every vector three times). Rows of up to LN_BUF channels (return code 1
+ * beyond: the caller checks C first; the models have 48-90). */
+enum { LN_BUF = 1024 };
+
+int lightsr_ln_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
+                         i64 r1)
+{
+    const i64 C = g->C, CV = C - C % 8;
+    const float eps = (float)g->eps, inv_c = 1.0f / (float)C;
+    float buf[LN_BUF];
+    if (C > LN_BUF)
+        return 1;
+    const float *xr = buf;
+    for (i64 r = r0; r < r1; ++r) {
+        const uint16_t *src = x + r * C;
         for (i64 c = 0; c < CV; c += 8)
-            s += ld_f32(xr + c);
-        float sum = hsum(s);
+            st_f32(buf + c, ld_bf16(src + c));
         for (i64 c = CV; c < C; ++c)
-            sum += xr[c];
-        const float mean = sum * inv_c;
-        const v8 m = (v8){0} + mean;
-        v8 q = {0};
-        for (i64 c = 0; c < CV; c += 8) {
-            const v8 d = ld_f32(xr + c) - m;
-            q += d * d;
-        }
-        float var = hsum(q);
-        for (i64 c = CV; c < C; ++c)
-            var += (xr[c] - mean) * (xr[c] - mean);
-        const float rstd = 1.0f / sqrtf(var * inv_c + eps);
-        const v8 rs = (v8){0} + rstd;
-        for (i64 c = 0; c < CV; c += 8)
-            st_f32(yr + c, (ld_f32(xr + c) - m) * rs * ld_f32(w + c) + ld_f32(b + c));
-        for (i64 c = CV; c < C; ++c)
-            yr[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+            buf[c] = lds_bf16(src + c);
+        LN_ROW(y + r * C, st_bf16, sts_bf16);
     }
     return 0;
 }

@@ -31,6 +31,14 @@ static inline void st_f32(float *p, v8 v) { *(v8u *)p = v; }
 static inline float lds_f32(const float *p) { return *p; }
 static inline void sts_f32(float *p, float v) { *p = v; }
 
+#ifdef __AVX2__
+#include <immintrin.h>
+
+static inline v8 ld_bf16(const uint16_t *p) /* one widening load and a shift (GCC's generic form takes four) */
+{
+    return (v8)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+#else
 static inline v8 ld_bf16(const uint16_t *p)
 {
     const u32x8 w = __builtin_convertvector(*(const u16x8 *)p, u32x8) << 16;
@@ -38,7 +46,14 @@ static inline v8 ld_bf16(const uint16_t *p)
     memcpy(&f, &w, sizeof f);
     return f;
 }
+#endif
 
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+static inline void st_bf16(uint16_t *p, v8 f) /* one instruction: round to nearest even, NaN stays NaN */
+{
+    _mm_storeu_si128((__m128i *)p, (__m128i)_mm256_cvtneps_pbh((__m256)f));
+}
+#else
 static inline void st_bf16(uint16_t *p, v8 f)
 {
     u32x8 w;
@@ -48,6 +63,7 @@ static inline void st_bf16(uint16_t *p, v8 f)
     const u32x8 out = (rounded & ~(u32x8)nan) | ((u32x8)nan & 0x7fc0u);
     *(u16x8 *)p = __builtin_convertvector(out, u16x8);
 }
+#endif
 
 static inline float lds_bf16(const uint16_t *p)
 {
