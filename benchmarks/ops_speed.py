@@ -16,6 +16,12 @@ adds forward + backward timings at the training shape (batch 16, 48x48).
     python benchmarks/ops_speed.py --sweep-strip      # tune the CPU strip size
     python benchmarks/ops_speed.py --tlc-chunks       # windows per TLC call
     python benchmarks/ops_speed.py --threads 1 --backward --only focal_attention
+    python benchmarks/ops_speed.py --threads 1 --products   # 1x1 products: MKL's GEMM vs oneDNN
+
+``--products``: the inference 1x1 products (``lightsr.ops.pointwise``) through MKL's GEMM
+(``F.linear``) against oneDNN's inner product (``mkldnn::_linear_pointwise``, what lightsr uses
+at inference) on the models' shapes, in float32 and bfloat16; then whole models through
+``Upscaler`` (320x180 -> x4, random weights) with the one and the other, interleaved.
 """
 from __future__ import annotations
 
@@ -223,6 +229,55 @@ def _tlc_chunks(d, repeats):
         print(f"| {k} | {v.median * 1e3:.1f} |")
 
 
+PRODUCT_SHAPES = [  # (pixels, C_in, C_out): whole 320x180 maps and the FFNs' bands of rows
+    (57600, 48, 144), (57600, 48, 48), (8640, 48, 192), (8000, 96, 48),
+    (57600, 32, 52), (57600, 64, 64), (8640, 64, 128), (8000, 128, 64), (57600, 128, 64)]
+
+
+def _products(repeats):
+    """MKL's GEMM against oneDNN's inner product: the models' 1x1 shapes, then whole models."""
+    from lightsr.ops import pointwise
+
+    onednn = pointwise._ONEDNN
+    if onednn is None:
+        print("this torch has no mkldnn::_linear_pointwise: lightsr's products run on F.linear")
+        return
+    print("| dtype | pixels x C_in -> C_out | MKL GEMM ms | oneDNN ms | MKL / oneDNN |\n|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, k, n in PRODUCT_SHAPES:
+            x, w, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(n, dtype=dtype)
+            with torch.no_grad():
+                t = interleaved_timings({"mkl": lambda: torch.nn.functional.linear(x, w, b),
+                                         "onednn": lambda: onednn(x, w, b, "none", [], "")}, repeats=repeats)
+            print(f"| {str(dtype)[6:]} | {m} x {k} -> {n} | {t['mkl'].median * 1e3:.2f} | "
+                  f"{t['onednn'].median * 1e3:.2f} | {t['mkl'].median / t['onednn'].median:.2f} |", flush=True)
+    _products_in_models(onednn, repeats)
+
+
+def _products_in_models(onednn, repeats):
+    import numpy as np
+
+    import lightsr
+    from lightsr.ops import pointwise
+
+    img = (np.random.default_rng(0).random((180, 320, 3)) * 255).astype(np.uint8)
+    print("\n| model, Upscaler(tile=0), 320x180 -> x4 | precision | MKL GEMM ms | oneDNN ms | MKL / oneDNN |\n|---|---|---|---|---|")
+    for name in ("dlgsanet_tiny", "lgun", "lamnet"):
+        for precision in ("fp32", "bf16"):
+            up = lightsr.Upscaler(lightsr.create_model(name, scale=4).eval(), scale=4, tile=0, precision=precision,
+                                  device="cpu")
+
+            def run(use):
+                def go():
+                    pointwise._ONEDNN = use
+                    up(img)
+                return go
+            t = interleaved_timings({"mkl": run(None), "onednn": run(onednn)}, repeats=repeats)
+            pointwise._ONEDNN = onednn
+            print(f"| {name} | {precision} | {t['mkl'].median * 1e3:.0f} | {t['onednn'].median * 1e3:.0f} | "
+                  f"{t['mkl'].median / t['onednn'].median:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -232,6 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", action="store_true", help="also time forward + backward at batch 16, 48x48")
     ap.add_argument("--sweep-strip", action="store_true", help="time the CPU strip sizes instead")
     ap.add_argument("--tlc-chunks", action="store_true", help="time TLC windows per call instead")
+    ap.add_argument("--products", action="store_true", help="1x1 products: MKL's GEMM vs oneDNN, then whole models")
     ap.add_argument("--only", metavar="TEXT", help="only the rows whose name contains TEXT (e.g. focal_attention)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -241,7 +297,9 @@ def main(argv=None) -> int:
     h, w = args.size
     d = _inputs(1, h, w)
     print(f"\nforward at batch 1, {h}x{w}, float32, {args.repeats} interleaved repetitions\n")
-    if args.sweep_strip:
+    if args.products:
+        _products(args.repeats)
+    elif args.sweep_strip:
         _sweep_strip(d, args.repeats)
     elif args.tlc_chunks:
         _tlc_chunks(d, args.repeats)

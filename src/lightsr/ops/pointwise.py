@@ -62,8 +62,9 @@ _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 def _linear(rows: torch.Tensor, wm: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(rows, wm, bias)`` of a (pixels, C_in) matrix; at inference by oneDNN's inner
     product (``mkldnn::_linear_pointwise``, what inductor's CPU fusions call) where torch has it:
-    10-40% faster than MKL's GEMM for these 16-256-channel products in float32 and bfloat16 (an AVX-512
-    EPYC: ``python benchmarks/ops_speed.py --pointwise``). Under autocast both run in its dtype."""
+    4-31% faster than MKL's GEMM for the models' 16-192-channel products in float32 and bfloat16 on a
+    Zen 4 EPYC, 0-10% of a whole model (``python benchmarks/ops_speed.py --threads 1 --products``).
+    Under autocast both run in its dtype."""
     if _ONEDNN is None or needs_grad(rows, wm, bias) or rows.dtype not in (torch.float32, torch.bfloat16):
         return F.linear(rows, wm, bias)
     pd = _product_dtype(rows)
