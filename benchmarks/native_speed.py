@@ -88,6 +88,7 @@ def kernels(repeats: int) -> None:
             w = torch.randn(c, 1, 3, 3)
             ms = _median_ms(lambda: depthwise_conv2d(x, w, None, (1, 1)), repeats)
             print(f"| native depth-wise 3x3 | {c}x180x320 | {ms:.1f} | {c * 9 * 180 * 320 / ms / 1e6:.1f} GMAC/s | |")
+        _gate_rows(repeats)
         _dynamic_rows(repeats)
         x = torch.randn(1, 128, 180, 320).contiguous(memory_format=cl)
         s = torch.rand(1, 128, 1, 1)
@@ -99,6 +100,23 @@ def kernels(repeats: int) -> None:
         a = _median_ms(lambda: (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt(), repeats)
         b = _median_ms(lambda: torch.linalg.vector_norm(qk, dim=1), repeats)
         print(f"| q/k norms: product + sum vs vector_norm | 57600 px x 128 of 192 ch | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+
+def _gate_rows(repeats: int) -> None:
+    """The gated feed-forward networks' 3x3 + GELU gate against the plain 3x3 on the same 192 channels
+    (float32 and bfloat16 storage): what the gate's GELU costs on top of the convolution."""
+    from lightsr.ops import depthwise_conv2d, gated_depthwise_conv2d
+
+    w = torch.randn(192, 1, 3, 3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1, 192, 180, 320).contiguous(memory_format=torch.channels_last).to(dtype)
+        gated, plain = [], []
+        for _ in range(repeats):  # interleaved
+            gated.append(_median_ms(lambda: gated_depthwise_conv2d(x, w, None, (1, 1), "gelu"), 1))
+            plain.append(_median_ms(lambda: depthwise_conv2d(x, w, None, (1, 1)), 1))
+        a, b = statistics.median(gated), statistics.median(plain)
+        print(f"| native depth-wise 3x3 + GELU gate ({str(dtype)[6:]}) vs the plain 3x3 | 192x180x320 | {a:.1f} | "
+              f"{b:.1f} (plain) | {a / b:.2f}x |")
 
 
 def _native_vs_aten_rows(repeats: int) -> None:
@@ -113,6 +131,9 @@ def _native_vs_aten_rows(repeats: int) -> None:
     for c in (48, 64):
         x, w, b = torch.randn(1, c, 180, 320).contiguous(memory_format=cl), torch.randn(c), torch.randn(c)
         cases.append((f"LayerNorm (channels-last) | {c}x180x320", lambda x=x, w=w, b=b: layer_norm_2d(x, w, b)))
+        xb = x.to(torch.bfloat16)  # what autocast hands the norm: bfloat16 rows, float32 weights
+        cases.append((f"LayerNorm (channels-last, bfloat16 rows) | {c}x180x320",
+                      lambda x=xb, w=w, b=b: layer_norm_2d(x, w, b)))
     qkv, temp = torch.randn(1, 144, 180, 320).contiguous(memory_format=cl), torch.ones(6, 1, 1)
     cases.append(("SparseGSA attention, TLC windows of 48 (6 heads of 8) | qkv 144x180x320",
                   lambda: tlc_channel_attention(qkv, 6, temp, F.relu, 48)))

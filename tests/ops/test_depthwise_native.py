@@ -340,3 +340,23 @@ def test_pointwise_onednn_product_equals_the_blas_one(rows, cin, cout):
     wg = torch.randn(cout, cin, requires_grad=True)
     pw._linear(wide[:, :cin], wg, None).sum().backward()
     assert wg.grad is not None
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_gelu_gate_is_the_exact_gelu(dtype):
+    """The gate's GELU (a rational erf in the native kernel) against the float64 erf GELU over
+    [-8, 8] and beyond: within 1e-6 (relative to max(1, |x|)) in float32, within one rounding in
+    bfloat16; NaN stays NaN. An identity kernel makes the output GELU(x1) * x2 with x2 = 1."""
+    n = 4099  # not a multiple of the vector width (the scalar tail too)
+    v = torch.cat([torch.linspace(-8, 8, n - 3), torch.tensor([-40.0, 40.0, float("nan")])])
+    x = torch.cat([v.view(1, 1, 1, n), torch.ones(1, 1, 1, n)], dim=1).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(2, 1, 3, 3)
+    w[:, 0, 1, 1] = 1.0
+    with torch.no_grad():
+        y = gated_depthwise_conv2d(x.to(dtype), w, None, (1, 1), "gelu").float().view(-1)
+    ref = torch.nn.functional.gelu(v.to(dtype).double()).view(-1)
+    assert y[-1].isnan() and not y[:-2].isnan().any()  # (the NaN's left neighbour: 0 * NaN in its 3x3 sum)
+    tol = 1e-6 if dtype == torch.float32 else 2**-8
+    err = (y[:-2].double() - ref[:-2]).abs() / ref[:-2].abs().clamp_min(1.0)
+    assert err.max().item() <= tol
