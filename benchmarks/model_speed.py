@@ -29,6 +29,8 @@ On the same input and machine, in one run:
    calls of small training patches, this leaves each call's cost as it is; the sum is within a
    few percent of an untimed step. Grouped by operator and by operator + input shapes / strides
    (mixed memory layouts show up there; native calls show their row count).
+   ``--op-times-upscale fp32|bf16``: the same for one ``Upscaler(tile=0, precision=...)`` call on a
+   uint8 image of ``--size`` (the user path of ``lightsr upscale``; bf16 under CPU autocast).
 
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
@@ -36,6 +38,7 @@ On the same input and machine, in one run:
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers --malloc-tuning
     python benchmarks/model_speed.py --threads 1 --models dlgsanet_tiny --no-inference --op-times --train-batch 8 --train-patch 32
+    python benchmarks/model_speed.py --threads 1 --models dlgsanet_tiny lamnet --no-inference --malloc-tuning --op-times-upscale bf16
 """
 from __future__ import annotations
 
@@ -332,12 +335,14 @@ def _profile(names, args):
         del model
 
 
-def _op_times(names, args, rows: int = 12):
-    """Every operator call of one fast training step timed on its own (see the module docstring)."""
+def _op_timer():
+    """A ``TorchDispatchMode`` that times every aten call, and every native C kernel call (all go
+    through ``lightsr.ops._native.run_rows``) as ``native:<entry point>`` with its row count."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     def describe(xs):
-        return ", ".join(f"{tuple(a.shape)}{'' if a.is_contiguous() else ' CL' if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else ' strided'}"
+        return ", ".join(f"{tuple(a.shape)}{'' if a.dtype == torch.float32 else ' ' + str(a.dtype)[6:]}"
+                         f"{'' if a.is_contiguous() else ' CL' if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else ' strided'}"
                          for a in xs if isinstance(a, torch.Tensor))
 
     class Timer(TorchDispatchMode):
@@ -374,6 +379,25 @@ def _op_times(names, args, rows: int = 12):
             _native.run_rows = self.plain_run_rows
             return super().__exit__(*exc)
 
+    return Timer()
+
+
+def _print_op_times(title, timer, plain, repeats, rows):
+    total = sum(t for _, t in timer.calls.values())
+    by_op = defaultdict(float)
+    for (op, _), (_, t) in timer.calls.items():
+        by_op[op] += t
+    print(f"\n## {title} (sum of the timed calls {total * 1e3:.0f} ms; untimed, median of {repeats}: {plain * 1e3:.0f} ms)\n")
+    print("| operator | ms | share |\n|---|---|---|")
+    for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[:rows]:
+        print(f"| {op} | {t * 1e3:.1f} | {t / total:.1%} |")
+    print("\n| operator | inputs (CL: channels-last) | calls | ms | share |\n|---|---|---|---|---|")
+    for (op, shapes), (n, t) in sorted(timer.calls.items(), key=lambda kv: -kv[1][1])[:rows]:
+        print(f"| {op} | {shapes} | {n} | {t * 1e3:.1f} | {t / total:.1%} |", flush=True)
+
+
+def _op_times(names, args, rows: int = 12):
+    """Every operator call of one fast training step timed on its own (see the module docstring)."""
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
     for name in names:
@@ -382,22 +406,31 @@ def _op_times(names, args, rows: int = 12):
         y = torch.rand(b, 3, p * args.scale, p * args.scale, generator=g)
         step = _step_factory(model, x, y)(False)
         plain = interleaved_timings({"step": step}, warmup=args.warmup, repeats=args.repeats)["step"].median
-        timer = Timer()
+        timer = _op_timer()
         with timer:
             step()
-        total = sum(t for _, t in timer.calls.values())
-        by_op = defaultdict(float)
-        for (op, _), (_, t) in timer.calls.items():
-            by_op[op] += t
-        print(f"\n## Operator times of one fast training step: {name}, batch {b}, LR patch {p}x{p} "
-              f"(sum of the timed calls {total * 1e3:.0f} ms; untimed step, median of {args.repeats}: {plain * 1e3:.0f} ms)\n")
-        print("| operator | ms | share |\n|---|---|---|")
-        for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[:rows]:
-            print(f"| {op} | {t * 1e3:.1f} | {t / total:.1%} |")
-        print("\n| operator | inputs (CL: channels-last) | calls | ms | share |\n|---|---|---|---|---|")
-        for (op, shapes), (n, t) in sorted(timer.calls.items(), key=lambda kv: -kv[1][1])[:rows]:
-            print(f"| {op} | {shapes} | {n} | {t * 1e3:.1f} | {t / total:.1%} |", flush=True)
+        _print_op_times(f"Operator times of one fast training step: {name}, batch {b}, LR patch {p}x{p}", timer, plain,
+                        args.repeats, rows)
         del model
+
+
+def _op_times_upscale(names, args, rows: int = 16):
+    """Every operator call of one ``Upscaler(tile=0, precision=...)`` call on a uint8 image of --size."""
+    import numpy as np
+
+    from lightsr.inference import Upscaler
+
+    h, w = args.size
+    img = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    for name in names:
+        up = Upscaler(create_model(name, args.scale).eval(), scale=args.scale, tile=0, precision=args.op_times_upscale,
+                      device="cpu")
+        plain = interleaved_timings({"up": lambda: up(img)}, warmup=args.warmup, repeats=args.repeats)["up"].median
+        timer = _op_timer()
+        with timer:
+            up(img)
+        _print_op_times(f"Operator times of one Upscaler call: {name}, {w}x{h} -> x{args.scale}, "
+                        f"{args.op_times_upscale}", timer, plain, args.repeats, rows)
 
 
 def _compile(names, args):
@@ -453,6 +486,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     ap.add_argument("--op-times", action="store_true",
                     help="time every operator call of one fast training step (largest first, by shapes and layouts)")
+    ap.add_argument("--op-times-upscale", choices=["fp32", "bf16"], default=None, metavar="PRECISION",
+                    help="time every operator call of one Upscaler(tile=0) call at --size in fp32 or bf16")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -485,6 +520,8 @@ def main(argv=None) -> int:
         _compile(names, args)
     if args.op_times:
         _op_times(names, args)
+    if args.op_times_upscale:
+        _op_times_upscale(names, args)
     rate_end = matmul_rate()
     print(f"\nmultiply-accumulate rate at the end: {rate_end / 1e9:.1f} GMAC/s; load average (1/5/15 min): {load_average()}")
     return 0

@@ -65,22 +65,50 @@ int lightsr_ln_rows_f32(const float *x, const float *w, const float *b, float *y
  * beyond: the caller checks C first; the models have 48-90). */
 enum { LN_BUF = 1024 };
 
+/* The body of the bfloat16 entry point, for a store function STORE (the float32 -> bfloat16 rounding). */
+#define LN_ROWS_BF16(STORE, STORES)                                                                            \
+    const i64 C = g->C, CV = C - C % 8;                                                                        \
+    const float eps = (float)g->eps, inv_c = 1.0f / (float)C;                                                  \
+    float buf[LN_BUF];                                                                                         \
+    if (C > LN_BUF)                                                                                            \
+        return 1;                                                                                              \
+    const float *xr = buf;                                                                                     \
+    for (i64 r = r0; r < r1; ++r) {                                                                            \
+        const uint16_t *src = x + r * C;                                                                       \
+        for (i64 c = 0; c < CV; c += 8)                                                                        \
+            st_f32(buf + c, ld_bf16(src + c));                                                                 \
+        for (i64 c = CV; c < C; ++c)                                                                           \
+            buf[c] = lds_bf16(src + c);                                                                        \
+        LN_ROW(y + r * C, STORE, STORES);                                                                      \
+    }                                                                                                          \
+    return 0
+
+#if defined(__x86_64__) && defined(__AVX2__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+/* On CPUs with AVX512-BF16 (checked at run time) the rounding is one instruction (vcvtneps2bf16:
+ * nearest even, as the generic store; NaN stays NaN; subnormal values become zero) instead of about a
+ * dozen integer operations, which dominated this kernel (native_speed.py --kernels: 2.6 -> 1.7 ms on a
+ * 48 x 180 x 320 map, float32 rows 1.2 ms). Only these two functions are compiled for the
+ * AVX-512 target: the rest of the library keeps its AVX2 code (AVX-512 code generation made the
+ * depth-wise kernels slower on a Zen 4 EPYC). */
+#define LN_NATIVE_BF16 1
+__attribute__((target("avx512f,avx512vl,avx512bf16"))) static inline void st_bf16_cvt(uint16_t *p, v8 f)
+{
+    _mm_storeu_si128((__m128i *)p, (__m128i)_mm256_cvtneps_pbh((__m256)f));
+}
+
+__attribute__((target("avx512f,avx512vl,avx512bf16"))) static int
+ln_rows_bf16_cvt(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0, i64 r1)
+{
+    LN_ROWS_BF16(st_bf16_cvt, sts_bf16);
+}
+#endif
+
 int lightsr_ln_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
                          i64 r1)
 {
-    const i64 C = g->C, CV = C - C % 8;
-    const float eps = (float)g->eps, inv_c = 1.0f / (float)C;
-    float buf[LN_BUF];
-    if (C > LN_BUF)
-        return 1;
-    const float *xr = buf;
-    for (i64 r = r0; r < r1; ++r) {
-        const uint16_t *src = x + r * C;
-        for (i64 c = 0; c < CV; c += 8)
-            st_f32(buf + c, ld_bf16(src + c));
-        for (i64 c = CV; c < C; ++c)
-            buf[c] = lds_bf16(src + c);
-        LN_ROW(y + r * C, st_bf16, sts_bf16);
-    }
-    return 0;
+#ifdef LN_NATIVE_BF16
+    if (__builtin_cpu_supports("avx512bf16"))
+        return ln_rows_bf16_cvt(x, w, b, y, g, r0, r1);
+#endif
+    LN_ROWS_BF16(st_bf16, sts_bf16);
 }
