@@ -109,9 +109,9 @@ static inline v8 vmin_keep_nan(v8 x, v8 hi)
  * rational least-squares fit of erf on [0, 3.92] (float64, iteratively reweighted towards the largest
  * errors; max abs error 1.6e-8 in float64, 3.6e-7 in float32 evaluation over [-6, 6]), the result
  * clamped to [-1, 1]; NaN stays NaN. Ten FMAs and a division instead of libmvec's vector erff: on a
- * Zen 4 EPYC the float32 GELU gate went from +28% over the plain 3x3 convolution (192 channels) to
- * none, and LGUN's scale_gelu from 0.82x to 1.43x of aten's (benchmarks/native_speed.py --kernels,
- * docs/speed.md). The training backward keeps libmvec's erff / expf (gelu_and_grad). */
+ * Zen 4 EPYC LGUN's scale_gelu went from 0.82x to 1.29-1.43x of aten's F.gelu(x * s) (two runs of
+ * benchmarks/native_speed.py --kernels; its GELU-gate row is within that VM's noise, docs/speed.md).
+ * The training backward keeps libmvec's erff / expf (gelu_and_grad). */
 static inline v8 erf_rational(v8 t)
 {
     const v8 one = (v8){0} + 1.0f, lim = (v8){0} + 3.92f;
