@@ -360,3 +360,26 @@ def test_native_gelu_gate_is_the_exact_gelu(dtype):
     tol = 1e-6 if dtype == torch.float32 else 2**-8
     err = (y[:-2].double() - ref[:-2]).abs() / ref[:-2].abs().clamp_min(1.0)
     assert err.max().item() <= tol
+
+
+def test_pointwise_product_falls_back_where_onednn_refuses(monkeypatch):
+    """Where torch's oneDNN product raises (its bf16 path on a CPU without AVX-512, say), the product
+    is F.linear's, and oneDNN is not asked again for that dtype."""
+    from lightsr.ops import pointwise as pw
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError("mkldnn_linear: bf16 path needs the cpu support avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.setattr(pw, "_ONEDNN", refuse)
+    monkeypatch.setattr(pw, "_ONEDNN_FAILED", set())
+    x, w = torch.randn(37, 16), torch.randn(8, 16)
+    ref = torch.nn.functional.linear(x, w)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            y = pw._linear(x, w, None)
+            assert y.dtype == torch.bfloat16
+            torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=5e-2)
+    assert len(calls) == 1 and pw._ONEDNN_FAILED == {torch.bfloat16}

@@ -57,6 +57,7 @@ def _as_image(rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
 
 
 _ONEDNN = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+_ONEDNN_FAILED: set = set()  # dtypes for which oneDNN refused the product once: F.linear from then on
 
 
 def _linear(rows: torch.Tensor, wm: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -65,11 +66,16 @@ def _linear(rows: torch.Tensor, wm: torch.Tensor, bias: torch.Tensor | None) -> 
     4-31% faster than MKL's GEMM for the models' 16-192-channel products in float32 and bfloat16 on a
     Zen 4 EPYC, 0-10% of a whole model (``python benchmarks/ops_speed.py --threads 1 --products``).
     Under autocast both run in its dtype."""
-    if _ONEDNN is None or needs_grad(rows, wm, bias) or rows.dtype not in (torch.float32, torch.bfloat16):
-        return F.linear(rows, wm, bias)
     pd = _product_dtype(rows)
-    with torch.autocast("cpu", enabled=False):
-        return _ONEDNN(rows.to(pd), wm.to(pd).contiguous(), None if bias is None else bias.to(pd), "none", [], "")
+    if (_ONEDNN is None or pd in _ONEDNN_FAILED or needs_grad(rows, wm, bias)
+            or pd not in (torch.float32, torch.bfloat16) or rows.dtype not in (torch.float32, torch.bfloat16)):
+        return F.linear(rows, wm, bias)
+    try:
+        with torch.autocast("cpu", enabled=False):
+            return _ONEDNN(rows.to(pd), wm.to(pd).contiguous(), None if bias is None else bias.to(pd), "none", [], "")
+    except RuntimeError:  # e.g. oneDNN's bf16 path needs AVX-512 (torch refuses it on an AVX2-only CPU)
+        _ONEDNN_FAILED.add(pd)
+        return F.linear(rows, wm, bias)
 
 
 def _product_dtype(x: torch.Tensor) -> torch.dtype:
