@@ -83,21 +83,14 @@ enum { LN_BUF = 1024 };
     }                                                                                                          \
     return 0
 
-#if defined(__x86_64__) && defined(__AVX2__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
-/* On CPUs with AVX512-BF16 (checked at run time) the rounding is one instruction (vcvtneps2bf16:
- * nearest even, as the generic store; NaN stays NaN; subnormal values become zero) instead of about a
- * dozen integer operations, which dominated this kernel (native_speed.py --kernels: 2.6 -> 1.7 ms on a
- * 48 x 180 x 320 map, float32 rows 1.2 ms). Only these two functions are compiled for the
- * AVX-512 target: the rest of the library keeps its AVX2 code (AVX-512 code generation made the
- * depth-wise kernels slower on a Zen 4 EPYC). */
-#define LN_NATIVE_BF16 1
-__attribute__((target("avx512f,avx512vl,avx512bf16"))) static inline void st_bf16_cvt(uint16_t *p, v8 f)
-{
-    _mm_storeu_si128((__m128i *)p, (__m128i)_mm256_cvtneps_pbh((__m256)f));
-}
-
-__attribute__((target("avx512f,avx512vl,avx512bf16"))) static int
-ln_rows_bf16_cvt(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0, i64 r1)
+#ifdef LIGHTSR_BF16_CVT
+/* On CPUs with AVX512-BF16 (checked at run time) the rounding is st_bf16_cvt's one instruction
+ * instead of about a dozen integer operations, which dominated this kernel (native_speed.py
+ * --kernels: 2.6 -> 1.7 ms on a 48 x 180 x 320 map, float32 rows 1.2 ms). Only this function is
+ * compiled for the AVX-512 target (AVX-512 code generation made the depth-wise kernels slower on a
+ * Zen 4 EPYC). */
+LIGHTSR_BF16_TARGET static int ln_rows_bf16_cvt(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                                                const ln_geom *g, i64 r0, i64 r1)
 {
     LN_ROWS_BF16(st_bf16_cvt, sts_bf16);
 }
@@ -106,7 +99,7 @@ ln_rows_bf16_cvt(const uint16_t *x, const float *w, const float *b, uint16_t *y,
 int lightsr_ln_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
                          i64 r1)
 {
-#ifdef LN_NATIVE_BF16
+#ifdef LIGHTSR_BF16_CVT
     if (__builtin_cpu_supports("avx512bf16"))
         return ln_rows_bf16_cvt(x, w, b, y, g, r0, r1);
 #endif

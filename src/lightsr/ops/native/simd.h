@@ -48,12 +48,6 @@ static inline v8 ld_bf16(const uint16_t *p)
 }
 #endif
 
-#if defined(__AVX512BF16__) && defined(__AVX512VL__)
-static inline void st_bf16(uint16_t *p, v8 f) /* one instruction: round to nearest even, NaN stays NaN */
-{
-    _mm_storeu_si128((__m128i *)p, (__m128i)_mm256_cvtneps_pbh((__m256)f));
-}
-#else
 static inline void st_bf16(uint16_t *p, v8 f)
 {
     u32x8 w;
@@ -62,6 +56,17 @@ static inline void st_bf16(uint16_t *p, v8 f)
     const i32x8 nan = (i32x8)(f != f);
     const u32x8 out = (rounded & ~(u32x8)nan) | ((u32x8)nan & 0x7fc0u);
     *(u16x8 *)p = __builtin_convertvector(out, u16x8);
+}
+
+#if defined(__x86_64__) && defined(__AVX2__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 10))
+/* st_bf16 in one instruction (vcvtneps2bf16: nearest even, NaN stays NaN, subnormal values become
+ * zero) for functions compiled for the AVX512-BF16 target (LIGHTSR_BF16_TARGET) and called only where
+ * __builtin_cpu_supports("avx512bf16"); the library itself stays AVX2 code. */
+#define LIGHTSR_BF16_CVT 1
+#define LIGHTSR_BF16_TARGET __attribute__((target("avx512f,avx512vl,avx512bf16")))
+LIGHTSR_BF16_TARGET static inline void st_bf16_cvt(uint16_t *p, v8 f)
+{
+    _mm_storeu_si128((__m128i *)p, (__m128i)_mm256_cvtneps_pbh((__m256)f));
 }
 #endif
 
