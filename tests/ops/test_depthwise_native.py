@@ -57,7 +57,8 @@ def _compare(fast, ref, tensors, tol=1e-5):
 @pytest.mark.parametrize("h,w", SIZES)
 @pytest.mark.parametrize("b,c,kernel,dilation", [(2, 12, (7, 7), (1, 1)), (3, 40, (3, 3), (1, 1)),
                                                   (1, 32, (1, 23), (1, 1)), (2, 32, (23, 1), (1, 1)),
-                                                  (2, 16, (5, 5), (2, 2)), (1, 5, (3, 3), (1, 1))])
+                                                  (2, 16, (5, 5), (2, 2)), (1, 5, (3, 3), (1, 1)),
+                                                  (1, 20, (9, 9), (2, 2)), (2, 40, (1, 7), (1, 1))])
 @pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
 def test_depthwise_native_matches_reference(b, c, kernel, dilation, h, w, layout):
     pad = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
@@ -107,16 +108,17 @@ def test_depthwise_native_threads_are_bit_identical():
 
 
 @needs_native
-@pytest.mark.parametrize("gate", [None, "gelu", "dual"])
-def test_depthwise_native_bfloat16(gate):
+@pytest.mark.parametrize("gate,k,dil", [(None, 3, 1), ("gelu", 3, 1), ("dual", 3, 1), (None, 5, 2), (None, 7, 1)])
+def test_depthwise_native_bfloat16(gate, k, dil):
     """bfloat16 storage, float32 arithmetic: within bfloat16 rounding of the float32 result, and
-    under CPU bf16 autocast a float32 input is read as bfloat16."""
-    x, wt, bias = _input(2, 16, 9, 13), torch.randn(16, 1, 3, 3) * 0.3, torch.randn(16)
+    under CPU bf16 autocast a float32 input is read as bfloat16 (the 3 x 3 kernel and the generic one)."""
+    x, wt, bias = _input(2, 16, 9, 37), torch.randn(16, 1, k, k) * 0.3, torch.randn(16)
+    pad = (dil * (k // 2),) * 2
 
     def run(x):
         if gate is None:
-            return depthwise_conv2d(x, wt, bias, (1, 1))
-        return gated_depthwise_conv2d(x, wt, bias, (1, 1), gate)
+            return depthwise_conv2d(x, wt, bias, pad, (dil, dil))
+        return gated_depthwise_conv2d(x, wt, bias, pad, gate)
 
     with torch.no_grad():
         ref = run(x.bfloat16().float())
