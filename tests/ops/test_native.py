@@ -229,3 +229,46 @@ def test_bfloat16_inputs_take_the_native_kernel(dim, monkeypatch):
     assert calls and y.dtype == torch.bfloat16 and _rel(y, ref) < 1e-2
     y.float().sum().backward()
     assert x.grad.dtype == torch.bfloat16 and torch.isfinite(k.grad.float()).all()
+
+
+@needs_native
+@pytest.mark.parametrize("dim", [-1, -2])
+@pytest.mark.parametrize("c,groups", [(32, 4), (16, 2), (9, 3)])  # 8-wide x 4, 16-wide, generic
+@pytest.mark.parametrize("h,w", [(1, 1), (9, 30), (17, 23)])
+@pytest.mark.parametrize("activation", [None, "tanh"])
+def test_bfloat16_inference_reads_and_writes_bfloat16(dim, c, groups, h, w, activation, monkeypatch):
+    """Without a gradient, bf16 inputs go to the bf16-storage kernel (no float32 copies of the
+    tensors): bit-identical to the float32 kernel on the widened inputs, rounded once."""
+    taps = build_kernel_map()
+    x = _cl(torch.randn(2, 2 * c, h, w)).bfloat16()[:, c:]  # a channel slice, as LAMNet's chunk
+    k = _cl(torch.randn(2, groups * len(taps), h, w)).bfloat16()
+    with torch.no_grad():
+        expected = focal_attention(x.float(), k.float(), taps, dim, activation).bfloat16()
+        dtypes = []
+        real = _native.fsa_forward
+        monkeypatch.setattr(_native, "fsa_forward", lambda x, k, *a: dtypes.append((x.dtype, k.dtype)) or real(x, k, *a))
+        y = focal_attention(x, k, taps, dim, activation)
+    assert dtypes == [(torch.bfloat16, torch.bfloat16)]  # no float32 copies of x and kernel
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, expected)
+
+
+@needs_native
+def test_bfloat16_native_forward_passes_opcheck():
+    from torch.library import opcheck
+
+    taps = build_kernel_map()
+    starts, lengths = [s for s, _ in taps], [n for _, n in taps]
+    x, k = _cl(torch.randn(2, 8, 6, 7)).bfloat16(), _cl(torch.randn(2, 26, 6, 7)).bfloat16()
+    with torch.no_grad():
+        for dim in (-1, -2):
+            opcheck(torch.ops.lightsr.focal_attention.default, (x, k, starts, lengths, dim, 1),
+                    test_utils=("test_schema", "test_faketensor"))
+            y, xp, kc = torch.ops.lightsr.focal_attention.default(x, k, starts, lengths, dim, 1)
+            assert y.dtype == torch.bfloat16 and xp.numel() == 0 and kc.numel() == 0
+
+
+def test_native_backward_refuses_bfloat16():
+    x, k = torch.randn(1, 8, 3, 4).bfloat16(), torch.randn(1, 26, 3, 4).bfloat16()
+    with pytest.raises(TypeError, match="float32"):
+        _native.fsa_backward(x, x, k, [0] * 13, [1] * 13, -1)

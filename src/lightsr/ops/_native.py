@@ -139,8 +139,9 @@ def _build() -> ctypes.CDLL:
     else:
         raise RuntimeError("; ".join(errors))
     ptr = ctypes.c_void_p
-    lib.lightsr_fsa_forward.restype = ctypes.c_int
-    lib.lightsr_fsa_forward.argtypes = [ptr, ptr, ptr] + [_i64] * 5 + [ptr, ptr] + [_i64] * 14
+    for name in ("lightsr_fsa_forward", "lightsr_fsa_forward_bf16"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = [ptr, ptr, ptr] + [_i64] * 5 + [ptr, ptr] + [_i64] * 14
     lib.lightsr_fsa_backward.restype = ctypes.c_int
     lib.lightsr_fsa_backward.argtypes = [ptr] * 5 + [_i64] * 5 + [ptr, ptr] + [_i64] * 20
     lib.lightsr_fsa_vector_tanh.restype = ctypes.c_int
@@ -319,14 +320,18 @@ def _problem(x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int,
 
 
 def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int, act: int = 0) -> torch.Tensor:
-    """Native FSA forward (float32 CPU); the output is channels-last (unit channel stride).
+    """Native FSA forward (CPU, float32, or bfloat16 storage with float32 arithmetic: ``x`` and
+    ``kernel`` of one dtype); the output is channels-last (unit channel stride), in that dtype.
     Taps: ``offsets`` (the first offset each covers, ``focal_attention._first_offset``) and
     ``lengths``. ``act=1``: ``kernel`` holds logits, tanh is applied inside."""
+    if kernel.dtype != x.dtype or x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"fsa_forward: float32 or bfloat16 x and kernel of one dtype, got {x.dtype}, {kernel.dtype}")
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
     out = _empty_cl(tuple(x.shape), x)
     if out.numel():
         shape, lines = _problem(x, kernel, offsets, lengths, axis, act)
-        _run_lines(_library().lightsr_fsa_forward,
+        fn = _library().lightsr_fsa_forward if x.dtype == torch.float32 else _library().lightsr_fsa_forward_bf16
+        _run_lines(fn,
                    [_ptr(x), _ptr(kernel), _ptr(out), *shape,
                     *_geometry(x, axis), *_geometry(kernel, axis), *_geometry(out, axis)], lines)
     return out
@@ -335,6 +340,8 @@ def fsa_forward(x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: i
 def fsa_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, offsets, lengths, axis: int, act: int = 0):
     """Native FSA backward: (grad x, grad kernel), both channels-last (with ``act=1`` the gradient
     of the logits)."""
+    if x.dtype != torch.float32 or kernel.dtype != torch.float32:
+        raise TypeError(f"fsa_backward: float32 x and kernel, got {x.dtype}, {kernel.dtype}")
     grad = _channels_unit_stride(grad.to(torch.float32))
     x, kernel = _channels_unit_stride(x), _channels_unit_stride(kernel)
     gx = _empty_cl(tuple(x.shape), x)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from lightsr.ops import _native
 from lightsr.ops import triton as _triton
-from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, strip_rows
+from lightsr.ops._common import acc_dtype, define_op, exporting, like as _like, memory_format_of, needs_grad, strip_rows
 
 __all__ = [
     "build_kernel_map",
@@ -297,7 +297,7 @@ def _forward_impl(
     taps = list(zip(starts, lengths))
     n_taps = len(taps)
     groups, per_group = _check(x, kernel, n_taps)
-    if _use_native(x, kernel):
+    if _native_dtype(x, kernel):
         y = _native.fsa_forward(x, kernel, _first_offsets(starts, lengths), lengths, _axis(dim), act)
         return y.contiguous(memory_format=memory_format_of(x)), x.new_empty(0), x.new_empty(0)
     if act:
@@ -320,6 +320,12 @@ def _forward_impl(
                 o.addcmul_(src, kv[:, :, t, :, i0:i1])
     y = g.canvas_view(out.view(b, c, g.canvas)).to(x.dtype).contiguous(memory_format=memory_format_of(x))
     return y, xp, kc
+
+
+def _native_dtype(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """The native forward takes these tensors: float32, or bfloat16 when no gradient is needed (its
+    backward is float32-only; :func:`focal_attention` converts bf16 tensors that need one)."""
+    return _use_native(x, kernel) or (_use_native(x, kernel, torch.bfloat16) and not needs_grad(x, kernel))
 
 
 def _use_native(x: torch.Tensor, kernel: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
@@ -386,7 +392,7 @@ def _backward_impl(
 def _fwd_fake(x, kernel, starts, lengths, dim, act):
     _check(x, kernel, len(starts))
     b, c, h, w = x.shape
-    if _use_native(x, kernel):
+    if _native_dtype(x, kernel):
         return _like(x), x.new_empty(0), x.new_empty(0)
     g = _Geometry(h, w, list(zip(starts, lengths)), _axis(dim))
     acc = acc_dtype(x.dtype)
@@ -448,10 +454,11 @@ def focal_attention(
     if not starts or min(lengths) < 1:
         raise ValueError("kernel_map must hold (start, length >= 1) taps")
     dtype = x.dtype
-    if dtype == torch.bfloat16 and _use_native(x, kernel, torch.bfloat16):
-        # bf16 (CPU autocast): the float32 native kernel on converted copies beats the PyTorch path
+    if dtype == torch.bfloat16 and _use_native(x, kernel, torch.bfloat16) and needs_grad(x, kernel):
+        # bf16 training (CPU autocast): the float32 native kernel and its backward on converted copies
+        # beat the PyTorch path; without a gradient the native kernel reads and writes bf16 itself
         x, kernel = x.float(), kernel.float()
-    act = int(activation == "tanh" and _use_native(x, kernel) and _native.vector_tanh())
+    act = int(activation == "tanh" and _native_dtype(x, kernel) and _native.vector_tanh())
     if not act:
         kernel = _activate(kernel, activation)
     return _focal_attention_op(x, kernel, starts, lengths, int(dim), act)[0].to(dtype)

@@ -1,4 +1,5 @@
-/* Focal separable attention (FSA), float32 forward and backward on CPU, one pass per line.
+/* Focal separable attention (FSA), float32 forward and backward on CPU, one pass per line; a
+ * bfloat16-storage forward (lightsr_fsa_forward_bf16) for inference under autocast.
  *
  * The Python op (lightsr/ops/focal_attention.py) documents the semantics; this file computes the
  * same numbers (up to float32 rounding) without tensor-sized temporaries. FSA is a 1-D dynamic
@@ -31,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd.h" /* i64, v8, v8u, i32x8; bfloat16 loads and stores */
+
 int lightsr_fsa_vector_tanh(void)
 {
     return 1; /* tanh is applied by vector code (tanh_rational), whatever the libc */
@@ -41,10 +44,6 @@ int lightsr_fsa_vector_tanh(void)
 #define MAX_GROUP 512   /* channels per kernel group, generic path */
 #define MAX_VECTORS 512 /* 8-channel vectors per pixel (4096 channels), fast path */
 
-typedef long long i64;
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4))); /* unaligned loads and stores */
-typedef int i32x8 __attribute__((vector_size(32)));
 
 /* tanh(x) = x P(x^2) / Q(x^2) on [-9, 9] (clamped outside, where tanh is 1 to float32 precision): a
  * (5, 5) rational least-squares fit of tanh on [0, 9] (float64, iteratively reweighted towards the
@@ -386,6 +385,17 @@ static int begin(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const
     return *M ? 0 : 2;
 }
 
+static void forward_lines(const Geo *g, const float *x, const float *k, float *out, i64 xb, i64 xj, i64 xi,
+                          i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1, float *M)
+{
+    if (g->P % 8)
+        generic_forward_lines(g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
+    else if (g->G == 4 && g->P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
+        fast_forward_lines(g, 4, 1, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    else
+        fast_forward_lines(g, g->G, g->P / 8, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+}
+
 /* Returns 0 on success, 1 for unsupported taps / groups, 2 if a line buffer cannot be allocated. */
 int lightsr_fsa_forward(
     const float *x, const float *k, float *out, i64 J, i64 L, i64 C, i64 G, i64 K,
@@ -397,12 +407,67 @@ int lightsr_fsa_forward(
     const int rc = begin(&g, J, L, C, G, K, lo, n, dmin, dmax, act, 0, &M);
     if (rc)
         return rc;
-    if (g.P % 8)
-        generic_forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
-    else if (G == 4 && g.P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
-        fast_forward_lines(&g, 4, 1, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
-    else
-        fast_forward_lines(&g, G, g.P / 8, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    forward_lines(&g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    free(M);
+    return 0;
+}
+
+/* ---- bfloat16 storage (inference under CPU autocast) ------------------------------------------ */
+
+/* n values of each of L pixels (src pixels `stride` apart) into dense float32 rows */
+static void widen_line(const uint16_t *src, i64 stride, i64 L, i64 n, float *dst)
+{
+    for (i64 i = 0; i < L; ++i, dst += n) {
+        const uint16_t *p = src + i * stride;
+        i64 c = 0;
+        for (; c + 8 <= n; c += 8)
+            st_f32(dst + c, ld_bf16(p + c));
+        for (; c < n; ++c)
+            dst[c] = lds_bf16(p + c);
+    }
+}
+
+static void narrow_line(const float *src, i64 L, i64 n, uint16_t *dst, i64 stride)
+{
+    for (i64 i = 0; i < L; ++i, src += n) {
+        uint16_t *p = dst + i * stride;
+        i64 c = 0;
+        for (; c + 8 <= n; c += 8)
+            st_bf16(p + c, ld_f32(src + c));
+        for (; c < n; ++c)
+            sts_bf16(p + c, src[c]);
+    }
+}
+
+/* The forward on bfloat16 x, coefficients and output (float32 arithmetic, the same numbers as the
+ * float32 kernel on the widened values): each line is widened into float32 line buffers (L2-sized),
+ * computed as above and rounded back, so the tensors never exist in float32 (at inference under
+ * autocast three whole-tensor conversions and their memory traffic). */
+int lightsr_fsa_forward_bf16(
+    const uint16_t *x, const uint16_t *k, uint16_t *out, i64 J, i64 L, i64 C, i64 G, i64 K,
+    const i64 *lo, const i64 *n, i64 dmin, i64 dmax, i64 act,
+    i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1)
+{
+    Geo g;
+    float *M;
+    const int rc = begin(&g, J, L, C, G, K, lo, n, dmin, dmax, act, 0, &M);
+    if (rc)
+        return rc;
+    const i64 GK = G * K;
+    float *xs = malloc(sizeof(float) * (size_t)(L * (2 * C + GK)));
+    if (!xs) {
+        free(M);
+        return 2;
+    }
+    float *os = xs + L * C, *ks = os + L * C;
+    for (i64 l = line0; l < line1; ++l) {
+        const i64 b = l / J, j = l % J;
+        widen_line(x + b * xb + j * xj, xi, L, C, xs);
+        widen_line(k + b * kb + j * kj, ki, L, GK, ks);
+        forward_lines(&g, xs, ks, os, 0, 0, C, 0, 0, GK, 0, 0, C, 0, 1, M);
+        narrow_line(os, L, C, out + b * ob + j * oj, oi);
+    }
+    free(xs);
     free(M);
     return 0;
 }
