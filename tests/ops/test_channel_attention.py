@@ -110,3 +110,23 @@ def test_training_takes_the_differentiable_path(monkeypatch):
     out = tlc_channel_attention(qkv, 6, torch.ones(6, 1, 1), F.relu, 16)
     out.sum().backward()
     assert qkv.grad is not None and torch.isfinite(qkv.grad).all()
+
+
+@needs_native
+@pytest.mark.parametrize("b,heads,h,w,kernel", [(1, 6, 1, 1, 48), (2, 6, 7, 9, 48), (1, 2, 37, 50, 16), (2, 3, 20, 33, (8, 12))])
+@pytest.mark.parametrize("act", [F.relu, _topk_softmax])
+def test_native_bfloat16_kernels_read_bfloat16_bit_identically(b, heads, h, w, kernel, act, monkeypatch):
+    """bf16 qkv goes to the bf16-storage kernels (no float32 copy): the same maps and output as the
+    float32 kernels on the widened qkv, rounded once (whole map and TLC windows)."""
+    qkv, temp = _qkv(b, heads, h, w, seed=3).bfloat16(), torch.rand(heads, 1, 1) + 0.5
+    seen = []
+    real = _attention_native.attention
+    monkeypatch.setattr(_attention_native, "attention", lambda q, *a: seen.append(q.dtype) or real(q, *a))
+    with torch.no_grad():
+        for run in (lambda t: tlc_channel_attention(t, heads, temp, act, kernel),
+                    lambda t: channel_attention(t, heads, temp, act)):
+            seen.clear()
+            out, expected = run(qkv), run(qkv.float()).bfloat16()
+            assert seen == [torch.bfloat16, torch.float32]
+            assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out, expected)

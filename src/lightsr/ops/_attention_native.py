@@ -1,5 +1,6 @@
 """ctypes glue of ``native/channel_attention.c``: the channel attention of heads of 8 channels at
-inference, on the whole map or on TLC windows with their average (see the C file)."""
+inference, on the whole map or on TLC windows with their average (see the C file); float32, or
+bfloat16 storage (CPU autocast) with float32 arithmetic."""
 from __future__ import annotations
 
 import ctypes
@@ -18,14 +19,15 @@ class _Geom(ctypes.Structure):
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
 NATIVE_SIGNATURES = {
-    "lightsr_ca_gram_d8": [_p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
-    "lightsr_ca_apply_d8": [_p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
+    **{f"lightsr_ca_gram_d8_{s}": [_p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64] for s in ("f32", "bf16")},
+    **{f"lightsr_ca_apply_d8_{s}": [_p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64] for s in ("f32", "bf16")},
 }
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 def usable(qkv: torch.Tensor, heads: int) -> bool:
-    """float32 CPU (B, 3C, H, W) dense channels-last, heads of 8 channels, and the library built."""
-    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 4 and qkv.numel() > 0
+    """float32 or bfloat16 CPU (B, 3C, H, W) dense channels-last, heads of 8 channels, and the library built."""
+    return (qkv.device.type == "cpu" and qkv.dtype in _SUFFIX and qkv.dim() == 4 and qkv.numel() > 0
             and qkv.shape[1] == 3 * 8 * heads and qkv.permute(0, 2, 3, 1).is_contiguous()
             and _native.library() is not None)
 
@@ -36,7 +38,8 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 
 def attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
               windows: Sequence[tuple[int, int, int, int]], inverse_coverage: torch.Tensor | None) -> torch.Tensor:
-    """(B, 3C, H, W) -> (B, C, H, W) channels-last: each window's attention, averaged where windows
+    """(B, 3C, H, W) -> (B, C, H, W) channels-last in qkv's dtype (the Gram matrices, maps and sums in
+    float32 either way): each window's attention, averaged where windows
     overlap (``inverse_coverage``: (H, W) or broadcastable to it; None for a single whole-map window).
     ``act`` gets the logits of all windows at once, window-major (task n * B + b), as the PyTorch TLC
     path stacks them."""
@@ -49,16 +52,17 @@ def attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Cal
     gram = torch.empty(tasks, heads, 8, 8)
     ss = torch.empty(tasks, 2 * c)
     args = (_ptr(qkv), _ptr(wins), _ptr(gram), _ptr(ss), geom)
-    _native.run_rows(lib.lightsr_ca_gram_d8, lambda _, t0, t1: (*args, t0, t1), tasks, min_rows=1)
+    sfx = _SUFFIX[qkv.dtype]
+    _native.run_rows(getattr(lib, f"lightsr_ca_gram_d8_{sfx}"), lambda _, t0, t1: (*args, t0, t1), tasks, min_rows=1)
     norms = ss.clamp_min(1e-24).sqrt()  # as channel_attention: |q|, |k| = max(L2 norm, 1e-12)
     qn, kn = norms[:, :c].view(tasks, heads, 8, 1), norms[:, c:].view(tasks, heads, 1, 8)
     attn = act(gram / (qn * kn) * temperature.float())
     at = attn.float().transpose(-1, -2).contiguous()
     cov = (torch.ones(h, w) if inverse_coverage is None else inverse_coverage.float().expand(1, 1, h, w)
            .reshape(h, w).contiguous())
-    out = torch.empty((b, c, h, w), memory_format=torch.channels_last)
+    out = torch.empty((b, c, h, w), dtype=qkv.dtype, memory_format=torch.channels_last)
     args = (_ptr(qkv), _ptr(wins), _ptr(at), _ptr(cov), _ptr(out), geom)
-    codes = _native.run_rows(lib.lightsr_ca_apply_d8, lambda _, r0, r1: (*args, r0, r1), b * h, min_rows=1)
+    codes = _native.run_rows(getattr(lib, f"lightsr_ca_apply_d8_{sfx}"), lambda _, r0, r1: (*args, r0, r1), b * h, min_rows=1)
     if any(codes):
         raise MemoryError("channel attention: cannot allocate the native kernel's row buffer")
     return out

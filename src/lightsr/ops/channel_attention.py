@@ -108,12 +108,12 @@ def _attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, ac
 
 
 def _native_input(qkv: torch.Tensor, heads: int, temperature: torch.Tensor) -> torch.Tensor | None:
-    """The float32 qkv the native kernels take at inference (a copy only for bfloat16 input), else None."""
+    """The qkv the native kernels take at inference (float32, or bfloat16 read as it is: the maps are
+    float32 either way), else None."""
     if (qkv.device.type != "cpu" or needs_grad(qkv, temperature) or exporting()
-            or not plain_tensors(qkv, temperature) or qkv.dtype not in (torch.float32, torch.bfloat16)):
+            or not plain_tensors(qkv, temperature)):
         return None
-    x = qkv if qkv.dtype == torch.float32 else qkv.float().contiguous(memory_format=torch.channels_last)
-    return x if _attention_native.usable(x, heads) else None
+    return qkv if _attention_native.usable(qkv, heads) else None
 
 
 def tlc_channel_attention_reference(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation,
