@@ -56,8 +56,9 @@ def test_ffn_inference_strips_equal_the_whole_image(name, b, h, w, monkeypatch):
     model = create_model(name, 2).eval()
     x = torch.rand(b, 3, h, w)
     with torch.inference_mode():
-        monkeypatch.setattr(blocks, "STRIP_PIXELS", 10**9)
+        monkeypatch.setattr(blocks, "WHOLE_PIXELS", 10**9)
         whole = model(x)
+        monkeypatch.setattr(blocks, "WHOLE_PIXELS", 0)
         monkeypatch.setattr(blocks, "STRIP_PIXELS", 3 * w)  # 3-row bands: many band borders
         calls = []
         real = blocks.GatedDconvFFN._forward_strips

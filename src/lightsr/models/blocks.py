@@ -138,16 +138,25 @@ class GatedDconvFFN(nn.Module):
         return out
 
 
-STRIP_PIXELS = 8192  # pixels per band of the FFNs' inference strips (2h = 192 hidden channels: 6 MiB)
+# The FFNs' inference strips: maps of more than WHOLE_PIXELS run in bands of STRIP_PIXELS pixels
+# (whole rows), smaller maps whole. Bands bound the hidden tensor's memory on large inputs (the CLI's
+# tiles of ~660 px), but each recomputes the depth-wise halo rows and runs its products on fewer rows:
+# with malloc tuned, bands of 8192 pixels were 1.08-1.17x slower than the whole map at 320x180 and
+# 640x360 on a Zen 4 EPYC (fp32 and bf16, interleaved in one process; docs/speed.md). The memory it
+# costs is within the auto-tiler's estimate (measured on maps small enough to run whole): peak RSS of
+# a 1280x720 -> x4 upscale 1.30 GiB with bands on every tile, 1.52 GiB with the edge tiles whole
+# (benchmarks/upscale_memory.py, dlgsanet_tiny, 2 threads).
+WHOLE_PIXELS = 262144  # 512 x 512 (hidden tensor of 192 channels: 192 MiB in float32)
+STRIP_PIXELS = 8192
 
 
 def _strips_pay(x: torch.Tensor) -> bool:
-    """Inference on a channels-last CPU tensor of more than two bands, with the fast ops."""
+    """Inference on a channels-last CPU tensor of more than WHOLE_PIXELS pixels, with the fast ops."""
     from lightsr.ops import using_reference_ops
     from lightsr.ops._common import exporting
 
     return (not (torch.is_grad_enabled() and x.requires_grad) and x.device.type == "cpu" and x.dim() == 4
-            and x.stride(1) == 1 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 2 * STRIP_PIXELS
+            and x.stride(1) == 1 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > WHOLE_PIXELS
             and not using_reference_ops() and not exporting())
 
 
