@@ -31,6 +31,8 @@ On the same input and machine, in one run:
    (mixed memory layouts show up there; native calls show their row count).
    ``--op-times-upscale fp32|bf16``: the same for one ``Upscaler(tile=0, precision=...)`` call on a
    uint8 image of ``--size`` (the user path of ``lightsr upscale``; bf16 under CPU autocast).
+8. ``--ffn-bands fp32|bf16``: the same ``Upscaler`` call with the gated FFNs on the whole map and in
+   bands of rows (``lightsr.models.blocks``: maps over ``WHOLE_PIXELS`` run in bands), interleaved.
 
     python benchmarks/model_speed.py --threads 1 --train                 # dlgsanet_light, lamnet + peers
     python benchmarks/model_speed.py --threads 1 --models all --no-reference --profile
@@ -39,6 +41,7 @@ On the same input and machine, in one run:
     python benchmarks/model_speed.py --threads 1 --models lamnet --no-inference --train --rusage --peers --malloc-tuning
     python benchmarks/model_speed.py --threads 1 --models dlgsanet_tiny --no-inference --op-times --train-batch 8 --train-patch 32
     python benchmarks/model_speed.py --threads 1 --models dlgsanet_tiny lamnet --no-inference --malloc-tuning --op-times-upscale bf16
+    python benchmarks/model_speed.py --threads 1 --models all --no-inference --malloc-tuning --ffn-bands fp32 --size 360 640 --scale 2
 """
 from __future__ import annotations
 
@@ -433,6 +436,39 @@ def _op_times_upscale(names, args, rows: int = 16):
                         f"{args.op_times_upscale}", timer, plain, args.repeats, rows)
 
 
+def _ffn_bands(names, args):
+    """``Upscaler(tile=0)`` at --size with the gated FFNs on the whole map against bands of
+    ``blocks.STRIP_PIXELS`` pixels (``blocks.WHOLE_PIXELS`` switched in the same process, interleaved)."""
+    import numpy as np
+
+    from lightsr.inference import Upscaler
+    from lightsr.models import blocks
+
+    h, w = args.size
+    img = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    precision = args.ffn_bands
+    print(f"\n## Gated FFNs at inference: whole map vs bands of {blocks.STRIP_PIXELS} pixels "
+          f"({w}x{h} -> x{args.scale}, {precision}, Upscaler(tile=0))\n")
+    print("| model | whole ms | bands ms | whole / bands speed |\n|---|---|---|---|")
+    default = blocks.WHOLE_PIXELS
+    try:
+        for name in names:
+            up = Upscaler(create_model(name, args.scale).eval(), scale=args.scale, tile=0, precision=precision,
+                          device="cpu")
+
+            def run(whole_pixels):
+                def call():
+                    blocks.WHOLE_PIXELS = whole_pixels
+                    up(img)
+                return call
+
+            t = interleaved_timings({"whole": run(10**12), "bands": run(0)}, warmup=args.warmup, repeats=args.repeats)
+            whole, bands = t["whole"].median, t["bands"].median
+            print(f"| {name} | {whole * 1e3:.0f} | {bands * 1e3:.0f} | {bands / whole:.2f}x |", flush=True)
+    finally:
+        blocks.WHOLE_PIXELS = default
+
+
 def _compile(names, args):
     h, w = args.size
     x = torch.rand(1, 3, h, w)
@@ -488,6 +524,8 @@ def main(argv=None) -> int:
                     help="time every operator call of one fast training step (largest first, by shapes and layouts)")
     ap.add_argument("--op-times-upscale", choices=["fp32", "bf16"], default=None, metavar="PRECISION",
                     help="time every operator call of one Upscaler(tile=0) call at --size in fp32 or bf16")
+    ap.add_argument("--ffn-bands", choices=["fp32", "bf16"], default=None, metavar="PRECISION",
+                    help="time Upscaler(tile=0) at --size with the gated FFNs on the whole map vs in bands")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -522,6 +560,8 @@ def main(argv=None) -> int:
         _op_times(names, args)
     if args.op_times_upscale:
         _op_times_upscale(names, args)
+    if args.ffn_bands:
+        _ffn_bands(names, args)
     rate_end = matmul_rate()
     print(f"\nmultiply-accumulate rate at the end: {rate_end / 1e9:.1f} GMAC/s; load average (1/5/15 min): {load_average()}")
     return 0

@@ -141,8 +141,8 @@ class GatedDconvFFN(nn.Module):
 # The FFNs' inference strips: maps of more than WHOLE_PIXELS run in bands of STRIP_PIXELS pixels
 # (whole rows), smaller maps whole. Bands bound the hidden tensor's memory on large inputs (the CLI's
 # tiles of ~660 px), but each recomputes the depth-wise halo rows and runs its products on fewer rows:
-# with malloc tuned, bands of 8192 pixels were 1.08-1.17x slower than the whole map at 320x180 and
-# 640x360 on a Zen 4 EPYC (fp32 and bf16, interleaved in one process; docs/speed.md). The memory it
+# with malloc tuned, bands of 8192 pixels were 1.07-1.14x slower than the whole map at 320x180 and
+# 640x360 on a Zen 4 EPYC (fp32 and bf16: benchmarks/model_speed.py --ffn-bands). The memory it
 # costs is within the auto-tiler's estimate (measured on maps small enough to run whole): peak RSS of
 # a 1280x720 -> x4 upscale 1.30 GiB with bands on every tile, 1.52 GiB with the edge tiles whole
 # (benchmarks/upscale_memory.py, dlgsanet_tiny, 2 threads).
