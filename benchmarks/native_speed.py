@@ -89,6 +89,7 @@ def kernels(repeats: int) -> None:
             ms = _median_ms(lambda: depthwise_conv2d(x, w, None, (1, 1)), repeats)
             print(f"| native depth-wise 3x3 | {c}x180x320 | {ms:.1f} | {c * 9 * 180 * 320 / ms / 1e6:.1f} GMAC/s | |")
         _gate_rows(repeats)
+        _dw_native_vs_onednn_rows(repeats)
         _dynamic_rows(repeats)
         x = torch.randn(1, 128, 180, 320).contiguous(memory_format=cl)
         s = torch.rand(1, 128, 1, 1)
@@ -100,6 +101,36 @@ def kernels(repeats: int) -> None:
         a = _median_ms(lambda: (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt(), repeats)
         b = _median_ms(lambda: torch.linalg.vector_norm(qk, dim=1), repeats)
         print(f"| q/k norms: product + sum vs vector_norm | 57600 px x 128 of 192 ch | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+
+
+def _dw_native_vs_onednn_rows(repeats: int) -> None:
+    """Plain depth-wise convolutions at inference, the models' shapes (DLGSANet's q/k/v 3x3 and 7x7
+    kernel generator, LGUN's large-kernel sequences on 16 channels, LAMNet's 23x1 strip kernel on a
+    channel slice): the native kernel against oneDNN's (aten's grouped convolution) on the same
+    channels-last input, float32 and bfloat16, interleaved; the last column is what
+    ``depthwise_conv2d`` runs here (``depthwise_conv.onednn_preferred``)."""
+    import torch.nn.functional as F
+
+    from lightsr.ops import _depthwise_native
+    from lightsr.ops.depthwise_conv import onednn_preferred
+
+    shapes = ((12, (7, 7), 1), (16, (3, 3), 1), (16, (5, 5), 2), (16, (7, 7), 1), (16, (9, 9), 2), (32, (23, 1), 1),
+              (48, (3, 3), 1), (144, (3, 3), 1), (192, (3, 3), 1), (270, (3, 3), 1))
+    for dtype in (torch.float32, torch.bfloat16):
+        for c, (kh, kw), dil in shapes:
+            x = torch.randn(1, 2 * c, 180, 320).contiguous(memory_format=torch.channels_last).to(dtype)[:, c:]
+            if kh == kw:  # a dense map (the strip kernel reads a channel slice, as in LAMNet)
+                x = x.contiguous(memory_format=torch.channels_last)
+            w = torch.randn(c, 1, kh, kw)
+            pad = (dil * (kh // 2), dil * (kw // 2))
+            native, onednn = [], []
+            for _ in range(repeats):  # interleaved
+                native.append(_median_ms(lambda: _depthwise_native.forward(x, w, None, pad, (dil, dil), 0, False), 1))
+                onednn.append(_median_ms(lambda: F.conv2d(x, w.to(dtype), None, padding=pad, dilation=dil, groups=c), 1))
+            a, b = statistics.median(native), statistics.median(onednn)
+            pick = "oneDNN" if onednn_preferred(x, w, pad, (dil, dil)) else "native"
+            print(f"| depth-wise {kh}x{kw}{f' dilation {dil}' if dil > 1 else ''}, {str(dtype)[6:]}: native vs oneDNN "
+                  f"(runs: {pick}) | {c}x180x320 | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
 
 
 def _gate_rows(repeats: int) -> None:

@@ -23,6 +23,15 @@ needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kerne
 SIZES = [(1, 1), (1, 23), (7, 9), (17, 30), (3, 101)]  # 101 columns: two 48-column chunks of the 3x3 kernel and a rest
 
 
+@pytest.fixture(autouse=True)
+def _native_not_onednn(monkeypatch):
+    """These tests are about the native kernel: at inference on AVX-512 CPUs ``depthwise_conv2d``
+    hands some shapes to oneDNN (tested in test_onednn_preference_*)."""
+    from lightsr.ops import depthwise_conv
+
+    monkeypatch.setattr(depthwise_conv, "onednn_preferred", lambda *a: False)
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
@@ -385,3 +394,39 @@ def test_pointwise_product_falls_back_where_onednn_refuses(monkeypatch):
             assert y.dtype == torch.bfloat16
             torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=5e-2)
     assert len(calls) == 1 and pw._ONEDNN_FAILED == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c,kernel,dilation,h,w", [(16, (3, 3), 1, 7, 9), (16, (5, 5), 2, 17, 30), (12, (7, 7), 1, 1, 23),
+                                                   (32, (23, 1), 1, 3, 101), (144, (3, 3), 1, 9, 13),
+                                                   (16, (9, 9), 2, 17, 30), (32, (1, 23), 1, 7, 9), (270, (3, 3), 1, 5, 6)])
+def test_onednn_preference_routes_and_matches(dtype, c, kernel, dilation, h, w, monkeypatch):
+    """At inference on an AVX-512 CPU the measured oneDNN shapes go to aten (weights cast to the
+    input's dtype), the rest (9x9 dilated, bf16 1 x K, many channels, float32 3x3) to the native kernel;
+    both within rounding of the reference. With a gradient, or without AVX-512: native."""
+    import torch.nn.functional as F
+
+    from lightsr.ops import depthwise_conv
+
+    monkeypatch.undo()  # the real preference (the autouse fixture turned it off)
+    monkeypatch.setattr(depthwise_conv, "_cpu_capability", lambda: "AVX512")
+    x = _input(2, c, h, w).to(dtype)
+    wt, bias = torch.randn(c, 1, *kernel) * 0.3, torch.randn(c)
+    pad = (dilation * (kernel[0] - 1) // 2, dilation * (kernel[1] - 1) // 2)
+    ref = depthwise_conv2d_reference(x.double(), wt.double(), bias.double(), pad, (dilation, dilation))
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(depthwise_conv.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        out = depthwise_conv2d(x, wt, bias, pad, (dilation, dilation))
+    expect_onednn = (dilation == 1 or kernel[0] * dilation < 14) and not (dtype == torch.bfloat16 and kernel[0] == 1) \
+        and c <= (192 if dtype == torch.bfloat16 else 144) and (dtype == torch.bfloat16 or kernel != (3, 3))
+    assert bool(calls) == expect_onednn
+    assert out.dtype == dtype and _rel(out, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
+    calls.clear()
+    depthwise_conv2d(x.requires_grad_(True), wt, bias, pad, (dilation, dilation))
+    assert not calls  # training: the native kernel and its backward
+    monkeypatch.setattr(depthwise_conv, "_cpu_capability", lambda: "AVX2")
+    with torch.no_grad():
+        depthwise_conv2d(x, wt, bias, pad, (dilation, dilation))
+    assert not calls

@@ -167,13 +167,53 @@ def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
     return _depthwise_native.forward(x, weight, bias, padding, dilation, code, False)[0]
 
 
+def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
+    """Inference on a CPU whose oneDNN runs AVX-512 kernels, where its channels-last depth-wise
+    convolution beats the native kernel: in bfloat16 up to 192 channels, in float32 kernels other
+    than 3 x 3 up to 144 channels; never a dilated kernel spanning more than 13 pixels (oneDNN 7-9x
+    slower on LGUN's 9x9 at dilation 2) nor a bfloat16 1 x K one (see _reduced_precision_line_on_cpu).
+    ``python benchmarks/native_speed.py --kernels`` (Zen 4 EPYC, 180x320 maps): oneDNN 1.4-2.3x
+    faster on 12-48 channels in bfloat16 and on 12-32 channels for 5x5 ... 23x1 kernels in float32,
+    within 0.9-1.1x on 3x3 at 48-192 channels, 1.3-1.4x slower at 270 channels. CPUs without AVX-512
+    keep the native kernel (measured faster there when it was written)."""
+    if needs_grad(x, weight) or x.device.type != "cpu" or _cpu_capability() != "AVX512":
+        return False
+    if x.dim() != 4 or (x.shape[1] > 1 and x.stride(1) != 1) or _reduced_precision_line_on_cpu(x, weight):
+        return False  # (oneDNN's bf16 1 x K does not return on small inputs)
+    spans = [d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:])]
+    if any(d > 1 and s > 13 for d, s in zip(dilation, spans)):
+        return False
+    if x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16):
+        return x.shape[1] <= 192
+    return x.shape[1] <= 144 and tuple(weight.shape[2:]) != (3, 3)
+
+
+def _onednn(x, weight, bias, padding, dilation) -> torch.Tensor:
+    """aten's grouped convolution; outside autocast the weights in the input's dtype (the native
+    kernel takes float32 weights with bfloat16 maps; aten wants one dtype)."""
+    if not torch.is_autocast_enabled("cpu"):
+        weight = weight.to(x.dtype)
+        bias = None if bias is None else bias.to(x.dtype)
+    return F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation), groups=x.shape[1])
+
+
+def _cpu_capability() -> str:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return "DEFAULT"
+
+
 def depthwise_conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
     dilation: tuple[int, int] = (1, 1),
 ) -> torch.Tensor:
     """Depth-wise convolution (same result as the reference): the native kernel on channels-last
-    CPU tensors, else aten with the faster 1 x K weight gradient."""
+    CPU tensors (at inference oneDNN's where :func:`onednn_preferred`), else aten with the faster
+    1 x K weight gradient."""
     _check(x, weight)
+    if onednn_preferred(x, weight, padding, dilation) and plain_tensors(x, weight):
+        return _onednn(x, weight, bias, padding, dilation)
     if _native_eligible(x, weight, padding, dilation):
         return _native_call(x, weight, bias, padding, dilation, "none")
     if tuple(dilation) != (1, 1):
