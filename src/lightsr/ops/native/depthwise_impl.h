@@ -167,15 +167,7 @@ static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, fl
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv, a4 = bv, a5 = bv, a6 = bv, a7 = bv;
         for (int k = 0; k < n; ++k)
             ROW8(xr[k] + (ow - 1) * xw, wr[k], a0, a1, a2, a3, a4, a5, a6, a7);
-        float *o = buf + ow * bs + c;
-        st_f32(o, a0);
-        st_f32(o + bs, a1);
-        st_f32(o + 2 * bs, a2);
-        st_f32(o + 3 * bs, a3);
-        st_f32(o + 4 * bs, a4);
-        st_f32(o + 5 * bs, a5);
-        st_f32(o + 6 * bs, a6);
-        st_f32(o + 7 * bs, a7);
+        st_f32x8(buf + ow * bs + c, bs, a0, a1, a2, a3, a4, a5, a6, a7);
     }
     for (; ow + 4 <= inner_end; ow += 4) {
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
@@ -266,15 +258,7 @@ static void FN(row_taps_block)(const T *xb, const float *w, const float *bias, f
                 TAP8(q, xw, wv, a0, a1, a2, a3, a4, a5, a6, a7);
             }
         }
-        float *o = buf + ow * bs + c;
-        st_f32(o, a0);
-        st_f32(o + bs, a1);
-        st_f32(o + 2 * bs, a2);
-        st_f32(o + 3 * bs, a3);
-        st_f32(o + 4 * bs, a4);
-        st_f32(o + 5 * bs, a5);
-        st_f32(o + 6 * bs, a6);
-        st_f32(o + 7 * bs, a7);
+        st_f32x8(buf + ow * bs + c, bs, a0, a1, a2, a3, a4, a5, a6, a7);
     }
     for (; ow < w1; ++ow)
         st_f32(buf + ow * bs + c, FN(taps_pixel)(xb, w, bv, g, oh, ow, c, i0, i1));

@@ -29,6 +29,13 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 static inline v8 ld_f32(const float *p) { return *(const v8u *)p; }
 static inline void st_f32(float *p, v8 v) { *(v8u *)p = v; }
 static inline float lds_f32(const float *p) { return *p; }
+
+/* eight vectors to o, o + s, ..., o + 7 s (eight output pixels of a channel block) */
+static inline void st_f32x8(float *o, i64 s, v8 a0, v8 a1, v8 a2, v8 a3, v8 a4, v8 a5, v8 a6, v8 a7)
+{
+    st_f32(o, a0), st_f32(o + s, a1), st_f32(o + 2 * s, a2), st_f32(o + 3 * s, a3);
+    st_f32(o + 4 * s, a4), st_f32(o + 5 * s, a5), st_f32(o + 6 * s, a6), st_f32(o + 7 * s, a7);
+}
 static inline void sts_f32(float *p, float v) { *p = v; }
 
 #ifdef __AVX2__
