@@ -72,3 +72,18 @@ def test_native_bf16_rows_match_aten_mixed_precision(b, c, h, w):
     assert out.dtype == aten.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=2**-8)  # one rounding of the exact value
     torch.testing.assert_close(out, aten, atol=1e-5, rtol=2**-7)
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 1, 1), (2, 8, 5, 3), (1, 64, 9, 13), (1, 13, 2, 31)])
+def test_native_float32_rows_to_bf16_under_autocast(b, c, h, w):
+    """Under CPU bf16 autocast a float32 map (LAMNet's residual stream) is normalised straight into
+    bfloat16 rows: bit-identical to the float32 result rounded; outside autocast float32 as before."""
+    x, weight, bias = _case(b, c, h, w, seed=4)
+    with torch.no_grad():
+        plain = layer_norm_2d(x, weight, bias, 1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = layer_norm_2d(x, weight, bias, 1e-5)
+    assert plain.dtype == torch.float32 and auto.dtype == torch.bfloat16
+    assert auto.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(auto, plain.bfloat16())

@@ -29,16 +29,26 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     """LayerNorm over the channel axis of an NCHW tensor (biased variance, ``eps`` inside the sqrt).
 
     ``weight`` and ``bias`` hold ``C`` values (any shape that flattens to ``C``). The result has
-    the channels-last memory layout (the same values; ``.contiguous()`` gives NCHW).
+    the channels-last memory layout (the same values; ``.contiguous()`` gives NCHW). At inference
+    under CPU bf16 autocast a float32 ``x`` gives bfloat16 rows on the native path.
     """
     if _triton.wants(x, weight, bias):  # CUDA: one Triton kernel per pass
         return _triton.layer_norm_2d(x, weight, bias, eps)
     if (not needs_grad(x, weight, bias) and not exporting() and plain_tensors(x, weight, bias)
             and _layer_norm_native.usable(x, weight, bias)):
-        return _layer_norm_native.layer_norm_rows(x, weight, bias, eps)
+        return _layer_norm_native.layer_norm_rows(x, weight, bias, eps, _autocast_out_dtype(x))
     c = x.shape[1]
     y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
     return y.permute(0, 3, 1, 2)
+
+
+def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
+    """Under CPU bf16 autocast a float32 map (LAMNet's residual stream) is normalised into bfloat16
+    rows: every consumer (a 1x1 product) would round it to bfloat16 anyway, so the rounding moves
+    into the kernel (no float32 map written and converted). Otherwise x's dtype."""
+    if x.dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return x.dtype
 
 
 def layer_norm_2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5):

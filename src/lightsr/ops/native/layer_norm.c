@@ -7,7 +7,8 @@
  * its time on per-row set-up for rows this short (48-90 channels); here a row is a handful of
  * vectors kept in the L1 cache between its three passes. w and b are float32, all arithmetic is
  * float32; the bfloat16 entry point reads and writes bfloat16 rows (aten's result for a bfloat16
- * input with float32 weights: the float32 value rounded to the nearest even). Rows [r0, r1);
+ * input with float32 weights: the float32 value rounded to the nearest even), the f32_bf16 one reads
+ * float32 rows and writes them rounded to bfloat16. Rows [r0, r1);
  * return code 0.
  */
 #include "simd.h"
@@ -95,6 +96,35 @@ LIGHTSR_BF16_TARGET static int ln_rows_bf16_cvt(const uint16_t *x, const float *
     LN_ROWS_BF16(st_bf16_cvt, sts_bf16);
 }
 #endif
+
+/* float32 rows in, bfloat16 rows out (CPU bf16 autocast: a float32 residual stream, LAMNet's, whose
+ * normalised rows every consumer would round to bfloat16 anyway). */
+#define LN_ROWS_F32_TO_BF16(STORE, STORES)                                                                     \
+    const i64 C = g->C, CV = C - C % 8;                                                                        \
+    const float eps = (float)g->eps, inv_c = 1.0f / (float)C;                                                  \
+    for (i64 r = r0; r < r1; ++r) {                                                                            \
+        const float *xr = x + r * C;                                                                           \
+        LN_ROW(y + r * C, STORE, STORES);                                                                      \
+    }                                                                                                          \
+    return 0
+
+#ifdef LIGHTSR_BF16_CVT
+LIGHTSR_BF16_TARGET static int ln_rows_f32_bf16_cvt(const float *x, const float *w, const float *b, uint16_t *y,
+                                                    const ln_geom *g, i64 r0, i64 r1)
+{
+    LN_ROWS_F32_TO_BF16(st_bf16_cvt, sts_bf16);
+}
+#endif
+
+int lightsr_ln_rows_f32_bf16(const float *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
+                             i64 r1)
+{
+#ifdef LIGHTSR_BF16_CVT
+    if (__builtin_cpu_supports("avx512bf16"))
+        return ln_rows_f32_bf16_cvt(x, w, b, y, g, r0, r1);
+#endif
+    LN_ROWS_F32_TO_BF16(st_bf16, sts_bf16);
+}
 
 int lightsr_ln_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
                          i64 r1)
