@@ -103,15 +103,20 @@ def test_lamnet_module_ablations(opt, params):
     _runs("lamnet", **opt)
 
 
-def test_lamnet_iem_formula():
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])  # einsum / the pixel-row products
+def test_lamnet_iem_formula(layout):
     torch.manual_seed(1)
     x_c, x_s = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
-    out_s, out_c = information_exchange(x_c, x_s)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    a, b = (t.contiguous(memory_format=fmt).requires_grad_(True) for t in (x_c, x_s))
+    out_s, out_c = information_exchange(a, b)
     s = x_s.mean(dim=(2, 3))  # (B, C)
     m = torch.sigmoid((s[:, :, None, None] * x_c).sum(1, keepdim=True) / 4)
     t = x_c.mean(dim=1, keepdim=True)
     n = torch.sigmoid((x_s * t).sum(dim=(2, 3), keepdim=True) / 15)
     assert torch.allclose(out_s, m * x_c, atol=1e-6) and torch.allclose(out_c, n * x_s, atol=1e-6)
+    (out_s.sum() + out_c.square().sum()).backward()  # differentiable on both paths
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
 
 
 # --- LGUN: Table 3 -------------------------------------------------------------------------
