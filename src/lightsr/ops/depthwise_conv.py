@@ -169,12 +169,12 @@ def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
 
 def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     """Inference on a CPU whose oneDNN runs AVX-512 kernels, where its channels-last depth-wise
-    convolution beats the native kernel: in bfloat16 up to 192 channels, in float32 kernels other
-    than 3 x 3 up to 144 channels; never a dilated kernel spanning more than 13 pixels (oneDNN 7-9x
+    convolution beats the native kernel: in bfloat16 up to 192 channels, in float32 up to 144
+    channels for kernels other than 3 x 3 and up to 32 for 3 x 3; never a dilated kernel spanning more than 13 pixels (oneDNN 7-9x
     slower on LGUN's 9x9 at dilation 2) nor a bfloat16 1 x K one (see _reduced_precision_line_on_cpu).
     ``python benchmarks/native_speed.py --kernels`` (Zen 4 EPYC, 180x320 maps): oneDNN 1.4-2.3x
-    faster on 12-48 channels in bfloat16 and on 12-32 channels for 5x5 ... 23x1 kernels in float32,
-    within 0.9-1.1x on 3x3 at 48-192 channels, 1.3-1.4x slower at 270 channels. CPUs without AVX-512
+    faster on 12-48 channels in bfloat16, on 12-32 channels for 5x5 ... 23x1 kernels and on 16
+    channels for 3x3 in float32, within 0.9-1.2x on 3x3 at 48-192 channels, 1.1-1.4x slower at 270. CPUs without AVX-512
     keep the native kernel (measured faster there when it was written)."""
     if needs_grad(x, weight) or x.device.type != "cpu" or _cpu_capability() != "AVX512":
         return False
@@ -185,7 +185,7 @@ def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -
         return False
     if x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16):
         return x.shape[1] <= 192
-    return x.shape[1] <= 144 and tuple(weight.shape[2:]) != (3, 3)
+    return x.shape[1] <= 144 and (tuple(weight.shape[2:]) != (3, 3) or x.shape[1] <= 32)
 
 
 def _onednn(x, weight, bias, padding, dilation) -> torch.Tensor:
