@@ -84,19 +84,6 @@ enum { LN_BUF = 1024 };
     }                                                                                                          \
     return 0
 
-#ifdef LIGHTSR_BF16_CVT
-/* On CPUs with AVX512-BF16 (checked at run time) the rounding is st_bf16_cvt's one instruction
- * instead of about a dozen integer operations, which dominated this kernel (native_speed.py
- * --kernels: 2.6 -> 1.7 ms on a 48 x 180 x 320 map, float32 rows 1.2 ms). Only this function is
- * compiled for the AVX-512 target (AVX-512 code generation made the depth-wise kernels slower on a
- * Zen 4 EPYC). */
-LIGHTSR_BF16_TARGET static int ln_rows_bf16_cvt(const uint16_t *x, const float *w, const float *b, uint16_t *y,
-                                                const ln_geom *g, i64 r0, i64 r1)
-{
-    LN_ROWS_BF16(st_bf16_cvt, sts_bf16);
-}
-#endif
-
 /* float32 rows in, bfloat16 rows out (CPU bf16 autocast: a float32 residual stream, LAMNet's, whose
  * normalised rows every consumer would round to bfloat16 anyway). */
 #define LN_ROWS_F32_TO_BF16(STORE, STORES)                                                                     \
@@ -108,30 +95,31 @@ LIGHTSR_BF16_TARGET static int ln_rows_bf16_cvt(const uint16_t *x, const float *
     }                                                                                                          \
     return 0
 
+/* An entry point NAME writing bfloat16 rows from TX rows by BODY. On CPUs with AVX512-BF16 (checked at
+ * run time) the rounding is st_bf16_cvt's one instruction instead of about a dozen integer operations,
+ * which dominated this kernel (native_speed.py --kernels: 2.6 -> 1.7 ms on a 48 x 180 x 320 map,
+ * float32 rows 1.2 ms); only NAME_cvt is compiled for the AVX-512 target (AVX-512 code generation
+ * made the depth-wise kernels slower on a Zen 4 EPYC). */
 #ifdef LIGHTSR_BF16_CVT
-LIGHTSR_BF16_TARGET static int ln_rows_f32_bf16_cvt(const float *x, const float *w, const float *b, uint16_t *y,
-                                                    const ln_geom *g, i64 r0, i64 r1)
-{
-    LN_ROWS_F32_TO_BF16(st_bf16_cvt, sts_bf16);
-}
+#define LN_BF16_ENTRY(NAME, TX, BODY)                                                                          \
+    LIGHTSR_BF16_TARGET static int NAME##_cvt(const TX *x, const float *w, const float *b, uint16_t *y,         \
+                                              const ln_geom *g, i64 r0, i64 r1)                                \
+    {                                                                                                          \
+        BODY(st_bf16_cvt, sts_bf16);                                                                           \
+    }                                                                                                          \
+    int NAME(const TX *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0, i64 r1)       \
+    {                                                                                                          \
+        if (__builtin_cpu_supports("avx512bf16"))                                                              \
+            return NAME##_cvt(x, w, b, y, g, r0, r1);                                                          \
+        BODY(st_bf16, sts_bf16);                                                                               \
+    }
+#else
+#define LN_BF16_ENTRY(NAME, TX, BODY)                                                                          \
+    int NAME(const TX *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0, i64 r1)       \
+    {                                                                                                          \
+        BODY(st_bf16, sts_bf16);                                                                               \
+    }
 #endif
 
-int lightsr_ln_rows_f32_bf16(const float *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
-                             i64 r1)
-{
-#ifdef LIGHTSR_BF16_CVT
-    if (__builtin_cpu_supports("avx512bf16"))
-        return ln_rows_f32_bf16_cvt(x, w, b, y, g, r0, r1);
-#endif
-    LN_ROWS_F32_TO_BF16(st_bf16, sts_bf16);
-}
-
-int lightsr_ln_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y, const ln_geom *g, i64 r0,
-                         i64 r1)
-{
-#ifdef LIGHTSR_BF16_CVT
-    if (__builtin_cpu_supports("avx512bf16"))
-        return ln_rows_bf16_cvt(x, w, b, y, g, r0, r1);
-#endif
-    LN_ROWS_BF16(st_bf16, sts_bf16);
-}
+LN_BF16_ENTRY(lightsr_ln_rows_bf16, uint16_t, LN_ROWS_BF16)
+LN_BF16_ENTRY(lightsr_ln_rows_f32_bf16, float, LN_ROWS_F32_TO_BF16)
