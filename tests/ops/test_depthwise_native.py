@@ -409,7 +409,7 @@ def test_onednn_preference_routes_and_matches(dtype, c, kernel, dilation, h, w, 
     from lightsr.ops import depthwise_conv
 
     monkeypatch.undo()  # the real preference (the autouse fixture turned it off)
-    monkeypatch.setattr(depthwise_conv, "_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(depthwise_conv._native, "cpu_capability", lambda: "AVX512")
     x = _input(2, c, h, w).to(dtype)
     wt, bias = torch.randn(c, 1, *kernel) * 0.3, torch.randn(c)
     pad = (dilation * (kernel[0] - 1) // 2, dilation * (kernel[1] - 1) // 2)
@@ -426,7 +426,7 @@ def test_onednn_preference_routes_and_matches(dtype, c, kernel, dilation, h, w, 
     calls.clear()
     depthwise_conv2d(x.requires_grad_(True), wt, bias, pad, (dilation, dilation))
     assert not calls  # training: the native kernel and its backward
-    monkeypatch.setattr(depthwise_conv, "_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(depthwise_conv._native, "cpu_capability", lambda: "AVX2")
     with torch.no_grad():
         depthwise_conv2d(x, wt, bias, pad, (dilation, dilation))
     assert not calls

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["needs_grad", "plain_tensors", "strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP",
+__all__ = ["autocast_dtype", "needs_grad", "plain_tensors", "strip_rows", "acc_dtype", "define_op", "like", "memory_format_of", "exporting", "HAS_CUSTOM_OP",
            "observed"]
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
@@ -169,3 +169,11 @@ def plain_tensors(*tensors) -> bool:
 def needs_grad(*tensors) -> bool:
     """Autograd would record an op on these tensors (``None`` entries are skipped)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None (also for devices without autocast: meta)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None

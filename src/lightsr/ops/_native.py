@@ -68,12 +68,8 @@ def _variants() -> list[tuple[list[str], list[str]]]:
     base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
     if _torch_uses_openmp():  # parts on torch's own OpenMP threads (parallel.c)
         base = base + ["-fopenmp"]
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover - very old torch
-        capability = "DEFAULT"
     variants = []
-    if capability in ("AVX2", "AVX512"):  # what torch itself detected on this CPU
+    if cpu_capability() in ("AVX2", "AVX512"):  # what torch itself detected on this CPU
         # -fno-semantic-interposition: the exported entry points cannot be interposed, so calls
         # between and into them are optimised as in an executable (-fPIC alone made the dynamic
         # convolution measurably slower on this EPYC)
@@ -84,6 +80,14 @@ def _variants() -> list[tuple[list[str], list[str]]]:
     if "-fopenmp" in base:  # a compiler without OpenMP: the parts on Python threads
         variants.append(([f for f in base if f != "-fopenmp"], ["-lm"]))
     return variants
+
+
+def cpu_capability() -> str:
+    """The vector capability torch detected on this CPU (``DEFAULT``, ``AVX2``, ``AVX512``, ...)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return "DEFAULT"
 
 
 def _torch_uses_openmp() -> bool:

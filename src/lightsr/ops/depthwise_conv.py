@@ -31,8 +31,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from lightsr.ops import _depthwise_native
-from lightsr.ops._common import exporting, memory_format_of, needs_grad, plain_tensors
+from lightsr.ops import _depthwise_native, _native
+from lightsr.ops._common import autocast_dtype, exporting, memory_format_of, needs_grad, plain_tensors
 
 __all__ = [
     "apply_gate",
@@ -99,21 +99,13 @@ def _transposed_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
     return gw.transpose(2, 3).contiguous()
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype active for ``device_type``, or None (also for devices without autocast: meta)."""
-    try:
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except RuntimeError:
-        return None
-
-
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
         # under autocast the convolution would cast its operands itself, and the backward (which runs
         # outside autocast) would then see a bfloat16 input beside a float32 weight: cast explicitly
         # and save the operands the convolution actually used
-        dtype = _autocast_dtype(x.device.type)
+        dtype = autocast_dtype(x.device.type)
         if dtype is not None:
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
@@ -159,7 +151,7 @@ def _native_eligible(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -
 
 def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
     """The native kernel, in bfloat16 under CPU bf16 autocast (float32 arithmetic either way)."""
-    if torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16:
+    if autocast_dtype("cpu") == torch.bfloat16:
         x = x.to(torch.bfloat16)
     code = _depthwise_native.GATES[gate]
     if needs_grad(x, weight, bias):
@@ -170,20 +162,21 @@ def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
 def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     """Inference on a CPU whose oneDNN runs AVX-512 kernels, where its channels-last depth-wise
     convolution beats the native kernel: in bfloat16 up to 192 channels, in float32 up to 144
-    channels for kernels other than 3 x 3 and up to 32 for 3 x 3; never a dilated kernel spanning more than 13 pixels (oneDNN 7-9x
-    slower on LGUN's 9x9 at dilation 2) nor a bfloat16 1 x K one (see _reduced_precision_line_on_cpu).
-    ``python benchmarks/native_speed.py --kernels`` (Zen 4 EPYC, 180x320 maps): oneDNN 1.4-2.3x
-    faster on 12-48 channels in bfloat16, on 12-32 channels for 5x5 ... 23x1 kernels and on 16
-    channels for 3x3 in float32, within 0.9-1.2x on 3x3 at 48-192 channels, 1.1-1.4x slower at 270. CPUs without AVX-512
-    keep the native kernel (measured faster there when it was written)."""
-    if needs_grad(x, weight) or x.device.type != "cpu" or _cpu_capability() != "AVX512":
+    channels for kernels other than 3 x 3 and up to 32 for 3 x 3; never a dilated kernel spanning
+    more than 13 pixels (oneDNN 7-9x slower on LGUN's 9x9 at dilation 2) nor a bfloat16 1 x K one
+    (see _reduced_precision_line_on_cpu). ``python benchmarks/native_speed.py --kernels`` (Zen 4
+    EPYC, 180x320 maps): oneDNN 1.4-2.3x faster on 12-48 channels in bfloat16, on 12-32 channels for
+    5x5 ... 23x1 kernels and on 16 channels for 3x3 in float32, within 0.9-1.2x on 3x3 at 48-192
+    channels, 1.1-1.4x slower at 270. CPUs without AVX-512 keep the native kernel (measured faster
+    there when it was written)."""
+    if needs_grad(x, weight) or x.device.type != "cpu" or _native.cpu_capability() != "AVX512":
         return False
     if x.dim() != 4 or (x.shape[1] > 1 and x.stride(1) != 1) or _reduced_precision_line_on_cpu(x, weight):
         return False  # (oneDNN's bf16 1 x K does not return on small inputs)
     spans = [d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:])]
     if any(d > 1 and s > 13 for d, s in zip(dilation, spans)):
         return False
-    if x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and _autocast_dtype("cpu") == torch.bfloat16):
+    if x.dtype == torch.bfloat16 or autocast_dtype("cpu") == torch.bfloat16:
         return x.shape[1] <= 192
     return x.shape[1] <= 144 and (tuple(weight.shape[2:]) != (3, 3) or x.shape[1] <= 32)
 
@@ -195,13 +188,6 @@ def _onednn(x, weight, bias, padding, dilation) -> torch.Tensor:
         weight = weight.to(x.dtype)
         bias = None if bias is None else bias.to(x.dtype)
     return F.conv2d(x, weight, bias, padding=tuple(padding), dilation=tuple(dilation), groups=x.shape[1])
-
-
-def _cpu_capability() -> str:
-    try:
-        return torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover - very old torch
-        return "DEFAULT"
 
 
 def depthwise_conv2d(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from lightsr.ops import _layer_norm_native
 from lightsr.ops import triton as _triton
-from lightsr.ops._common import exporting, needs_grad, plain_tensors
+from lightsr.ops._common import autocast_dtype, exporting, needs_grad, plain_tensors
 
 __all__ = ["layer_norm_2d", "layer_norm_2d_reference"]
 
@@ -46,7 +46,7 @@ def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:
     """Under CPU bf16 autocast a float32 map (LAMNet's residual stream) is normalised into bfloat16
     rows: every consumer (a 1x1 product) would round it to bfloat16 anyway, so the rounding moves
     into the kernel (no float32 map written and converted). Otherwise x's dtype."""
-    if x.dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+    if x.dtype == torch.float32 and autocast_dtype("cpu") == torch.bfloat16:
         return torch.bfloat16
     return x.dtype
 
