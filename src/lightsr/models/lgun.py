@@ -188,7 +188,7 @@ class SqueezeExcitation(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel scale sigmoid(fc2(relu(fc1(mean(x))))), (B, C, 1, 1)."""
-        s = x.mean(dim=(2, 3), keepdim=True)
+        s = get_op("spatial_mean")(x)
         return torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`ga
 channel (transposed) attention   :func:`channel_attention`             :func:`channel_attention_reference`
 ... on TLC windows, averaged     :func:`tlc_channel_attention`         :func:`tlc_channel_attention_reference`
 GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`scale_gelu_reference`
+per-channel mean over pixels     :func:`spatial_mean`                  :func:`spatial_mean_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
@@ -76,6 +77,7 @@ from lightsr.ops.focal_attention import (
 )
 from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference
 from lightsr.ops.pointwise import pointwise_conv, pointwise_conv_reference
+from lightsr.ops.reduce import spatial_mean, spatial_mean_reference
 from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 
 __all__ = [
@@ -104,6 +106,8 @@ __all__ = [
     "preferred_memory_format",
     "scale_gelu",
     "scale_gelu_reference",
+    "spatial_mean",
+    "spatial_mean_reference",
     "tlc",
     "tlc_channel_attention",
     "tlc_channel_attention_reference",
@@ -125,6 +129,7 @@ _FAST = {
     "gated_depthwise_conv2d": gated_depthwise_conv2d,
     "pointwise_conv": pointwise_conv,
     "scale_gelu": scale_gelu,
+    "spatial_mean": spatial_mean,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -138,6 +143,7 @@ _REFERENCE = {
     "gated_depthwise_conv2d": gated_depthwise_conv2d_reference,
     "pointwise_conv": pointwise_conv_reference,
     "scale_gelu": scale_gelu_reference,
+    "spatial_mean": spatial_mean_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}

@@ -1,0 +1,37 @@
+"""spatial_mean (the squeeze of LGUN's SE gate) against its reference."""
+import pytest
+import torch
+
+from lightsr.ops import spatial_mean, spatial_mean_reference
+
+
+@pytest.mark.parametrize("shape", [(1, 128, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spatial_mean_matches_reference(shape, layout, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) + 0.5).to(dtype).contiguous(memory_format=layout)
+    got, want = spatial_mean(x), spatial_mean_reference(x)
+    assert got.shape == want.shape == (shape[0], shape[1], 1, 1) and got.dtype == want.dtype
+    exact = x.double().mean(dim=(2, 3), keepdim=True)
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8  # bfloat16: one rounding of the result either way
+    assert torch.allclose(got.double(), exact, rtol=tol, atol=tol)
+    assert torch.allclose(want.double(), exact, rtol=tol, atol=tol)
+
+
+def test_spatial_mean_gradient_matches_reference():
+    x = torch.randn(2, 8, 5, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (spatial_mean(a) * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
+    (spatial_mean_reference(b) * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
+    assert torch.allclose(a.grad.float(), b.grad.float(), rtol=2 ** -8, atol=1e-6)
+
+
+def test_lgun_se_gate_uses_spatial_mean():
+    from lightsr.models.lgun import SqueezeExcitation
+
+    se = SqueezeExcitation(16).to(torch.bfloat16)
+    x = torch.randn(1, 16, 9, 11, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = torch.sigmoid(se.fc2(torch.relu(se.fc1(spatial_mean_reference(x)))))
+        assert torch.allclose(se.gate(x).float(), want.float(), atol=2 ** -7)
