@@ -130,3 +130,59 @@ def test_native_bfloat16_kernels_read_bfloat16_bit_identically(b, heads, h, w, k
             assert seen == [torch.bfloat16, torch.float32]
             assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(out, expected)
+
+
+def _dp_supported() -> bool:
+    lib = _native.library() if _native.available() else None
+    return lib is not None and bool(lib.lightsr_ca_dp_supported())
+
+
+needs_dp = pytest.mark.skipif(not _dp_supported(), reason="no AVX512-BF16 on this CPU (or native kernels not built)")
+
+
+def _wide_qkv(b, c, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3 * c, h, w, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+
+
+@needs_dp
+@pytest.mark.parametrize("b,c,heads,h,w", [(1, 64, 1, 1, 1), (2, 64, 1, 7, 9), (1, 64, 2, 13, 5), (3, 48, 1, 4, 67),
+                                           (1, 128, 4, 3, 130), (2, 96, 2, 5, 3), (1, 64, 1, 40, 31)])
+@pytest.mark.parametrize("act", [F.relu, lambda a: a.softmax(-1), _topk_softmax])
+def test_bfloat16_dot_product_kernels_match_float32_path(b, c, heads, h, w, act, monkeypatch):
+    """bf16 qkv with wide heads goes to the AVX512-BF16 kernels: within one bf16 rounding of the float32
+    path on the same (widened) values with the maps rounded to bf16 (as the kernel takes them),
+    channels-last bf16 out; within two of the float64 reference."""
+    qkv, temp = _wide_qkv(b, c, h, w, seed=c + h), torch.rand(heads, 1, 1) + 0.5
+    calls = []
+    real = _attention_native.attention_dp
+    monkeypatch.setattr(_attention_native, "attention_dp", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        out = channel_attention(qkv, heads, temp, act)
+        expected = channel_attention(qkv.float(), heads, temp, lambda a: act(a).bfloat16().float())
+    assert calls == [1]
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(out, expected) < 2 ** -8
+    ref = channel_attention_reference(qkv.double(), heads, temp.double(), act)
+    assert _rel(out, ref) < 2 ** -7
+
+
+@needs_dp
+def test_bfloat16_dot_product_kernels_are_thread_independent(outputs_per_thread_count):
+    qkv, temp = _wide_qkv(2, 64, 37, 45, seed=5), torch.ones(1, 1, 1)
+    outs = outputs_per_thread_count(lambda: channel_attention(qkv, 1, temp, _topk_softmax))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_wide_heads_with_gradients_or_float32_skip_the_dot_product_kernels(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("bf16 dot-product attention used")
+
+    monkeypatch.setattr(_attention_native, "attention_dp", boom)
+    qkv = _wide_qkv(1, 64, 6, 7).requires_grad_(True)
+    out = channel_attention(qkv, 1, torch.ones(1, 1, 1), F.relu)
+    out.float().sum().backward()
+    assert torch.isfinite(qkv.grad.float()).all()
+    with torch.no_grad():
+        channel_attention(qkv.detach().float(), 1, torch.ones(1, 1, 1), F.relu)
+        channel_attention(_wide_qkv(1, 40, 6, 7), 1, torch.ones(1, 1, 1), F.relu)  # d = 40: not a multiple of 16

@@ -9,7 +9,10 @@ Per image and head, with q, k, v the head's ``d`` channels over all ``N`` pixels
   (B, heads, d, N) rows (an NCHW copy), ``F.normalize`` and two batched products.
 * :func:`channel_attention` - at inference on dense channels-last float32 CPU input with heads of 8
   channels (DLGSANet's tiny and light): the native kernels of ``native/channel_attention.c``
-  (Gram matrices and sums of squares in one pass, ``A v`` straight into the output). Otherwise,
+  (Gram matrices and sums of squares in one pass, ``A v`` straight into the output). On bfloat16
+  input with heads of 16 to 64 channels (LGUN's DGSA under autocast) and a CPU with AVX512-BF16:
+  those of ``native/channel_attention_dp.c`` (bfloat16 dot products with float32 sums; the maps
+  stay float32 as below and are rounded to bfloat16 for ``A v``). Otherwise,
   on channels-last input, the same numbers without any layout copy:
   q, k, v stay (B, N, 3C) pixel rows; the norms come from one product and sum and divide the small
   d x d Gram matrix instead of the (d, N) rows; each head's Gram matrix is one product reading the
@@ -81,6 +84,8 @@ def channel_attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, 
     if native is not None:
         h, w = qkv.shape[2:]
         return _attention_native.attention(native, heads, temperature, act, ((0, 0, h, w),), None).to(qkv.dtype)
+    if _dp_input(qkv, heads, temperature):
+        return _attention_native.attention_dp(qkv, heads, temperature, act)
     if qkv.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(qkv.device.type):
         # reduced precision (CPU autocast): the maps in float32 - top-k selections and ReLU sparsity
         # flip on bf16-rounded logits (LGUN's Set5 PSNR moved by 0.02 dB); a copy of q, k, v
@@ -114,6 +119,12 @@ def _native_input(qkv: torch.Tensor, heads: int, temperature: torch.Tensor) -> t
             or not plain_tensors(qkv, temperature)):
         return None
     return qkv if _attention_native.usable(qkv, heads) else None
+
+
+def _dp_input(qkv: torch.Tensor, heads: int, temperature: torch.Tensor) -> bool:
+    """Whether the AVX512-BF16 kernels take this bfloat16 qkv at inference (wide heads)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and not needs_grad(qkv, temperature)
+            and not exporting() and plain_tensors(qkv, temperature) and _attention_native.dp_usable(qkv, heads))
 
 
 def tlc_channel_attention_reference(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation,
