@@ -1,8 +1,8 @@
-"""spatial_mean (the squeeze of LGUN's SE gate) against its reference."""
+"""spatial_mean (the squeeze of LGUN's SE gate) and channel_mean (LAMNet's IEM) against their references."""
 import pytest
 import torch
 
-from lightsr.ops import spatial_mean, spatial_mean_reference
+from lightsr.ops import channel_mean, channel_mean_reference, spatial_mean, spatial_mean_reference
 
 
 @pytest.mark.parametrize("shape", [(1, 128, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4)])
@@ -27,7 +27,7 @@ def test_spatial_mean_gradient_matches_reference():
     assert torch.allclose(a.grad.float(), b.grad.float(), rtol=2 ** -8, atol=1e-6)
 
 
-def test_lgun_se_gate_uses_spatial_mean():
+def test_lgun_se_gate_matches_the_reference_mean():
     from lightsr.models.lgun import SqueezeExcitation
 
     se = SqueezeExcitation(16).to(torch.bfloat16)
@@ -35,3 +35,28 @@ def test_lgun_se_gate_uses_spatial_mean():
     with torch.no_grad():
         want = torch.sigmoid(se.fc2(torch.relu(se.fc1(spatial_mean_reference(x)))))
         assert torch.allclose(se.gate(x).float(), want.float(), atol=2 ** -7)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_mean_matches_reference(shape, layout, dtype):
+    torch.manual_seed(1)
+    x = (torch.randn(shape) + 0.5).to(dtype).contiguous(memory_format=layout)
+    got, want = channel_mean(x), channel_mean_reference(x)
+    assert got.shape == want.shape == (shape[0], 1, *shape[2:]) and got.dtype == want.dtype
+    exact = x.double().mean(dim=1, keepdim=True)
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8
+    assert torch.allclose(got.double(), exact, rtol=tol, atol=tol)
+
+
+def test_lamnet_information_exchange_bf16_matches_float32():
+    from lightsr.models.lamnet import information_exchange
+
+    torch.manual_seed(2)
+    xc, xs = (torch.randn(2, 8, 6, 7).bfloat16().contiguous(memory_format=torch.channels_last) for _ in range(2))
+    with torch.no_grad():
+        got = information_exchange(xc, xs)
+        want = information_exchange(xc.float().contiguous(), xs.float().contiguous())  # the NCHW einsum path
+    for g, w in zip(got, want):
+        assert g.dtype == torch.bfloat16 and torch.allclose(g.float(), w, rtol=2 ** -6, atol=2 ** -6)

@@ -94,9 +94,9 @@ def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Te
         # the same sums on the (B, HW, C') pixel rows the channels-last maps already are: one batched
         # product each instead of einsum's layout copies
         rc, rs = (t.permute(0, 2, 3, 1).reshape(b, h * w, c) for t in (x_c, x_s))
-        s = rs.mean(1)  # (B, C')
+        s = get_op("spatial_mean")(x_s).view(b, c)  # (B, C')
         m = torch.sigmoid(torch.bmm(rc, s.unsqueeze(-1)) / c).view(b, 1, h, w)
-        t = rc.mean(-1)  # (B, HW)
+        t = get_op("channel_mean")(x_c).view(b, h * w)  # (B, HW)
         n = torch.sigmoid(torch.bmm(t.unsqueeze(1), rs) / (h * w)).view(b, c, 1, 1)
         return m * x_c, n * x_s
     s = x_s.mean(dim=(2, 3))  # (B, C')

@@ -15,6 +15,7 @@ channel (transposed) attention   :func:`channel_attention`             :func:`ch
 ... on TLC windows, averaged     :func:`tlc_channel_attention`         :func:`tlc_channel_attention_reference`
 GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`scale_gelu_reference`
 per-channel mean over pixels     :func:`spatial_mean`                  :func:`spatial_mean_reference`
+per-pixel mean over channels     :func:`channel_mean`                  :func:`channel_mean_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
@@ -77,7 +78,7 @@ from lightsr.ops.focal_attention import (
 )
 from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference
 from lightsr.ops.pointwise import pointwise_conv, pointwise_conv_reference
-from lightsr.ops.reduce import spatial_mean, spatial_mean_reference
+from lightsr.ops.reduce import channel_mean, channel_mean_reference, spatial_mean, spatial_mean_reference
 from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 
 __all__ = [
@@ -85,6 +86,8 @@ __all__ = [
     "build_kernel_map",
     "channel_attention",
     "channel_attention_reference",
+    "channel_mean",
+    "channel_mean_reference",
     "depthwise_conv2d",
     "depthwise_conv2d_reference",
     "dynamic_dwconv",
@@ -130,6 +133,7 @@ _FAST = {
     "pointwise_conv": pointwise_conv,
     "scale_gelu": scale_gelu,
     "spatial_mean": spatial_mean,
+    "channel_mean": channel_mean,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -144,6 +148,7 @@ _REFERENCE = {
     "pointwise_conv": pointwise_conv_reference,
     "scale_gelu": scale_gelu_reference,
     "spatial_mean": spatial_mean_reference,
+    "channel_mean": channel_mean_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}
