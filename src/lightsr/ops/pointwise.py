@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightsr.ops import _elementwise_native
 from lightsr.ops._common import exporting, needs_grad, observed
 
 __all__ = ["pointwise_conv", "pointwise_conv_reference"]
@@ -147,6 +148,8 @@ def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
     _check(x, weight)
     if not (out.dtype == residual.dtype == pd):  # a bf16 product onto a float32 residual stream
         y = pointwise_conv(x, weight, bias, None, scale)
+        if _elementwise_native.add_bf16_into_f32(residual, y, out) is not None:
+            return out
         return out.add_(y) if _same(residual, out) else torch.add(residual, y, out=out)
     wm, bias = _scaled(weight, bias, scale)
     with torch.autocast("cpu", enabled=False):

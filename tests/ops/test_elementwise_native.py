@@ -1,0 +1,38 @@
+"""The native bfloat16-onto-float32 add (LAMNet's stream under CPU autocast) against aten."""
+import pytest
+import torch
+
+from lightsr.ops import _elementwise_native, _native
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 64, 7, 9), (1, 3, 5, 3), (1, 64, 180, 320)])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_add_bf16_into_f32_matches_aten(shape, in_place, outputs_per_thread_count):
+    torch.manual_seed(0)
+    r = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    if shape == (1, 3, 5, 3):
+        y[0, 1, 2, 1] = float("nan")
+    want = r + y.float()
+
+    def run():
+        res = r.clone()
+        out = res if in_place else torch.empty_like(res)
+        assert _elementwise_native.add_bf16_into_f32(res, y, out) is out
+        return out
+
+    outs = outputs_per_thread_count(run)
+    assert torch.allclose(outs[0], outs[1], rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(outs[0], want, rtol=0, atol=0, equal_nan=True)
+    assert outs[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_add_bf16_into_f32_declines_what_it_does_not_take():
+    r = torch.randn(1, 4, 3, 3)
+    y = torch.randn(1, 4, 3, 3).bfloat16()
+    assert _elementwise_native.add_bf16_into_f32(r, y.contiguous(memory_format=torch.channels_last), r) is None  # layouts
+    assert _elementwise_native.add_bf16_into_f32(r, y.float(), r) is None  # dtype
+    assert _elementwise_native.add_bf16_into_f32(r[..., :2], y[..., :2], r[..., :2]) is None  # not dense
