@@ -67,6 +67,24 @@ def test_native_fused_tanh_matches_reference(h, w, c, groups):
         _check_against_reference(x, k, taps, dim, tol=1e-5, activation="tanh")  # 1 - tanh^2 near saturation: float32 cancellation
 
 
+@needs_native
+def test_native_tanh_saturates_and_keeps_nan():
+    """Logits beyond the rational fit's clamp (+-9), infinities and a NaN: tanh is +-1 outside, NaN
+    stays NaN (only the outputs whose taps read it)."""
+    taps = build_kernel_map()
+    x = _cl(torch.randn(1, 32, 3, 40))
+    k = _cl(torch.randn(1, 4 * len(taps), 3, 40) * 30)
+    k[0, :, 0, 5] = float("inf")
+    k[0, :, 1, 6] = float("-inf")
+    k[0, 3, 2, 7] = float("nan")
+    with torch.no_grad():
+        out = focal_attention(x, k, taps, -1, "tanh")
+        ref = focal_attention_reference(x.double(), torch.tanh(k.double()), taps, -1)
+    nan = ref.isnan()
+    assert nan.any() and torch.equal(out.isnan(), nan)
+    assert _rel(out[~nan], ref[~nan]) < 1e-5
+
+
 def test_tanh_activation_on_every_path():
     """The PyTorch path (native off) and float64 (never native) apply the same tanh."""
     taps = build_kernel_map()
