@@ -524,24 +524,19 @@ int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, co
  * strides y; s is (B, C) float32. Rows [r0, r1) of the B * H rows. */
 int FN(lightsr_scale_gelu)(const T *d, const float *s, T *y, const dw_geom *g, i64 r0, i64 r1)
 {
-    const i64 C = g->C, H = g->H, W = g->W;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(2 * C + 8));
-    if (!buf)
-        return 2;
-    float *v = buf, *out = buf + C;
+    const i64 C = g->C, H = g->H, W = g->W, C8 = C - C % 8;
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, h = r % H;
         const float *sb = s + b * C;
-        for (i64 w = 0; w < W; ++w) {
-            FN(load_row)(v, d + b * g->xb + h * g->xh + w * g->xw, C);
-#pragma omp simd
-            for (i64 c = 0; c < C; ++c)
-                v[c] *= sb[c];
-            gelu_only(v, out, C);
-            FN(store_row)(y + b * g->yb + h * g->yh + w * g->yw, out, C);
+        for (i64 w = 0; w < W; ++w) { /* one pass in registers: load, scale, GELU, store */
+            const T *dp = d + b * g->xb + h * g->xh + w * g->xw;
+            T *yp = y + b * g->yb + h * g->yh + w * g->yw;
+            for (i64 c = 0; c < C8; c += 8)
+                ST(yp + c, gelu8(LD(dp + c) * ld_f32(sb + c)));
+            for (i64 c = C8; c < C; ++c)
+                STS(yp + c, gelu1(LDS(dp + c) * sb[c]));
         }
     }
-    free(buf);
     return 0;
 }
 

@@ -142,16 +142,19 @@ static inline v8 erf_rational(v8 t)
     return vmin_keep_nan(vmax_keep_nan(a * p / q, -one), one);
 }
 
-/* GELU (exact form, erf by erf_rational: within 4e-7 of x Phi(x) relative to |x|) of n values. */
+/* GELU (exact form, erf by erf_rational: within 4e-7 of x Phi(x) relative to |x|) of 8 values; of
+ * one value by libm's erff (the tails of the vector loops) */
+static inline v8 gelu8(v8 x) { return x * (0.5f + 0.5f * erf_rational(x * 0.70710678118654752f)); }
+static inline float gelu1(float x) { return x * (0.5f * (1.0f + erff(x * 0.70710678118654752f))); }
+
+/* GELU of n values */
 static inline void gelu_only(const float *restrict v, float *restrict g, i64 n)
 {
     i64 e = 0;
-    for (; e + 8 <= n; e += 8) {
-        const v8 x = ld_f32(v + e);
-        st_f32(g + e, x * (0.5f + 0.5f * erf_rational(x * 0.70710678118654752f)));
-    }
+    for (; e + 8 <= n; e += 8)
+        st_f32(g + e, gelu8(ld_f32(v + e)));
     for (; e < n; ++e)
-        g[e] = v[e] * (0.5f * (1.0f + erff(v[e] * 0.70710678118654752f)));
+        g[e] = gelu1(v[e]);
 }
 
 /* first / one-past-last tap k in [0, K) whose sample o + k * D - P lies in [0, N) */
