@@ -120,16 +120,8 @@ static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const
     return 0;
 }
 
-/* The line's G*K coefficients per pixel, tanh applied, densely in T (returned with stride G*K);
- * without an activation the kernel line itself. */
-static const float *coefficients(const Geo *g, i64 act, const float *kl, i64 *ki, float *T)
+static void tanh_in_place(float *T, i64 n)
 {
-    if (!act)
-        return kl;
-    const i64 GK = g->G * g->K, L = g->L;
-    for (i64 i = 0; i < L; ++i)
-        memcpy(T + i * GK, kl + i * *ki, sizeof(float) * (size_t)GK);
-    const i64 n = L * GK;
     i64 e = 0;
     for (; e + 8 <= n; e += 8)
         *(v8u *)(T + e) = tanh_rational(*(const v8u *)(T + e));
@@ -141,6 +133,18 @@ static const float *coefficients(const Geo *g, i64 act, const float *kl, i64 *ki
         for (i64 r = e; r < n; ++r)
             T[r] = tail[r - e];
     }
+}
+
+/* The line's G*K coefficients per pixel, tanh applied, densely in T (returned with stride G*K);
+ * without an activation the kernel line itself. */
+static const float *coefficients(const Geo *g, i64 act, const float *kl, i64 *ki, float *T)
+{
+    if (!act)
+        return kl;
+    const i64 GK = g->G * g->K, L = g->L;
+    for (i64 i = 0; i < L; ++i)
+        memcpy(T + i * GK, kl + i * *ki, sizeof(float) * (size_t)GK);
+    tanh_in_place(T, L * GK);
     *ki = GK;
     return T;
 }
@@ -426,22 +430,39 @@ static void widen_line(const uint16_t *src, i64 stride, i64 L, i64 n, float *dst
     }
 }
 
-static void narrow_line(const float *src, i64 L, i64 n, uint16_t *dst, i64 stride)
-{
-    for (i64 i = 0; i < L; ++i, src += n) {
-        uint16_t *p = dst + i * stride;
-        i64 c = 0;
-        for (; c + 8 <= n; c += 8)
-            st_bf16(p + c, ld_f32(src + c));
-        for (; c < n; ++c)
-            sts_bf16(p + c, src[c]);
+#define NARROW_LINE(NAME, ATTR, STORE)                                                                         \
+    ATTR static void NAME(const float *src, i64 L, i64 n, uint16_t *dst, i64 stride)                           \
+    {                                                                                                          \
+        for (i64 i = 0; i < L; ++i, src += n) {                                                                \
+            uint16_t *p = dst + i * stride;                                                                    \
+            i64 c = 0;                                                                                         \
+            for (; c + 8 <= n; c += 8)                                                                         \
+                STORE(p + c, ld_f32(src + c));                                                                 \
+            for (; c < n; ++c)                                                                                 \
+                sts_bf16(p + c, src[c]);                                                                       \
+        }                                                                                                      \
     }
+NARROW_LINE(narrow_line, , st_bf16)
+#ifdef LIGHTSR_BF16_CVT
+NARROW_LINE(narrow_line_cvt, LIGHTSR_BF16_TARGET, st_bf16_cvt) /* one instruction per vector where the CPU has it */
+#endif
+
+typedef void (*narrow_fn)(const float *, i64, i64, uint16_t *, i64);
+
+static narrow_fn narrowing(void)
+{
+#ifdef LIGHTSR_BF16_CVT
+    if (__builtin_cpu_supports("avx512bf16"))
+        return narrow_line_cvt;
+#endif
+    return narrow_line;
 }
 
 /* The forward on bfloat16 x, coefficients and output (float32 arithmetic, the same numbers as the
  * float32 kernel on the widened values): each line is widened into float32 line buffers (L2-sized),
  * computed as above and rounded back, so the tensors never exist in float32 (at inference under
- * autocast three whole-tensor conversions and their memory traffic). */
+ * autocast three whole-tensor conversions and their memory traffic). The logits are activated in
+ * their widened buffer (no second copy). */
 int lightsr_fsa_forward_bf16(
     const uint16_t *x, const uint16_t *k, uint16_t *out, i64 J, i64 L, i64 C, i64 G, i64 K,
     const i64 *lo, const i64 *n, i64 dmin, i64 dmax, i64 act,
@@ -459,12 +480,16 @@ int lightsr_fsa_forward_bf16(
         return 2;
     }
     float *os = xs + L * C, *ks = os + L * C;
+    const narrow_fn narrow = narrowing();
+    g.act = 0; /* tanh below, in place */
     for (i64 l = line0; l < line1; ++l) {
         const i64 b = l / J, j = l % J;
         widen_line(x + b * xb + j * xj, xi, L, C, xs);
         widen_line(k + b * kb + j * kj, ki, L, GK, ks);
+        if (act)
+            tanh_in_place(ks, L * GK);
         forward_lines(&g, xs, ks, os, 0, 0, C, 0, 0, GK, 0, 0, C, 0, 1, M);
-        narrow_line(os, L, C, out + b * ob + j * oj, oi);
+        narrow(os, L, C, out + b * ob + j * oj, oi);
     }
     free(xs);
     free(M);
