@@ -36,3 +36,41 @@ def test_add_bf16_into_f32_declines_what_it_does_not_take():
     assert _elementwise_native.add_bf16_into_f32(r, y.contiguous(memory_format=torch.channels_last), r) is None  # layouts
     assert _elementwise_native.add_bf16_into_f32(r, y.float(), r) is None  # dtype
     assert _elementwise_native.add_bf16_into_f32(r[..., :2], y[..., :2], r[..., :2]) is None  # not dense
+
+
+def _slices(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    b, c, h, w = shape
+    full = torch.randn(b, 4 * c, h, w, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    dense = torch.randn(shape, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    return full.chunk(4, dim=1)[1], dense
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 16, 7, 9), (2, 17, 5, 3), (3, 8, 1, 40)])
+def test_add_maps_is_aten_bit_for_bit(shape, outputs_per_thread_count):
+    from lightsr.ops import add_maps, add_maps_reference
+
+    sl, dense = _slices(shape, sum(shape))
+    for a, b in ((sl, dense), (dense, sl), (dense, dense), (sl, sl)):
+        outs = outputs_per_thread_count(lambda: add_maps(a, b))
+        want = add_maps_reference(a, b)
+        assert torch.equal(outs[0], want) and torch.equal(outs[1], want)
+        assert outs[0].is_contiguous(memory_format=torch.channels_last) and outs[0].dtype == torch.bfloat16
+
+
+def test_add_maps_falls_back_where_the_kernel_does_not_apply(monkeypatch):
+    from lightsr.ops import add_maps
+
+    calls = []
+    real = _elementwise_native.add_bf16
+    monkeypatch.setattr(_elementwise_native, "add_bf16", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(1, 4, 5, 6)
+    assert torch.equal(add_maps(x, x), x + x)  # float32: aten
+    xb = x.bfloat16()  # NCHW bf16: the kernel declines
+    assert torch.equal(add_maps(xb, xb), xb + xb)
+    g = x.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = add_maps(g, g)  # a gradient: aten
+    out.float().sum().backward()
+    assert torch.equal(g.grad, torch.full_like(g, 2.0))
+    assert len(calls) == 1  # only the NCHW bf16 call reached (and was declined by) the native wrapper

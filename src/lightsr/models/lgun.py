@@ -121,8 +121,9 @@ class MLHA(nn.Module):
         if self.stf:
             xs = f_in.chunk(self.parts, dim=1)
             ys = [xs[0]]  # y_1 = x_1
+            add = get_op("add_maps")
             for x_i, lkcs in zip(xs[1:], self.lkcs):
-                ys.append(lkcs(x_i + ys[-1]))  # y_i = LKCS_i(x_i + y_{i-1})
+                ys.append(lkcs(add(x_i, ys[-1])))  # y_i = LKCS_i(x_i + y_{i-1})
             weights = torch.cat(ys, dim=1)
         else:  # w/o STF: the same convolutions on the whole feature, in sequence
             weights = f_in

@@ -16,6 +16,7 @@ channel (transposed) attention   :func:`channel_attention`             :func:`ch
 GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`scale_gelu_reference`
 per-channel mean over pixels     :func:`spatial_mean`                  :func:`spatial_mean_reference`
 per-pixel mean over channels     :func:`channel_mean`                  :func:`channel_mean_reference`
+sum of two maps                  :func:`add_maps`                      :func:`add_maps_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
@@ -69,6 +70,7 @@ from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv_fused_reference,
     dynamic_dwconv_reference,
 )
+from lightsr.ops.elementwise import add_maps, add_maps_reference
 from lightsr.ops.focal_attention import (
     build_kernel_map,
     focal_attention,
@@ -83,6 +85,8 @@ from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
 
 __all__ = [
     "OPS",
+    "add_maps",
+    "add_maps_reference",
     "build_kernel_map",
     "channel_attention",
     "channel_attention_reference",
@@ -134,6 +138,7 @@ _FAST = {
     "scale_gelu": scale_gelu,
     "spatial_mean": spatial_mean,
     "channel_mean": channel_mean,
+    "add_maps": add_maps,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -149,6 +154,7 @@ _REFERENCE = {
     "scale_gelu": scale_gelu_reference,
     "spatial_mean": spatial_mean_reference,
     "channel_mean": channel_mean_reference,
+    "add_maps": add_maps_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}

@@ -1,4 +1,5 @@
-"""ctypes glue of ``native/elementwise.c``: a bfloat16 branch added onto a float32 stream."""
+"""ctypes glue of ``native/elementwise.c``: a bfloat16 branch added onto a float32 stream; the sum
+of two bfloat16 maps with evenly strided pixels (channel slices)."""
 from __future__ import annotations
 
 import ctypes
@@ -7,10 +8,11 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["NATIVE_SIGNATURES", "add_bf16_into_f32"]
+__all__ = ["NATIVE_SIGNATURES", "add_bf16", "add_bf16_into_f32"]
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
-NATIVE_SIGNATURES = {"lightsr_add_f32_bf16": [_p, _p, _p, _i64, _i64]}
+NATIVE_SIGNATURES = {"lightsr_add_f32_bf16": [_p, _p, _p, _i64, _i64],
+                     "lightsr_add_bf16": [_p, _i64, _p, _i64, _p, _i64, _i64, _i64]}
 _CHUNK = 65536  # elements per part at least (smaller maps run on one thread)
 
 
@@ -34,4 +36,34 @@ def add_bf16_into_f32(residual: torch.Tensor, y: torch.Tensor, out: torch.Tensor
         return None
     args = (ctypes.c_void_p(residual.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_void_p(out.data_ptr()))
     _native.run_rows(lib.lightsr_add_f32_bf16, lambda _, i0, i1: (*args, i0, i1), out.numel(), min_rows=_CHUNK)
+    return out
+
+
+def _pixel_stride(t: torch.Tensor) -> int | None:
+    """The element stride between consecutive pixels of a channels-last (B, C, H, W) map with unit
+    channel stride, where all pixels of all images are evenly strided; else None."""
+    b, c, h, w = t.shape
+    if c > 1 and t.stride(1) != 1:
+        return None
+    s = t.stride(3)
+    if (h > 1 and t.stride(2) != w * s) or (b > 1 and t.stride(0) != h * w * s) or s < c:
+        return None
+    return s
+
+
+def add_bf16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """``a + b`` of two bfloat16 CPU maps of one shape with evenly strided pixels (dense channels-last
+    maps or channel slices of them), as a dense channels-last map, by the native kernel; None where it
+    does not apply."""
+    if (a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.dim() != 4 or a.shape != b.shape
+            or a.device.type != "cpu" or b.device.type != "cpu" or a.numel() == 0):
+        return None
+    sa, sb = _pixel_stride(a), _pixel_stride(b)
+    lib = _native.library()
+    if sa is None or sb is None or lib is None:
+        return None
+    n, c = a.shape[0] * a.shape[2] * a.shape[3], a.shape[1]
+    out = torch.empty(a.shape, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    args = (ctypes.c_void_p(a.data_ptr()), sa, ctypes.c_void_p(b.data_ptr()), sb, ctypes.c_void_p(out.data_ptr()), c)
+    _native.run_rows(lib.lightsr_add_bf16, lambda _, p0, p1: (*args, p0, p1), n, min_rows=max(1, _CHUNK // c))
     return out

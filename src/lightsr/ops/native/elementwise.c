@@ -20,3 +20,22 @@ int lightsr_add_f32_bf16(const float *r, const uint16_t *y, float *out, i64 i0, 
         out[i] = r[i] + lds_bf16(y + i);
     return 0;
 }
+
+/* out[p][c] = a[p * sa + c] + b[p * sb + c] for pixels p in [p0, p1), c < C: the sum of two bfloat16
+ * maps whose pixels are evenly strided (channel slices of channels-last maps), written densely and
+ * rounded once (aten's bf16 + bf16); LGUN's MLHA adds a channel slice of its input to the previous
+ * part's output three times per block, where aten's strided bfloat16 add took 1.5 ms for a
+ * 16 x 180 x 320 map, more than widening both to float32 and adding them. */
+int lightsr_add_bf16(const uint16_t *a, i64 sa, const uint16_t *b, i64 sb, uint16_t *out, i64 C, i64 p0, i64 p1)
+{
+    for (i64 p = p0; p < p1; ++p) {
+        const uint16_t *ap = a + p * sa, *bp = b + p * sb;
+        uint16_t *op = out + p * C;
+        i64 c = 0;
+        for (; c + 8 <= C; c += 8)
+            st_bf16(op + c, ld_bf16(ap + c) + ld_bf16(bp + c));
+        for (; c < C; ++c)
+            sts_bf16(op + c, lds_bf16(ap + c) + lds_bf16(bp + c));
+    }
+    return 0;
+}
