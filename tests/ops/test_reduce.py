@@ -5,15 +5,23 @@ import torch
 from lightsr.ops import channel_mean, channel_mean_reference, spatial_mean, spatial_mean_reference
 
 
-@pytest.mark.parametrize("shape", [(1, 128, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4)])
+MEANS = {  # fast, reference, the reduced dims
+    "spatial": (spatial_mean, spatial_mean_reference, (2, 3)),
+    "channel": (channel_mean, channel_mean_reference, (1,)),
+}
+
+
+@pytest.mark.parametrize("which", sorted(MEANS))
+@pytest.mark.parametrize("shape", [(1, 128, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4), (1, 32, 1, 1)])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_spatial_mean_matches_reference(shape, layout, dtype):
+def test_means_match_reference(which, shape, layout, dtype):
+    fast, reference, dims = MEANS[which]
     torch.manual_seed(0)
     x = (torch.randn(shape) + 0.5).to(dtype).contiguous(memory_format=layout)
-    got, want = spatial_mean(x), spatial_mean_reference(x)
-    assert got.shape == want.shape == (shape[0], shape[1], 1, 1) and got.dtype == want.dtype
-    exact = x.double().mean(dim=(2, 3), keepdim=True)
+    got, want = fast(x), reference(x)
+    exact = x.double().mean(dim=dims, keepdim=True)
+    assert got.shape == want.shape == exact.shape and got.dtype == want.dtype
     tol = 1e-6 if dtype == torch.float32 else 2 ** -8  # bfloat16: one rounding of the result either way
     assert torch.allclose(got.double(), exact, rtol=tol, atol=tol)
     assert torch.allclose(want.double(), exact, rtol=tol, atol=tol)
@@ -35,19 +43,6 @@ def test_lgun_se_gate_matches_the_reference_mean():
     with torch.no_grad():
         want = torch.sigmoid(se.fc2(torch.relu(se.fc1(spatial_mean_reference(x)))))
         assert torch.allclose(se.gate(x).float(), want.float(), atol=2 ** -7)
-
-
-@pytest.mark.parametrize("shape", [(1, 32, 1, 1), (2, 16, 7, 9), (3, 5, 13, 4)])
-@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_channel_mean_matches_reference(shape, layout, dtype):
-    torch.manual_seed(1)
-    x = (torch.randn(shape) + 0.5).to(dtype).contiguous(memory_format=layout)
-    got, want = channel_mean(x), channel_mean_reference(x)
-    assert got.shape == want.shape == (shape[0], 1, *shape[2:]) and got.dtype == want.dtype
-    exact = x.double().mean(dim=1, keepdim=True)
-    tol = 1e-6 if dtype == torch.float32 else 2 ** -8
-    assert torch.allclose(got.double(), exact, rtol=tol, atol=tol)
 
 
 def test_lamnet_information_exchange_bf16_matches_float32():
