@@ -139,6 +139,23 @@ def test_depthwise_native_bfloat16(gate, k, dil):
 
 
 @needs_native
+@pytest.mark.parametrize("kernel,dil", [((1, 23), 1), ((23, 1), 1), ((9, 9), 2), ((7, 7), 1), ((5, 3), 2)])
+@pytest.mark.parametrize("b,c,h,w", [(1, 16, 1, 1), (2, 12, 5, 40), (1, 32, 13, 9)])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
+def test_depthwise_native_bfloat16_taps_equal_float32_kernel(kernel, dil, b, c, h, w, layout):
+    """bfloat16 storage with the generic taps (strip kernels, dilation, borders, channel slices): bit
+    for bit the float32 kernel's result on the widened input, rounded once."""
+    x = _input(b, c, h, w, layout).bfloat16()
+    wt, bias = torch.randn(c, 1, *kernel) * 0.3, torch.randn(c)
+    pad = (dil * (kernel[0] // 2), dil * (kernel[1] // 2))
+    with torch.no_grad():
+        ref = depthwise_conv2d(x.float(), wt, bias, pad, (dil, dil))
+        out = depthwise_conv2d(x, wt, bias, pad, (dil, dil))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.bfloat16())
+    assert _rel(ref, depthwise_conv2d_reference(x.float(), wt, bias, pad, (dil, dil))) < 1e-5
+
+
+@needs_native
 def test_depthwise_native_backward_under_bf16_autocast():
     x = _input(2, 16, 8, 8).requires_grad_(True)
     wt, bias = torch.randn(16, 1, 3, 3, requires_grad=True), torch.randn(16, requires_grad=True)
