@@ -25,9 +25,9 @@ system C compiler into one library by :mod:`lightsr.ops._native`; no compiler or
 ``LIGHTSR_NATIVE=0``: the PyTorch implementations, tested equal): the channels-last depth-wise
 convolutions with the FFN gates fused (float32 and bfloat16 storage), the loops of the dynamic
 convolution, the focal attention, the inference LayerNorm, the channel attention of 8-channel
-heads (whole map or TLC windows) and, on bf16 with AVX512-BF16, of wider heads (LGUN), the SE and IEM
-means and two bf16 adds; the 1x1 convolutions and the other channel attentions are BLAS products on
-channels-last rows with no layout copy. Every other device runs PyTorch. The dynamic convolution and the focal attention
+heads (whole map or TLC windows) and, on bf16 with AVX512-BF16, of wider heads (LGUN), and two bf16
+adds; the 1x1 convolutions, the bf16 means (SE, IEM) and the other channel attentions are BLAS
+products on channels-last rows with no layout copy. Every other device runs PyTorch. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
 ``meta`` device (the 1x1 and depth-wise ops fall back to aten convolutions under the counter, which
