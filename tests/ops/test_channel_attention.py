@@ -147,7 +147,7 @@ def _wide_qkv(b, c, h, w, seed=0):
 
 @needs_dp
 @pytest.mark.parametrize("b,c,heads,h,w", [(1, 64, 1, 1, 1), (2, 64, 1, 7, 9), (1, 64, 2, 13, 5), (3, 48, 1, 4, 67),
-                                           (1, 128, 4, 3, 130), (2, 96, 2, 5, 3), (1, 64, 1, 40, 31)])
+                                           (1, 128, 4, 3, 130), (2, 96, 2, 5, 3), (1, 64, 1, 40, 31), (1, 64, 4, 6, 7)])
 @pytest.mark.parametrize("act", [F.relu, lambda a: a.softmax(-1), _topk_softmax])
 def test_bfloat16_dot_product_kernels_match_float32_path(b, c, heads, h, w, act, monkeypatch):
     """bf16 qkv with wide heads goes to the AVX512-BF16 kernels: within one bf16 rounding of the float32
