@@ -27,12 +27,18 @@ def test_means_match_reference(which, shape, layout, dtype):
     assert torch.allclose(want.double(), exact, rtol=tol, atol=tol)
 
 
-def test_spatial_mean_gradient_matches_reference():
-    x = torch.randn(2, 8, 5, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("which", sorted(MEANS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_gradients_match_reference(which, dtype):
+    """The same gradient as aten's mean (bf16 channels-last takes the product, float32 aten)."""
+    fast, reference, _ = MEANS[which]
+    x = torch.randn(2, 8, 5, 6, dtype=dtype).contiguous(memory_format=torch.channels_last)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    (spatial_mean(a) * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
-    (spatial_mean_reference(b) * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
-    assert torch.allclose(a.grad.float(), b.grad.float(), rtol=2 ** -8, atol=1e-6)
+    for t, fn in ((a, fast), (b, reference)):
+        out = fn(t)
+        (out * torch.arange(float(out.numel())).view(out.shape)).sum().backward()
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8
+    assert torch.allclose(a.grad.float(), b.grad.float(), rtol=tol, atol=1e-6)
 
 
 def test_lgun_se_gate_matches_the_reference_mean():
