@@ -51,7 +51,8 @@ int lightsr_fsa_vector_tanh(void)
 static inline v8 tanh_rational(v8 x)
 {
     const v8 c = (v8){0} + 9.0f;
-    const v8 a = vmin_keep_nan(vmax_keep_nan(x, -c), c);
+    const i32x8 hi = x > c, lo = x < -c;
+    const v8 a = (v8)(((i32x8)x & ~(hi | lo)) | ((i32x8)c & hi) | ((i32x8)(-c) & lo));
     const v8 z = a * a;
     const v8 p = (((1.2725911324729111e-08f * z + 2.011788984101993e-05f) * z + 0.003464131673708028f) * z
                   + 0.13354021074883654f) * z + 0.9999999367817037f;

@@ -106,12 +106,7 @@ static inline void gelu_and_grad(const float *restrict v, float *restrict g, flo
     }
 }
 
-/* min / max of vectors that keep a NaN of their first argument: vmaxps / vminps return their second
- * operand when either is NaN (one instruction; the generic form: comparisons with NaN are false). */
-#ifdef __AVX2__
-static inline v8 vmax_keep_nan(v8 x, v8 lo) { return (v8)_mm256_max_ps((__m256)lo, (__m256)x); }
-static inline v8 vmin_keep_nan(v8 x, v8 hi) { return (v8)_mm256_min_ps((__m256)hi, (__m256)x); }
-#else
+/* min / max of vectors that keep a NaN of their first argument (comparisons with NaN are false). */
 static inline v8 vmax_keep_nan(v8 x, v8 lo)
 {
     return (v8)(((i32x8)(x < lo) & (i32x8)lo) | (~(i32x8)(x < lo) & (i32x8)x));
@@ -121,7 +116,6 @@ static inline v8 vmin_keep_nan(v8 x, v8 hi)
 {
     return (v8)(((i32x8)(x > hi) & (i32x8)hi) | (~(i32x8)(x > hi) & (i32x8)x));
 }
-#endif
 
 /* erf(t) = t P(t^2) / Q(t^2) on [-3.92, 3.92] (clamped outside, where erf is +-1 in float32): a (5, 5)
  * rational least-squares fit of erf on [0, 3.92] (float64, iteratively reweighted towards the largest
