@@ -34,7 +34,7 @@ def add_bf16_into_f32(residual: torch.Tensor, y: torch.Tensor, out: torch.Tensor
     lib = _native.library()
     if lib is None:
         return None
-    args = (ctypes.c_void_p(residual.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_void_p(out.data_ptr()))
+    args = (_native._ptr(residual), _native._ptr(y), _native._ptr(out))
     _native.run_rows(lib.lightsr_add_f32_bf16, lambda _, i0, i1: (*args, i0, i1), out.numel(), min_rows=_CHUNK)
     return out
 
@@ -64,6 +64,6 @@ def add_bf16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
         return None
     n, c = a.shape[0] * a.shape[2] * a.shape[3], a.shape[1]
     out = torch.empty(a.shape, dtype=torch.bfloat16, memory_format=torch.channels_last)
-    args = (ctypes.c_void_p(a.data_ptr()), sa, ctypes.c_void_p(b.data_ptr()), sb, ctypes.c_void_p(out.data_ptr()), c)
+    args = (_native._ptr(a), sa, _native._ptr(b), sb, _native._ptr(out), c)
     _native.run_rows(lib.lightsr_add_bf16, lambda _, p0, p1: (*args, p0, p1), n, min_rows=max(1, _CHUNK // c))
     return out
