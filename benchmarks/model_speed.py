@@ -399,7 +399,7 @@ def _print_op_times(title, timer, plain, repeats, rows):
         print(f"| {op} | {shapes} | {n} | {t * 1e3:.1f} | {t / total:.1%} |", flush=True)
 
 
-def _op_times(names, args, rows: int = 12):
+def _op_times(names, args):
     """Every operator call of one fast training step timed on its own (see the module docstring)."""
     b, p = args.train_batch, args.train_patch
     g = torch.Generator().manual_seed(1)
@@ -413,11 +413,11 @@ def _op_times(names, args, rows: int = 12):
         with timer:
             step()
         _print_op_times(f"Operator times of one fast training step: {name}, batch {b}, LR patch {p}x{p}", timer, plain,
-                        args.repeats, rows)
+                        args.repeats, args.op_rows)
         del model
 
 
-def _op_times_upscale(names, args, rows: int = 16):
+def _op_times_upscale(names, args):
     """Every operator call of one ``Upscaler(tile=0, precision=...)`` call on a uint8 image of --size."""
     import numpy as np
 
@@ -433,7 +433,7 @@ def _op_times_upscale(names, args, rows: int = 16):
         with timer:
             up(img)
         _print_op_times(f"Operator times of one Upscaler call: {name}, {w}x{h} -> x{args.scale}, "
-                        f"{args.op_times_upscale}", timer, plain, args.repeats, rows)
+                        f"{args.op_times_upscale}", timer, plain, args.repeats, args.op_rows)
 
 
 def _ffn_bands(names, args):
@@ -522,6 +522,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     ap.add_argument("--op-times", action="store_true",
                     help="time every operator call of one fast training step (largest first, by shapes and layouts)")
+    ap.add_argument("--op-rows", type=int, default=14, metavar="N",
+                    help="rows of the --op-times / --op-times-upscale tables (default 14)")
     ap.add_argument("--op-times-upscale", choices=["fp32", "bf16"], default=None, metavar="PRECISION",
                     help="time every operator call of one Upscaler(tile=0) call at --size in fp32 or bf16")
     ap.add_argument("--ffn-bands", choices=["fp32", "bf16"], default=None, metavar="PRECISION",
