@@ -14,7 +14,8 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["NATIVE_SIGNATURES", "apply", "fused_forward_channels_last", "grad_input", "usable",
+__all__ = ["NATIVE_SIGNATURES", "apply", "fused_backward_channels_last", "fused_forward_channels_last", "grad_input",
+           "usable",
            "usable_channels_last", "weight_grad"]
 
 _FIELDS = ("G", "P", "R", "L", "K", "og", "oc", "orow", "xg", "xc", "xrow", "wg", "wt", "wrow", "sg", "sc", "srow")
@@ -28,10 +29,16 @@ class _FusedGeom(ctypes.Structure):
     _fields_ = [(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "NH")]
 
 
+class _BwdGeom(ctypes.Structure):
+    _fields_ = ([(name, ctypes.c_longlong) for name in ("B", "H", "W", "C", "G", "P", "K", "NH", "band")]
+                + [(name, ctypes.c_void_p) for name in ("x", "hidden", "wk", "bias", "go", "gx", "gh")])
+
+
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
 NATIVE_SIGNATURES = {name: [_p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64]
                      for name in ("lightsr_dyn_apply", "lightsr_dyn_weight_grad", "lightsr_dyn_grad_input")}
 NATIVE_SIGNATURES["lightsr_dyn_fused_cl"] = [_p, _p, _p, _p, _p, ctypes.POINTER(_FusedGeom), _i64, _i64]
+NATIVE_SIGNATURES["lightsr_dyn_fused_bwd_cl"] = [ctypes.POINTER(_BwdGeom), _p, _i64, _i64, _i64]
 
 
 def usable(t: torch.Tensor) -> bool:
@@ -101,3 +108,41 @@ def fused_forward_channels_last(x, hidden, conv_weight, conv_bias, k: int, group
     if any(codes):
         raise MemoryError("dynamic_dwconv: cannot allocate the native kernel's buffer")
     return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def _dense_cl_f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().contiguous(memory_format=torch.channels_last)
+
+
+def fused_backward_channels_last(grad, x, hidden, conv_weight, conv_bias, k: int, groups: int):
+    """Gradients of the fused op w.r.t. (x, hidden, conv_weight, conv_bias) in one native pass over
+    channels-last float32 copies (``native/dynamic_dwconv_bwd.c``); the bias' is empty when there is
+    none. Bands of rows of even index, then of odd index, each pass split over the threads; the result
+    does not depend on the thread count."""
+    b, c, h, w = x.shape
+    xf, hf, gf = _dense_cl_f32(x), _dense_cl_f32(hidden), _dense_cl_f32(grad)
+    nk, nh = conv_weight.shape[0], conv_weight.shape[1]
+    wk = conv_weight.detach().float().reshape(nk, nh).contiguous()
+    bias = None if conv_bias is None else conv_bias.detach().float().contiguous()
+    gx = torch.zeros_like(xf, memory_format=torch.channels_last)
+    gh = torch.empty(hf.shape, dtype=torch.float32, memory_format=torch.channels_last)
+    band = max(k - 1, 16)
+    bands = -(-b * h // band)
+    geom = _BwdGeom(b, h, w, c, groups, c // groups, k, nh, band,
+                    *(None if t is None else t.data_ptr() for t in (xf, hf, wk, bias, gf, gx, gh)))
+    fn = _native.library().lightsr_dyn_fused_bwd_cl
+    per_band = torch.empty(bands, nk * nh + nk, dtype=torch.float32)  # each band's weight, then bias sums
+    out = ctypes.c_void_p(per_band.data_ptr())
+    for parity in (0, 1):  # two bands of one parity never write the same rows of gx
+        lines = (bands - parity + 1) // 2
+        codes = _native.run_rows(fn, lambda _, l0, l1: (geom, out, parity, l0, l1), lines, min_rows=1) if lines else []
+        if any(codes):
+            raise MemoryError("dynamic_dwconv: cannot allocate the native backward's buffers")
+    sums = per_band[0].clone()
+    for row in per_band[1:]:  # in band order: the same sums whatever the thread count
+        sums += row
+    g_bias = sums[nk * nh:] if conv_bias is not None else conv_weight.new_empty(0)
+    g_weight = sums[:nk * nh].view_as(conv_weight)
+    # the two gradients are separate tensors (not views of one: a custom op's outputs must not alias)
+    return (gx.to(x.dtype), gh.to(hidden.dtype), g_weight.to(conv_weight.dtype, copy=True),
+            g_bias.to(conv_weight.dtype, copy=True))

@@ -347,6 +347,9 @@ def _fused_backward_impl(
     kernel_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. (x, hidden, conv_weight, conv_bias); conv_bias' is empty when there is none."""
+    if _dynamic_native.usable_channels_last(x, hidden):
+        groups, _ = _check_fused(x, hidden, conv_weight, conv_bias, kernel_size)
+        return _dynamic_native.fused_backward_channels_last(grad, x, hidden, conv_weight, conv_bias, kernel_size, groups)
     cv, xp, hc, wk, bias = _fused_setup(x, hidden, conv_weight, conv_bias, kernel_size)
     p, width, valid = cv.p, cv.width, cv.valid
     nk, ch = wk.shape
