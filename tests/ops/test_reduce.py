@@ -41,6 +41,23 @@ def test_mean_gradients_match_reference(which, dtype):
     assert torch.allclose(a.grad.float(), b.grad.float(), rtol=tol, atol=1e-6)
 
 
+@pytest.mark.parametrize("which", sorted(MEANS))
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (3, 7, 5, 9)])
+def test_mean_gradient_is_a_broadcast_view(which, shape):
+    """The input's gradient is ``g / N`` broadcast (zero strides over the averaged axes: nothing of
+    the map's size is written); added onto the map's other gradient it stays channels-last."""
+    fast, reference, dims = MEANS[which]
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    (grad,) = torch.autograd.grad(fast(x), x, torch.randn(fast(x).shape))
+    assert all(grad.stride(d) == 0 for d in dims if shape[d] > 1)
+    y = x.detach().clone().requires_grad_()
+    for t, fn in ((x, fast), (y, reference)):
+        (fn(t) * 3).sum().backward()
+        (t * t).sum().backward()  # a second consumer of the map
+    assert torch.allclose(x.grad, y.grad, rtol=1e-6, atol=1e-6)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_lgun_se_gate_matches_the_reference_mean():
     from lightsr.models.lgun import SqueezeExcitation
 
