@@ -230,7 +230,7 @@ def test_pointwise_under_bf16_autocast_keeps_the_residual_in_float32():
 @pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
 def test_scale_gelu_native_matches_reference(shape, layout):
     """LGUN's SE scale + GELU in one native pass: float32 within 1e-6, bfloat16 storage within its rounding;
-    with a gradient needed the reference runs (same values and gradients)."""
+    in float32 training the native backward: both gradients as the reference's (float64 oracle)."""
     from lightsr.ops import scale_gelu, scale_gelu_reference
 
     b, c, h, w = shape
@@ -247,6 +247,23 @@ def test_scale_gelu_native_matches_reference(shape, layout):
     torch.testing.assert_close(out, ref_out)
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r)
+    _compare(scale_gelu, scale_gelu_reference, [x, s])
+
+
+@needs_native
+def test_scale_gelu_trains_on_the_native_backward(monkeypatch, outputs_per_thread_count):
+    """float32 with a gradient: the autograd function (not aten's mul / gelu); its gradients do not
+    depend on the thread count (per-row sums added in row order)."""
+    from lightsr.ops import _depthwise_native, scale_gelu
+
+    calls = []
+    real = _depthwise_native.scale_gelu_backward
+    monkeypatch.setattr(_depthwise_native, "scale_gelu_backward", lambda *a: calls.append(1) or real(*a))
+    x, s, g = _input(2, 24, 9, 7), torch.rand(2, 24, 1, 1), torch.randn(2, 24, 9, 7)
+    _grads(scale_gelu, [x, s], g)
+    assert calls == [1]
+    outs = outputs_per_thread_count(lambda: real(g, x, s))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
 @pytest.mark.parametrize("b, rows", [(1, (0, 5)), (1, (3, 7)), (2, (2, 6))])

@@ -15,7 +15,7 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["GATES", "NATIVE_SIGNATURES", "NativeDepthwise", "scale_gelu", "supported"]
+__all__ = ["GATES", "NATIVE_SIGNATURES", "NativeDepthwise", "NativeScaleGelu", "scale_gelu", "supported"]
 
 GATES = {"none": 0, "gelu": 1, "dual": 2}
 _FIELDS = ("B", "H", "W", "C", "KH", "KW", "DH", "DW", "PH", "PW", "xb", "xh", "xw", "yb", "yh", "yw",
@@ -32,6 +32,7 @@ NATIVE_SIGNATURES = {
     **{f"lightsr_dw_gate_backward_{s}": [_p] * 3 + [_g, _i64, _i64] for s in ("f32", "bf16")},
     **{f"lightsr_dw_weight_grad_{s}": [_p] * 4 + [_g, _i64, _i64] for s in ("f32", "bf16")},
     **{f"lightsr_scale_gelu_{s}": [_p] * 3 + [_g, _i64, _i64] for s in ("f32", "bf16")},
+    **{f"lightsr_scale_gelu_backward_{s}": [_p] * 5 + [_g, _i64, _i64] for s in ("f32", "bf16")},
 }
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -141,6 +142,37 @@ def scale_gelu(d: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     fn = getattr(_native.library(), f"lightsr_scale_gelu_{_SUFFIX[d.dtype]}")
     _check(_native.run_rows(fn, lambda _, r0, r1: (_ptr(d), _ptr(scale), _ptr(y), geom, r0, r1), b * h))
     return y
+
+
+def scale_gelu_backward(gy: torch.Tensor, d: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``gelu(d * s)`` w.r.t. d (in d's dtype and layout) and s ((B, C) float32), by
+    the native kernel: one pass over gy and d."""
+    b, c, h, w = d.shape
+    gy = _unit_channel_stride(gy.to(d.dtype))
+    gd = torch.empty_like(d)
+    gs_rows = torch.empty(b * h, c)  # per row of pixels: added per image below, in row order
+    geom = _geom(d, (1, 1), (0, 0), (1, 1), gy, gd)
+    scale = s.detach().float().reshape(b, c).contiguous()
+    fn = getattr(_native.library(), f"lightsr_scale_gelu_backward_{_SUFFIX[d.dtype]}")
+    _check(_native.run_rows(fn, lambda _, r0, r1: (_ptr(gy), _ptr(d), _ptr(scale), _ptr(gd), _ptr(gs_rows), geom,
+                                                   r0, r1), b * h))
+    return gd, gs_rows.view(b, h, c).sum(1)
+
+
+class NativeScaleGelu(torch.autograd.Function):
+    """``gelu(d * s)`` for a per-(image, channel) scale ``s`` (B, C, 1, 1) with its native backward:
+    ``apply(d, s)`` (training; :func:`scale_gelu` without autograd)."""
+
+    @staticmethod
+    def forward(ctx, d, s):
+        ctx.save_for_backward(d, s)
+        return scale_gelu(d, s)
+
+    @staticmethod
+    def backward(ctx, gy):
+        d, s = ctx.saved_tensors
+        gd, gs = scale_gelu_backward(gy, d, s)
+        return gd, gs.view(s.shape).to(s.dtype)
 
 
 class NativeDepthwise(torch.autograd.Function):

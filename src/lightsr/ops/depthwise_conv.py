@@ -251,12 +251,15 @@ def scale_gelu_reference(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def scale_gelu(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The reference's result; at inference on CPU tensors with unit channel stride (float32 or
-    bfloat16) one native pass: the scaled tensor is never written, and the exact GELU runs on
-    libmvec's vector ``erff`` where glibc has it."""
+    """The reference's result; on CPU tensors with unit channel stride (float32 or bfloat16) one
+    native pass: the scaled tensor is never written. In float32 training (outside autocast) the
+    backward is one native pass too (both gradients from gy and d; GELU' by libmvec's erff / expf)."""
     if (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and scale.numel() == x.shape[0] * x.shape[1] and x.numel() > 0
-            and (x.shape[1] == 1 or x.stride(1) == 1) and not needs_grad(x, scale)
+            and (x.shape[1] == 1 or x.stride(1) == 1)
             and not exporting() and plain_tensors(x, scale) and _depthwise_native.library_ready()):
-        return _depthwise_native.scale_gelu(x, scale)
+        if not needs_grad(x, scale):
+            return _depthwise_native.scale_gelu(x, scale)
+        if x.dtype == scale.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return _depthwise_native.NativeScaleGelu.apply(x, scale)
     return scale_gelu_reference(x, scale)

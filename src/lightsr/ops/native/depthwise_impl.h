@@ -540,6 +540,41 @@ int FN(lightsr_scale_gelu)(const T *d, const float *s, T *y, const dw_geom *g, i
     return 0;
 }
 
+/* The backward of lightsr_scale_gelu (training): with t = d s and GELU' by libmvec's erff / expf,
+ * gd = gy GELU'(t) s, and per row r of the B * H rows gs[r][c] = sum over the row's pixels of
+ * gy GELU'(t) d (the caller adds an image's rows: the result does not depend on the thread count).
+ * gy has the strides y of the geometry, d the strides x, gd the strides d; s is (B, C) float32. */
+int FN(lightsr_scale_gelu_backward)(const T *gy, const T *d, const float *s, T *gd, float *gs, const dw_geom *g,
+                                    i64 r0, i64 r1)
+{
+    const i64 C = g->C, H = g->H, W = g->W;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(6 * C + 8));
+    if (!buf)
+        return 2;
+    float *dv = buf, *t = buf + C, *ge = buf + 2 * C, *dge = buf + 3 * C, *gv = buf + 4 * C, *out = buf + 5 * C;
+    for (i64 r = r0; r < r1; ++r) {
+        const i64 b = r / H, h = r % H;
+        const float *sb = s + b * C;
+        float *gsr = gs + r * C;
+        memset(gsr, 0, sizeof(float) * (size_t)C);
+        for (i64 w = 0; w < W; ++w) {
+            FN(load_row)(dv, d + b * g->xb + h * g->xh + w * g->xw, C);
+            FN(load_row)(gv, gy + b * g->yb + h * g->yh + w * g->yw, C);
+            for (i64 c = 0; c < C; ++c)
+                t[c] = dv[c] * sb[c];
+            gelu_and_grad(t, ge, dge, C);
+            for (i64 c = 0; c < C; ++c) {
+                const float gt = gv[c] * dge[c];
+                out[c] = gt * sb[c];
+                gsr[c] += gt * dv[c];
+            }
+            FN(store_row)(gd + b * g->db + h * g->dh + w * g->dw, out, C);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 #undef TAP8
 #undef ROW4
 #undef ROW8
