@@ -66,6 +66,15 @@ def channel_attention_reference(qkv: torch.Tensor, heads: int, temperature: torc
     return (attn @ v).reshape(b, c, h, w)
 
 
+def _head_grams(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, C) pixel rows of q and k -> (B, heads, d, d): every head's q_h^T k_h in one batched
+    product (q and k are gathered per head once; in training the backward scatters them back in one
+    pass each, where per-head slices wrote a zero-filled map of q's size per head and added them)."""
+    b, n, c = q.shape
+    d = c // heads
+    return torch.matmul(q.view(b, n, heads, d).permute(0, 2, 3, 1), k.view(b, n, heads, d).transpose(1, 2))
+
+
 def _block_diagonal(attn: torch.Tensor) -> torch.Tensor:
     """(B, heads, d, d) -> (B, C, C) with the heads' maps on the diagonal."""
     b, heads, d, _ = attn.shape
@@ -105,8 +114,7 @@ def _attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, ac
     # keeps the gradient of an all-zero channel finite
     norms = (qk * qk).sum(dim=1).clamp_min(1e-24).sqrt()
     qn, kn = norms[:, :c].view(b, heads, d, 1), norms[:, c:].view(b, heads, 1, d)
-    gram = torch.stack([q[..., i * d:(i + 1) * d].transpose(1, 2) @ k[..., i * d:(i + 1) * d]
-                        for i in range(heads)], dim=1)  # (B, heads, d, d)
+    gram = _head_grams(q, k, heads)  # (B, heads, d, d)
     attn = act(gram / (qn * kn) * temperature)
     out = v @ _block_diagonal(attn).transpose(1, 2)  # (B, N, C): every head's A v
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
