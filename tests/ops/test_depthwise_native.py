@@ -210,6 +210,33 @@ def test_pointwise_matches_reference(b, cin, cout, h, w, bias, residual, scale):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("b,cin,cout,h,w", [(1, 48, 192, 1, 1), (3, 7, 5, 5, 9)])
+@pytest.mark.parametrize("bias,residual,channel_slice", [(True, False, False), (False, True, True), (True, True, False)])
+def test_pointwise_float32_training_takes_onednn(b, cin, cout, h, w, bias, residual, channel_slice, monkeypatch):
+    """With a gradient needed (float32, outside autocast) the product runs through oneDNN's inner
+    product (forward and input gradient) where torch has it: the reference's values and gradients."""
+    from lightsr.ops import pointwise as pw
+
+    if pw._ONEDNN is None:
+        pytest.skip("this torch has no mkldnn::_linear_pointwise")
+    calls = []
+    real = pw._OneDnnProduct.apply
+    monkeypatch.setattr(pw._OneDnnProduct, "apply", lambda *a: calls.append(1) or real(*a))
+    full = _input(b, 2 * cin if channel_slice else cin, h, w)
+    tensors = [full, torch.randn(cout, cin, 1, 1)] + ([torch.randn(cout)] if bias else [])
+    tensors += [_input(b, cout, h, w)] if residual else []
+
+    def call(fn):
+        def run(x, wt, *rest):
+            rest = list(rest)
+            kw = {"bias": rest.pop(0) if bias else None, "residual": rest.pop(0) if residual else None}
+            return fn(x[:, :cin] if channel_slice else x, wt, **kw)
+        return run
+
+    _compare(call(pointwise_conv), call(pointwise_conv_reference), tensors)
+    assert calls
+
+
 def test_pointwise_on_nchw_and_meta_uses_the_convolution():
     x, wt = torch.randn(2, 4, 3, 5), torch.randn(6, 4, 1, 1)
     assert torch.allclose(pointwise_conv(x, wt), pointwise_conv_reference(x, wt), atol=1e-6)

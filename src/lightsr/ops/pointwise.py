@@ -79,6 +79,42 @@ def _linear(rows: torch.Tensor, wm: torch.Tensor, bias: torch.Tensor | None) -> 
         return F.linear(rows, wm, bias)
 
 
+class _OneDnnProduct(torch.autograd.Function):
+    """``residual + rows @ wm.T + bias`` for float32 training by oneDNN's inner product: the forward
+    (the residual as its ``add`` post-op) and the input gradient ``g @ wm``; the weight gradient
+    ``g.T @ rows`` (a long reduction, where MKL's GEMM is as fast) and the bias' by aten."""
+
+    @staticmethod
+    def forward(ctx, rows, wm, bias, residual):
+        ctx.save_for_backward(rows, wm)
+        ctx.has_bias = bias is not None
+        wm, bias = wm.detach().contiguous(), None if bias is None else bias.detach()
+        if residual is None:
+            return _ONEDNN(rows.detach(), wm, bias, "none", [], "")
+        return _ONEDNN.binary(rows.detach(), residual.detach(), wm, bias, "add")
+
+    @staticmethod
+    def backward(ctx, g):
+        rows, wm = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = g.contiguous()
+        g_rows = _ONEDNN(g, wm.t().contiguous(), None, "none", [], "") if need[0] else None
+        g_wm = g.t().mm(rows) if need[1] else None
+        g_bias = g.sum(0) if ctx.has_bias and need[2] else None
+        return g_rows, g_wm, g_bias, g if need[3] else None
+
+
+def _trained_product(rows, wm, bias, residual_rows):
+    """``residual_rows + F.linear(rows, wm, bias)`` with autograd by :class:`_OneDnnProduct`, or None
+    where it does not apply (the caller takes BLAS): float32 CPU tensors outside autocast."""
+    if (_ONEDNN is None or torch.float32 in _ONEDNN_FAILED or torch.is_autocast_enabled("cpu")
+            or any(t is not None and t.dtype != torch.float32 for t in (rows, wm, bias, residual_rows))):
+        return None
+    if residual_rows is not None and not residual_rows.is_contiguous():
+        return None
+    return _OneDnnProduct.apply(rows, wm, bias, residual_rows)
+
+
 def _product_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the product runs in: the CPU autocast dtype where autocast is on, else x's."""
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
@@ -110,6 +146,11 @@ def pointwise_conv(x, weight, bias=None, residual=None, scale=None, out=None) ->
     b, _, h, w = x.shape
     wm, bias = _scaled(weight, bias, scale)
     fuse = residual is not None and (residual.shape[1] == 1 or residual.stride(1) == 1)
+    if needs_grad(x, wm, bias, residual):
+        y = _trained_product(_rows(x), wm, bias, _rows(residual) if fuse else None)
+        if y is not None:
+            y = _as_image(y, b, h, w)
+            return y if fuse or residual is None else residual + y
     if not fuse or torch.is_autocast_enabled("cpu"):
         # under autocast the product runs in bf16 and the residual stream keeps its dtype (as with a
         # conv); the (pixels, C_in) rows as one matrix: a 4-D input whose batch stride is not the
