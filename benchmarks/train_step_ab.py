@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     args = ap.parse_args(argv)
     variants = [_variant(v) for v in args.variant]
-    print(f"command: python benchmarks/train_step_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"command: python benchmarks/train_step_ab.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
     flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split() \
         if Path("/proc/cpuinfo").exists() else []
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]

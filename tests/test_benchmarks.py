@@ -63,6 +63,18 @@ def test_model_speed_op_times(capsys):
         assert not natives
 
 
+def test_train_step_ab_interleaves_worker_processes(capsys):
+    """Two variants (here both this tree) run one step per turn in their own processes; the table has
+    a row per variant with the first as the 1.00x reference."""
+    root = str(BENCH.parent)
+    _load("train_step_ab").main(["--models", "dlgsanet_tiny", "--variant", f"a={root}", "--variant", f"b={root}",
+                                 "--batch", "1", "--patch", "8", "--repeats", "2", "--warmup", "0"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| a |", "| b |"))]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+    assert re.fullmatch(r"\| b \| .+ \| \d+ \| \d+ \| \d+\.\d\dx \|", rows[1])
+
+
 def test_cuda_check_runs_on_cpu(capsys):
     """cuda_check.py is what a GPU lease runs (benchmarks/gpu_session.sh); CI has no GPU, so its
     logic is exercised on the CPU: every op row and the model row are printed and within bounds."""
