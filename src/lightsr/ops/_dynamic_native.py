@@ -15,8 +15,7 @@ import torch
 from lightsr.ops import _native
 
 __all__ = ["NATIVE_SIGNATURES", "apply", "fused_backward_channels_last", "fused_forward_channels_last", "grad_input",
-           "usable",
-           "usable_channels_last", "weight_grad"]
+           "usable", "usable_channels_last", "weight_grad"]
 
 _FIELDS = ("G", "P", "R", "L", "K", "og", "oc", "orow", "xg", "xc", "xrow", "wg", "wt", "wrow", "sg", "sc", "srow")
 

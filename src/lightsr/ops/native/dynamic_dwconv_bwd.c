@@ -92,50 +92,60 @@ static float *gx_slot(const dyn_bwd_geom *d, dyn_bwd_ws *s, i64 gr)
 /* Every loop below keeps four to eight independent accumulators in flight (a chain of dependent
  * multiply-adds waits four cycles for each). */
 
-/* kP[n][M + v ..] = bias[n] + sum_m wk[n][m] hP[m][v ..] for four kernel values n and the 8 or 16
- * pixels from v (NV vectors): one load of a hidden vector serves four kernel values */
-#define KERNELS(NV)                                                                                         \
-    static inline void kernels_##NV(const dyn_bwd_geom *d, const dyn_bwd_ws *s, i64 n, i64 v)               \
-    {                                                                                                      \
-        const i64 NH = d->NH, Wv = s->Wv, KW = s->KW;                                                      \
-        v8 a[4][NV];                                                                                       \
-        for (int q = 0; q < 4; ++q)                                                                        \
-            for (int u = 0; u < NV; ++u)                                                                   \
-                a[q][u] = (v8){0} + (d->bias ? d->bias[n + q] : 0.0f);                                     \
-        const float *w = d->wk + n * NH;                                                                   \
-        for (i64 m = 0; m < NH; ++m) {                                                                     \
-            v8 h[NV];                                                                                      \
-            for (int u = 0; u < NV; ++u)                                                                   \
-                h[u] = ld_f32(s->hP + m * Wv + v + 8 * u);                                                 \
-            for (int q = 0; q < 4; ++q)                                                                    \
-                for (int u = 0; u < NV; ++u)                                                               \
-                    a[q][u] += w[q * NH + m] * h[u];                                                       \
-        }                                                                                                  \
-        for (int q = 0; q < 4; ++q)                                                                        \
-            for (int u = 0; u < NV; ++u)                                                                   \
-                st_f32(s->kP + (n + q) * KW + s->M + v + 8 * u, a[q][u]);                                  \
+/* out[q][v ..] = bias[q] + sum_k w[q sq + k sk] in[k][v ..] (bias may be NULL) for four outputs q and
+ * the 8 or 16 pixels from v (NV vectors): one load of an input vector serves four outputs. The
+ * kernels (w = wk, sq = NH, sk = 1, in = the hidden rows) and the hidden gradient (w = wk^T: sq = 1,
+ * sk = NH, in = the kernels' gradient) are both this product. */
+#define WEIGHTED_ROWS(NV)                                                                                    \
+    static inline void weighted_rows_##NV(const float *w, i64 sq, i64 sk, const float *bias, const float *in,  \
+                                          i64 in_ld, i64 nk, float *out, i64 out_ld, i64 v)                    \
+    {                                                                                                       \
+        v8 a[4][NV];                                                                                        \
+        for (int q = 0; q < 4; ++q)                                                                         \
+            for (int u = 0; u < NV; ++u)                                                                    \
+                a[q][u] = (v8){0} + (bias ? bias[q] : 0.0f);                                                \
+        for (i64 k = 0; k < nk; ++k) {                                                                      \
+            v8 x[NV];                                                                                       \
+            for (int u = 0; u < NV; ++u)                                                                    \
+                x[u] = ld_f32(in + k * in_ld + v + 8 * u);                                                  \
+            for (int q = 0; q < 4; ++q)                                                                     \
+                for (int u = 0; u < NV; ++u)                                                                \
+                    a[q][u] += w[q * sq + k * sk] * x[u];                                                   \
+        }                                                                                                   \
+        for (int q = 0; q < 4; ++q)                                                                         \
+            for (int u = 0; u < NV; ++u)                                                                    \
+                st_f32(out + q * out_ld + v + 8 * u, a[q][u]);                                              \
     }
-KERNELS(1)
-KERNELS(2)
+WEIGHTED_ROWS(1)
+WEIGHTED_ROWS(2)
 
-static void kernels(const dyn_bwd_geom *d, const dyn_bwd_ws *s)
+/* the product above for nout outputs over Wv pixels */
+static void weighted_rows(const float *w, i64 sq, i64 sk, const float *bias, const float *in, i64 in_ld, i64 nk,
+                          float *out, i64 out_ld, i64 nout, i64 Wv)
 {
-    const i64 NK = d->G * d->K * d->K, NH = d->NH, Wv = s->Wv;
-    i64 n = 0;
-    for (; n + 4 <= NK; n += 4) {
+    i64 q = 0;
+    for (; q + 4 <= nout; q += 4) {
+        const float *wq = w + q * sq, *bq = bias ? bias + q : NULL;
+        float *oq = out + q * out_ld;
         i64 v = 0;
         for (; v + 16 <= Wv; v += 16)
-            kernels_2(d, s, n, v);
+            weighted_rows_2(wq, sq, sk, bq, in, in_ld, nk, oq, out_ld, v);
         if (v < Wv)
-            kernels_1(d, s, n, v);
+            weighted_rows_1(wq, sq, sk, bq, in, in_ld, nk, oq, out_ld, v);
     }
-    for (; n < NK; ++n)
+    for (; q < nout; ++q)
         for (i64 v = 0; v < Wv; v += 8) {
-            v8 a = (v8){0} + (d->bias ? d->bias[n] : 0.0f);
-            for (i64 m = 0; m < NH; ++m)
-                a += d->wk[n * NH + m] * ld_f32(s->hP + m * Wv + v);
-            st_f32(s->kP + n * s->KW + s->M + v, a);
+            v8 a = (v8){0} + (bias ? bias[q] : 0.0f);
+            for (i64 k = 0; k < nk; ++k)
+                a += w[q * sq + k * sk] * ld_f32(in + k * in_ld + v);
+            st_f32(out + q * out_ld + v, a);
         }
+}
+
+/* kP[n][M + v ..] = bias[n] + sum_m wk[n][m] hP[m][v ..] */
+static void kernels(const dyn_bwd_geom *d, const dyn_bwd_ws *s)
+{
+    weighted_rows(d->wk, d->NH, 1, d->bias, s->hP, s->Wv, d->NH, s->kP + s->M, s->KW, d->G * d->K * d->K, s->Wv);
 }
 
 /* gkP[g K*K + i K + j][v ..] = sum_{c in g} goP[c][M + v ..] xrow_i[c][v + j ..] for the valid rows i,
@@ -217,49 +227,11 @@ static void input_grads(const dyn_bwd_geom *d, const dyn_bwd_ws *s, float *gxr, 
     }
 }
 
-/* ghP[m][v ..] = sum_n wk[n][m] gkP[n][v ..] for four hidden channels and NV vectors of pixels */
-#define HIDDEN_GRADS(NV)                                                                                     \
-    static inline void hidden_grads_##NV(const dyn_bwd_geom *d, const dyn_bwd_ws *s, i64 m, i64 v)          \
-    {                                                                                                       \
-        const i64 NK = d->G * d->K * d->K, NH = d->NH, Wv = s->Wv;                                          \
-        v8 a[4][NV];                                                                                        \
-        for (int q = 0; q < 4; ++q)                                                                         \
-            for (int u = 0; u < NV; ++u)                                                                    \
-                a[q][u] = (v8){0};                                                                          \
-        for (i64 n = 0; n < NK; ++n) {                                                                      \
-            v8 g[NV];                                                                                       \
-            for (int u = 0; u < NV; ++u)                                                                    \
-                g[u] = ld_f32(s->gkP + n * Wv + v + 8 * u);                                                 \
-            const float *w = d->wk + n * NH + m;                                                            \
-            for (int q = 0; q < 4; ++q)                                                                     \
-                for (int u = 0; u < NV; ++u)                                                                \
-                    a[q][u] += w[q] * g[u];                                                                 \
-        }                                                                                                   \
-        for (int q = 0; q < 4; ++q)                                                                         \
-            for (int u = 0; u < NV; ++u)                                                                    \
-                st_f32(s->ghP + (m + q) * Wv + v + 8 * u, a[q][u]);                                         \
-    }
-HIDDEN_GRADS(1)
-HIDDEN_GRADS(2)
-
+/* ghP[m][v ..] = sum_n wk[n][m] gkP[n][v ..], then gh's row */
 static void hidden_grads(const dyn_bwd_geom *d, const dyn_bwd_ws *s, i64 r)
 {
-    const i64 NK = d->G * d->K * d->K, NH = d->NH, Wv = s->Wv;
-    i64 m = 0;
-    for (; m + 4 <= NH; m += 4) {
-        i64 v = 0;
-        for (; v + 16 <= Wv; v += 16)
-            hidden_grads_2(d, s, m, v);
-        if (v < Wv)
-            hidden_grads_1(d, s, m, v);
-    }
-    for (; m < NH; ++m)
-        for (i64 v = 0; v < Wv; v += 8) {
-            v8 a = {0};
-            for (i64 n = 0; n < NK; ++n)
-                a += d->wk[n * NH + m] * ld_f32(s->gkP + n * Wv + v);
-            st_f32(s->ghP + m * Wv + v, a);
-        }
+    const i64 NH = d->NH, Wv = s->Wv;
+    weighted_rows(d->wk, 1, NH, NULL, s->gkP, Wv, d->G * d->K * d->K, s->ghP, Wv, NH, Wv);
     float *out = d->gh + r * d->W * NH;
     for (i64 w = 0; w < d->W; ++w)
         for (i64 q = 0; q < NH; ++q)
