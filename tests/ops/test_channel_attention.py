@@ -186,3 +186,40 @@ def test_wide_heads_with_gradients_or_float32_skip_the_dot_product_kernels(monke
     with torch.no_grad():
         channel_attention(qkv.detach().float(), 1, torch.ones(1, 1, 1), F.relu)
         channel_attention(_wide_qkv(1, 40, 6, 7), 1, torch.ones(1, 1, 1), F.relu)  # d = 40: not a multiple of 16
+
+
+def test_training_trains_on_the_two_product_backwards(monkeypatch):
+    """With gradients, channel-last input runs the two autograd functions (their backwards one product
+    each); an all-zero channel keeps finite gradients, and a parameter inside ``act`` (LGUN's top-k stage
+    weights) gets its gradient, all as the float64 reference."""
+    import importlib
+
+    module = importlib.import_module("lightsr.ops.channel_attention")
+
+    calls = []
+    for name in ("_GramsAndSquares", "_AppliedAttention"):
+        cls = getattr(module, name)
+        monkeypatch.setattr(cls, "apply", (lambda f, n: lambda *a: calls.append(n) or f(*a))(cls.apply, name))
+    qkv = torch.randn(2, 3 * 16, 5, 7, dtype=torch.float64)
+    qkv[:, 3] = 0  # an all-zero q channel
+    weight = torch.tensor(0.7, dtype=torch.float64)
+    grads = []
+    for fn in (channel_attention, channel_attention_reference):
+        x = qkv.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        t = torch.full((2, 1, 1), 1.3, dtype=torch.float64, requires_grad=True)
+        fn(x, 2, t, lambda a: _topk_softmax(a) * w).square().sum().backward()
+        grads.append((x.grad, t.grad, w.grad))
+    assert calls == ["_GramsAndSquares", "_AppliedAttention"]
+    assert torch.isfinite(grads[0][0]).all()
+    for a, b in zip(*grads):
+        assert _rel(a, b) < 1e-10
+
+
+def test_training_with_only_the_temperature_trainable():
+    qkv = torch.randn(1, 3 * 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    t = torch.ones(1, 1, 1, requires_grad=True)
+    channel_attention(qkv, 1, t, F.relu).sum().backward()
+    tr = torch.ones(1, 1, 1, requires_grad=True)
+    channel_attention_reference(qkv, 1, tr, F.relu).sum().backward()
+    assert _rel(t.grad, tr.grad) < 1e-4

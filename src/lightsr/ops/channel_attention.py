@@ -37,6 +37,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from lightsr.ops import _attention_native
 from lightsr.ops._common import exporting, needs_grad, plain_tensors
@@ -104,6 +105,8 @@ def channel_attention(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, 
 
 
 def _attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation) -> torch.Tensor:
+    if needs_grad(qkv, temperature):
+        return _trained_attention_rows(qkv, heads, temperature, act)
     b, c3, h, w = qkv.shape
     c, d = c3 // 3, c3 // 3 // heads
     rows = qkv.permute(0, 2, 3, 1).reshape(b, h * w, 3 * c)  # a view for a dense channels-last tensor
@@ -118,6 +121,77 @@ def _attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, ac
     attn = act(gram / (qn * kn) * temperature)
     out = v @ _block_diagonal(attn).transpose(1, 2)  # (B, N, C): every head's A v
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _trained_attention_rows(qkv: torch.Tensor, heads: int, temperature: torch.Tensor, act: Activation) -> torch.Tensor:
+    """:func:`_attention_rows` for training: the two passes over the pixels (the Gram matrices with the
+    sums of squares, and ``A v``) are autograd functions whose backwards are one product each
+    (:class:`_GramsAndSquares`, :class:`_AppliedAttention`); the small d x d maps between them (norms,
+    temperature, ``act`` with any parameters it has) train by plain autograd."""
+    b, c3, h, w = qkv.shape
+    c, d = c3 // 3, c3 // 3 // heads
+    qk, v = qkv.permute(0, 2, 3, 1).reshape(b, h * w, 3 * c).split([2 * c, c], dim=2)  # backward: one cat
+    gram, squares = _GramsAndSquares.apply(qk, heads)
+    norms = squares.clamp_min(1e-24).sqrt()  # as F.normalize; the clamp keeps a zero channel's gradient finite
+    qn, kn = norms[:, :c].view(b, heads, d, 1), norms[:, c:].view(b, heads, 1, d)
+    attn = act(gram / (qn * kn) * temperature)
+    return _AppliedAttention.apply(attn, v).view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _head_blocks(a: torch.Tensor, b: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, C) rows of a and b -> (B, heads, d, d) every head's a_h^T b_h: the diagonal blocks of one
+    C x C product (reading the rows in place; per-head products first copy them head-major)."""
+    n, c = a.shape[0], a.shape[2]
+    d = c // heads
+    return torch.bmm(a.transpose(1, 2), b).view(n, heads, d, heads, d).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+
+
+class _GramsAndSquares(torch.autograd.Function):
+    """(B, N, 2C) rows of [q | k] -> (every head's q_h^T k_h (B, heads, d, d), every channel's sum of
+    squares over the pixels (B, 2C)). Backward: with G the gram gradient on the block diagonal and S the
+    squares' gradient, ``[g_q | g_k] = [q | k] @ [[2 diag(S_q), G], [G^T, 2 diag(S_k)]]``, one product."""
+
+    @staticmethod
+    def forward(ctx, qk, heads):
+        c = qk.shape[2] // 2
+        ctx.save_for_backward(qk)
+        return _head_blocks(qk[..., :c], qk[..., c:], heads), (qk * qk).sum(dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_gram, g_squares):
+        (qk,) = ctx.saved_tensors
+        b, _, c2 = qk.shape
+        c = c2 // 2
+        m = qk.new_zeros(b, c2, c2)
+        if g_gram is not None:
+            blocks = _block_diagonal(g_gram)
+            m[:, :c, c:] = blocks
+            m[:, c:, :c] = blocks.transpose(1, 2)
+        if g_squares is not None:
+            m.diagonal(dim1=1, dim2=2).copy_(2 * g_squares)
+        return torch.bmm(qk, m), None
+
+
+class _AppliedAttention(torch.autograd.Function):
+    """(attn (B, heads, d, d), v rows (B, N, C)) -> every head's ``A v`` (B, N, C), one product with the
+    maps on the diagonal of a C x C matrix. Backward: ``g_v = g @ Bd(A)``, ``g_A`` the diagonal blocks of
+    ``g^T v``."""
+
+    @staticmethod
+    def forward(ctx, attn, v):
+        full = _block_diagonal(attn)
+        ctx.save_for_backward(full, v)
+        ctx.heads = attn.shape[1]
+        return torch.bmm(v, full.transpose(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        full, v = ctx.saved_tensors
+        g = g.contiguous()
+        g_attn = _head_blocks(g, v, ctx.heads) if ctx.needs_input_grad[0] else None
+        return g_attn, torch.bmm(g, full) if ctx.needs_input_grad[1] else None
 
 
 def _native_input(qkv: torch.Tensor, heads: int, temperature: torch.Tensor) -> torch.Tensor | None:
