@@ -100,6 +100,24 @@ def test_gated_native_matches_reference(b, c, h, w, gate, bias):
 
 
 @needs_native
+@pytest.mark.parametrize("gate", ["gelu", "dual"])
+@pytest.mark.parametrize("c", [2, 20, 96])
+def test_gate_backward_over_the_whole_float_range(gate, c):
+    """The vectorised GELU derivative (rational erf, polynomial exp) against float64 autograd for values
+    from -30 to 30 (past both clamps) and in the vector lanes and the scalar tail alike."""
+    from lightsr.ops.depthwise_conv import apply_gate
+
+    n = 4096
+    d = (torch.linspace(-30, 30, n * c).view(1, n, c)[:, torch.randperm(n)].view(1, 64, n // 64, c)
+         .permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+    gy = torch.randn(1, c // 2 if gate == "gelu" else c, 64, n // 64).contiguous(memory_format=torch.channels_last)
+    gd = _depthwise_native.gate_backward(gy, d, _depthwise_native.GATES[gate])
+    d64 = d.double().requires_grad_(True)
+    apply_gate(d64, gate).backward(gy.double())
+    torch.testing.assert_close(gd.double(), d64.grad, rtol=1e-5, atol=1e-6 * d64.grad.abs().max().item())
+
+
+@needs_native
 def test_depthwise_native_threads_are_bit_identical():
     x, wt, bias = _input(2, 24, 33, 17), torch.randn(24, 1, 3, 3), torch.randn(24)
     threads = torch.get_num_threads()

@@ -66,8 +66,7 @@ def _cache_dir() -> Path:
 
 
 def _variants() -> list[tuple[list[str], list[str]]]:
-    """(compiler flags, libraries) to try in turn: with AVX2 + FMA and glibc's vectorised erff / expf
-    (libmvec, glibc >= 2.35: the exact GELU) where the CPU has them, then plain."""
+    """(compiler flags, libraries) to try in turn: with AVX2 + FMA where the CPU has them, then plain."""
     base = ["-O3", "-std=c99", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
     if _torch_uses_openmp():  # parts on torch's own OpenMP threads (parallel.c)
         base = base + ["-fopenmp"]
@@ -77,7 +76,6 @@ def _variants() -> list[tuple[list[str], list[str]]]:
         # between and into them are optimised as in an executable (-fPIC alone made the dynamic
         # convolution measurably slower on this EPYC)
         fast = base + ["-mavx2", "-mfma", "-fno-semantic-interposition"]
-        variants.append((fast + ["-DLIGHTSR_MVEC"], ["-lmvec", "-lm"]))
         variants.append((fast, ["-lm"]))
     variants.append((base, ["-lm"]))
     if "-fopenmp" in base:  # a compiler without OpenMP: the parts on Python threads

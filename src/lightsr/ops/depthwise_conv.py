@@ -253,7 +253,8 @@ def scale_gelu_reference(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def scale_gelu(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The reference's result; on CPU tensors with unit channel stride (float32 or bfloat16) one
     native pass: the scaled tensor is never written. In float32 training (outside autocast) the
-    backward is one native pass too (both gradients from gy and d; GELU' by libmvec's erff / expf)."""
+    backward is one native pass too (both gradients from gy and d; GELU' by a rational erf and a
+    polynomial exp)."""
     if (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and scale.numel() == x.shape[0] * x.shape[1] and x.numel() > 0
             and (x.shape[1] == 1 or x.stride(1) == 1)

@@ -12,13 +12,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef LIGHTSR_MVEC /* glibc >= 2.35: 8-wide erff / expf in libmvec, used by the vectorised loops */
-#pragma omp declare simd simdlen(8) notinbranch
-float erff(float);
-#pragma omp declare simd simdlen(8) notinbranch
-float expf(float);
-#endif
-
 typedef long long i64;
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));     /* unaligned float loads / stores */
@@ -92,20 +85,6 @@ static inline void sts_bf16(uint16_t *p, float f)
     *p = f != f ? (uint16_t)0x7fc0 : (uint16_t)((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
 }
 
-/* GELU(v) = v * Phi(v) (exact, erf form, as torch.nn.functional.gelu) and its derivative
- * Phi(v) + v * phi(v), elementwise over n values (vectorised with libmvec where built with it). */
-static inline void gelu_and_grad(const float *restrict v, float *restrict g, float *restrict dg, i64 n)
-{
-#pragma omp simd
-    for (i64 e = 0; e < n; ++e) {
-        const float x = v[e];
-        const float phi = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        g[e] = x * phi;
-        if (dg)
-            dg[e] = phi + x * 0.39894228040143268f * expf(-0.5f * x * x);
-    }
-}
-
 /* min / max of vectors that keep a NaN of their first argument (comparisons with NaN are false). */
 static inline v8 vmax_keep_nan(v8 x, v8 lo)
 {
@@ -123,7 +102,7 @@ static inline v8 vmin_keep_nan(v8 x, v8 hi)
  * clamped to [-1, 1]; NaN stays NaN. Ten FMAs and a division instead of libmvec's vector erff: on a
  * Zen 4 EPYC LGUN's scale_gelu went from 0.82x to 1.29-1.43x of aten's F.gelu(x * s) (two runs of
  * benchmarks/native_speed.py --kernels; its GELU-gate row is within that VM's noise, docs/speed.md).
- * The training backward keeps libmvec's erff / expf (gelu_and_grad). */
+ * Also the training backward's GELU derivative (gelu_grad8). */
 static inline v8 erf_rational(v8 t)
 {
     const v8 one = (v8){0} + 1.0f, lim = (v8){0} + 3.92f;
@@ -149,6 +128,38 @@ static inline void gelu_only(const float *restrict v, float *restrict g, i64 n)
         st_f32(g + e, gelu8(ld_f32(v + e)));
     for (; e < n; ++e)
         g[e] = gelu1(v[e]);
+}
+
+/* e^x of 8 values x <= 0 (NaN stays NaN): 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in
+ * [-ln 2 / 2, ln 2 / 2] (ln 2 in two parts, Cody-Waite), e^r by its degree-7 Taylor polynomial (relative
+ * error below 1e-8 there, a few float32 ulps in all); x is clamped to -87 (e^-87 ~ 1.6e-38, the
+ * smallest normal scale). Eight FMAs and no libm call. */
+static inline v8 exp_nonpositive8(v8 x)
+{
+    const v8 xc = vmax_keep_nan(x, (v8){0} - 87.0f);
+    const v8 magic = (v8){0} + 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    const v8 n = (xc * 1.44269504088896341f + magic) - magic;
+    const v8 r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+    const v8 p = ((((((1.98412698e-4f * r + 1.38888889e-3f) * r + 8.33333333e-3f) * r + 4.16666667e-2f) * r
+                   + 1.66666667e-1f) * r + 0.5f) * r + 1.0f) * r + 1.0f;
+    return p * (v8)((__builtin_convertvector(n, i32x8) + 127) << 23);
+}
+
+/* The derivative of GELU (exact, erf form, as torch.nn.functional.gelu), Phi(x) + x phi(x), of 8
+ * values by erf_rational and exp_nonpositive8; *g = GELU(x) = x Phi(x). */
+static inline v8 gelu_grad8(v8 x, v8 *g)
+{
+    const v8 phi = 0.5f + 0.5f * erf_rational(x * 0.70710678118654752f);
+    *g = x * phi;
+    return phi + x * 0.39894228040143268f * exp_nonpositive8(-0.5f * x * x);
+}
+
+/* the same of one value by libm's erff / expf (the tails of the vector loops) */
+static inline float gelu_grad1(float x, float *g)
+{
+    const float phi = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    *g = x * phi;
+    return phi + x * 0.39894228040143268f * expf(-0.5f * x * x);
 }
 
 /* first / one-past-last tap k in [0, K) whose sample o + k * D - P lies in [0, N) */
