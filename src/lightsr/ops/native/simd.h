@@ -120,16 +120,6 @@ static inline v8 erf_rational(v8 t)
 static inline v8 gelu8(v8 x) { return x * (0.5f + 0.5f * erf_rational(x * 0.70710678118654752f)); }
 static inline float gelu1(float x) { return x * (0.5f * (1.0f + erff(x * 0.70710678118654752f))); }
 
-/* GELU of n values */
-static inline void gelu_only(const float *restrict v, float *restrict g, i64 n)
-{
-    i64 e = 0;
-    for (; e + 8 <= n; e += 8)
-        st_f32(g + e, gelu8(ld_f32(v + e)));
-    for (; e < n; ++e)
-        g[e] = gelu1(v[e]);
-}
-
 /* e^x of 8 values x <= 0 (NaN stays NaN): 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in
  * [-ln 2 / 2, ln 2 / 2] (ln 2 in two parts, Cody-Waite), e^r by its degree-7 Taylor polynomial (relative
  * error below 1e-8 there, a few float32 ulps in all); x is clamped to -87 (e^-87 ~ 1.6e-38, the
