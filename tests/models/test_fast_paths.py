@@ -45,6 +45,30 @@ def test_no_slow_convolution_in_inference_or_training(name):
     assert not slow, slow
 
 
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    """The names of every autograd node behind ``out``."""
+    seen, todo, names = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_graph_has_no_in_place_op_on_a_view(name):
+    """An in-place op on a view (ReLU on a channels-last product's view, say) puts a CopySlices node in
+    the graph, which hands the op's backward an NCHW-contiguous copy of the gradient: a copy and a
+    mixed-layout backward (LAMNet's CSM ReLU: about 40x slower than on matching layouts)."""
+    torch.manual_seed(0)
+    model = create_model(name, 2).train()
+    nodes = _graph_nodes(model(torch.rand(2, 3, 12, 12)))
+    assert "CopySlices" not in nodes and "AsStridedBackward0" not in nodes, sorted(nodes)
+
+
 @pytest.mark.parametrize("name", ["dlgsanet_tiny", "lamnet"])
 @pytest.mark.parametrize("b,h,w", [(1, 37, 23), (2, 20, 31)])
 def test_ffn_inference_strips_equal_the_whole_image(name, b, h, w, monkeypatch):

@@ -140,7 +140,9 @@ class UnifiedLinearMixer(nn.Module):
             nn.Tanh(),
         )
         if csm == "csm":  # Channel Selective Mixer: squeeze 1x1 -> ReLU -> 1x1
-            self.channel_branch = nn.Sequential(Conv1x1(half, half // 2), nn.ReLU(inplace=True), Conv1x1(half // 2, half))
+            # ReLU out of place: in place on the product's channels-last view, autograd's CopySlices hands
+            # its backward an NCHW copy of the gradient (a mixed-layout threshold_backward, ~40x slower)
+            self.channel_branch = nn.Sequential(Conv1x1(half, half // 2), nn.ReLU(), Conv1x1(half // 2, half))
         elif csm == "linear":
             self.channel_branch = nn.Sequential(Conv1x1(half, half))
         else:
