@@ -70,12 +70,15 @@ def writable(x: torch.Tensor) -> torch.Tensor | None:
 
 def conv1x1_of_concat(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor | None = None,
                       scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``residual + scale * conv(concat[a, b], dim=1)`` for a 1x1 ``conv``, as two products
-    ``W[:, :Ca] a`` and ``W[:, Ca:] b`` accumulated in turn: no concat copy (forward and backward);
-    at inference the second product accumulates into the first's output in place (written into
-    ``out`` when given, which may be ``residual``)."""
+    """``residual + scale * conv(concat[a, b], dim=1)`` for a 1x1 ``conv``; at inference as two products
+    ``W[:, :Ca] a`` and ``W[:, Ca:] b``, the second accumulating into the first's output in place
+    (no concat copy; written into ``out`` when given, which may be ``residual``)."""
     w, ca = conv.weight, a.shape[1]
     op = get_op("pointwise_conv")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (a, b, w)):
+        # training: one product on the concatenation; its forward and backward on C_a + C_b channels
+        # beat two thin products' (LAMNet's 32 + 32 -> 64: 1.02x on the whole step), the copy included
+        return op(torch.cat([a, b], dim=1), w, conv.bias, residual, scale, out=out)
     first = op(a, w[:, :ca], conv.bias, residual, scale, out=out)
     return op(b, w[:, ca:], None, first, scale, out=writable(first))
 
