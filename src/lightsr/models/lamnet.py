@@ -88,22 +88,10 @@ def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Te
       returns m * x_c;
     * channel interaction: t = mean_C(x_c) (B, H, W); n = sigmoid(<x_s, t>_HW / HW) (B, C', 1, 1);
       returns n * x_s.
+
+    (:mod:`lightsr.ops.exchange`: the formula, and its fast paths on channels-last maps.)
     """
-    b, c, h, w = x_s.shape
-    if x_c.is_contiguous(memory_format=torch.channels_last) and x_s.is_contiguous(memory_format=torch.channels_last):
-        # the same sums on the (B, HW, C') pixel rows the channels-last maps already are: one batched
-        # product each instead of einsum's layout copies
-        rc, rs = (t.permute(0, 2, 3, 1).reshape(b, h * w, c) for t in (x_c, x_s))
-        s = get_op("spatial_mean")(x_s).view(b, c)  # (B, C')
-        m = torch.sigmoid(torch.bmm(rc, s.unsqueeze(-1)) / c).view(b, 1, h, w)
-        t = get_op("channel_mean")(x_c).view(b, h * w)  # (B, HW)
-        n = torch.sigmoid(torch.bmm(t.unsqueeze(1), rs) / (h * w)).view(b, c, 1, 1)
-        return m * x_c, n * x_s
-    s = x_s.mean(dim=(2, 3))  # (B, C')
-    m = torch.sigmoid(torch.einsum("bc,bchw->bhw", s, x_c) / c).unsqueeze(1)
-    t = x_c.mean(dim=1)  # (B, H, W)
-    n = torch.sigmoid(torch.einsum("bchw,bhw->bc", x_s, t) / (h * w)).view(b, c, 1, 1)
-    return m * x_c, n * x_s
+    return get_op("information_exchange")(x_c, x_s)
 
 
 class UnifiedLinearMixer(nn.Module):

@@ -72,6 +72,7 @@ from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv_reference,
 )
 from lightsr.ops.elementwise import add_maps, add_maps_reference
+from lightsr.ops.exchange import information_exchange, information_exchange_reference
 from lightsr.ops.focal_attention import (
     build_kernel_map,
     focal_attention,
@@ -106,6 +107,8 @@ __all__ = [
     "gated_depthwise_conv2d",
     "gated_depthwise_conv2d_reference",
     "get_op",
+    "information_exchange",
+    "information_exchange_reference",
     "layer_norm_2d",
     "layer_norm_2d_reference",
     "patch_size_of",
@@ -140,6 +143,7 @@ _FAST = {
     "spatial_mean": spatial_mean,
     "channel_mean": channel_mean,
     "add_maps": add_maps,
+    "information_exchange": information_exchange,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -156,6 +160,7 @@ _REFERENCE = {
     "spatial_mean": spatial_mean_reference,
     "channel_mean": channel_mean_reference,
     "add_maps": add_maps_reference,
+    "information_exchange": information_exchange_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}
