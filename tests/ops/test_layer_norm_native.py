@@ -1,5 +1,6 @@
-"""The native channels-last LayerNorm (inference) against the float64 formula: channel counts below,
-at and between vector widths, 1x1 and odd sizes, batch > 1, threads; and where it must step aside."""
+"""The native channels-last LayerNorm (inference, and float32 training) against the float64 formula:
+channel counts below, at and between vector widths, 1x1 and odd sizes, batch > 1, threads; and where
+it must step aside."""
 from __future__ import annotations
 
 import pytest
@@ -40,7 +41,7 @@ def test_native_equals_aten_and_is_thread_independent(outputs_per_thread_count):
 
 
 def test_training_and_other_layouts_take_aten(monkeypatch):
-    """A gradient, an NCHW tensor, a channel slice or bfloat16: never the native forward."""
+    """A gradient, an NCHW tensor, a channel slice or bfloat16: never the native inference forward."""
     def boom(*a, **k):
         raise AssertionError("native LayerNorm used")
 
@@ -87,3 +88,53 @@ def test_native_float32_rows_to_bf16_under_autocast(b, c, h, w):
     assert plain.dtype == torch.float32 and auto.dtype == torch.bfloat16
     assert auto.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(auto, plain.bfloat16())
+
+
+def _train(fn, x, weight, bias, gy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias)]
+    y = fn(*leaves, 1e-5)
+    y.backward(gy)
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 1, 1), (1, 3, 1, 1), (2, 8, 5, 3), (1, 48, 9, 13), (3, 90, 7, 11),
+                                     (2, 64, 16, 16), (1, 13, 2, 31), (2, 48, 23, 29)])
+def test_native_training_matches_the_formula(b, c, h, w, monkeypatch):
+    """Values and the x, weight and bias gradients, rows in one band and across bands (256 rows each)."""
+    calls = []
+    apply = _layer_norm_native.TrainedLayerNorm.apply
+    monkeypatch.setattr(_layer_norm_native.TrainedLayerNorm, "apply", lambda *a: calls.append(1) or apply(*a))
+    x, weight, bias = _case(b, c, h, w, seed=3)
+    weight, bias = weight.view(1, c, 1, 1), bias.view(1, c, 1, 1)  # LAMNet's parameter shape
+    gy = torch.randn(b, c, h, w)
+    got = _train(layer_norm_2d, x, weight, bias, gy)
+    want = _train(layer_norm_2d_reference, x.double(), weight.double(), bias.double(), gy.double())
+    assert calls
+    assert got[0].is_contiguous(memory_format=torch.channels_last) and got[2].shape == weight.shape
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a.double(), r, atol=1e-4 * max(1.0, r.abs().max().item()), rtol=1e-4)
+
+
+@needs_native
+def test_native_training_is_thread_independent():
+    x, weight, bias = _case(2, 48, 17, 23, seed=4)
+    gy = torch.randn_like(x)
+    threads, outs = torch.get_num_threads(), []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(_train(layer_norm_2d, x, weight, bias, gy))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_autocast_and_bfloat16_training_keep_aten(monkeypatch):
+    monkeypatch.setattr(_layer_norm_native.TrainedLayerNorm, "apply", lambda *a: (_ for _ in ()).throw(AssertionError))
+    x, weight, bias = _case(1, 16, 6, 7, seed=5)
+    weight.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer_norm_2d(x, weight, bias).float().sum().backward()
+    layer_norm_2d(x.bfloat16(), weight, bias).float().sum().backward()
+    assert weight.grad is not None

@@ -1,4 +1,5 @@
-"""ctypes glue of ``native/layer_norm.c``: the channels-last LayerNorm's forward (inference)."""
+"""ctypes glue of ``native/layer_norm.c``: the channels-last LayerNorm's forward (inference) and its float32
+training forward and backward (:class:`TrainedLayerNorm`)."""
 from __future__ import annotations
 
 import ctypes
@@ -7,7 +8,7 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["NATIVE_SIGNATURES", "layer_norm_rows", "usable"]
+__all__ = ["NATIVE_SIGNATURES", "TrainedLayerNorm", "layer_norm_rows", "usable"]
 
 
 class _Geom(ctypes.Structure):
@@ -16,7 +17,11 @@ class _Geom(ctypes.Structure):
 
 _p = ctypes.c_void_p
 _ARGS = [_p, _p, _p, _p, ctypes.POINTER(_Geom), ctypes.c_longlong, ctypes.c_longlong]
-NATIVE_SIGNATURES = {"lightsr_ln_rows_f32": _ARGS, "lightsr_ln_rows_bf16": _ARGS, "lightsr_ln_rows_f32_bf16": _ARGS}
+_i64 = ctypes.c_longlong
+NATIVE_SIGNATURES = {"lightsr_ln_rows_f32": _ARGS, "lightsr_ln_rows_bf16": _ARGS, "lightsr_ln_rows_f32_bf16": _ARGS,
+                     "lightsr_ln_train_f32": [_p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
+                     "lightsr_ln_backward_f32": [_p, _p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64, _i64]}
+BAND = 256  # LN_BAND of native/layer_norm.c: rows per partial sum of the weight and bias gradients
 _ENTRY = {(torch.float32, torch.float32): "lightsr_ln_rows_f32", (torch.bfloat16, torch.bfloat16): "lightsr_ln_rows_bf16",
           (torch.float32, torch.bfloat16): "lightsr_ln_rows_f32_bf16"}
 MAX_BF16_CHANNELS = 1024  # LN_BUF of native/layer_norm.c
@@ -47,3 +52,47 @@ def layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     _native.run_rows(getattr(_native.library(), entry), lambda _, r0, r1: (*args, geom, r0, r1), b * h * w,
                      min_rows=256)
     return y
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+class TrainedLayerNorm(torch.autograd.Function):
+    """The float32 LayerNorm of a dense channels-last ``x`` with its native backward:
+    ``apply(x, weight, bias, eps)`` (:func:`usable` first, float32 x). The forward keeps every row's
+    mean and 1 / std; the backward is one pass over x and the gradient (the input gradient, and the
+    weight and bias gradients summed per band of rows, then over the bands in order: the same bits on
+    any number of threads)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        b, c, h, w = x.shape
+        rows = b * h * w
+        y = torch.empty(x.shape, memory_format=torch.channels_last)
+        stats = torch.empty(rows, 2)
+        wv, bv = weight.detach().reshape(c).contiguous(), bias.detach().reshape(c).contiguous()
+        geom = _Geom(c, float(eps))
+        args = [_ptr(t) for t in (x, wv, bv, y, stats)]
+        _native.run_rows(_native.library().lightsr_ln_train_f32, lambda _, r0, r1: (*args, geom, r0, r1), rows,
+                         min_rows=256)
+        ctx.save_for_backward(x, wv, stats)
+        ctx.eps, ctx.shapes = eps, (weight.shape, bias.shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, wv, stats = ctx.saved_tensors
+        b, c, h, w = x.shape
+        rows = b * h * w
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty(x.shape, memory_format=torch.channels_last)
+        bands = (rows + BAND - 1) // BAND
+        part = torch.empty(bands, 2, c)
+        geom = _Geom(c, float(ctx.eps))
+        args = [_ptr(t) for t in (gy, x, wv, stats, gx, part)]
+        _native.run_rows(_native.library().lightsr_ln_backward_f32, lambda _, k0, k1: (*args, geom, rows, k0, k1),
+                         bands, min_rows=1)
+        sums = part.cumsum(0)[-1]  # over the bands in band order
+        w_shape, b_shape = ctx.shapes
+        return gx, sums[0].view(w_shape), sums[1].view(b_shape), None

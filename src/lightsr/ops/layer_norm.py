@@ -11,7 +11,9 @@ mean and *biased* variance over the channel axis of an NCHW tensor, ``eps`` insi
   a 48 x 180 x 320 map it is 3-9x faster than the formula (``benchmarks/ops_speed.py``). At
   inference on dense channels-last float32 CPU tensors: the native kernel of
   ``native/layer_norm.c`` (aten's spends most of its time on per-row set-up for rows of 48-90
-  channels: about 1.5x, ``python benchmarks/native_speed.py --kernels``).
+  channels: about 1.5x, ``python benchmarks/native_speed.py --kernels``); in float32 training
+  (outside autocast) its training forward and one-pass backward
+  (:class:`~lightsr.ops._layer_norm_native.TrainedLayerNorm`).
 """
 from __future__ import annotations
 
@@ -37,9 +39,17 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     if (not needs_grad(x, weight, bias) and not exporting() and plain_tensors(x, weight, bias)
             and _layer_norm_native.usable(x, weight, bias)):
         return _layer_norm_native.layer_norm_rows(x, weight, bias, eps, _autocast_out_dtype(x))
+    if _trains_natively(x, weight, bias):
+        return _layer_norm_native.TrainedLayerNorm.apply(x, weight, bias, eps)
     c = x.shape[1]
     y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
     return y.permute(0, 3, 1, 2)
+
+
+def _trains_natively(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """float32 training outside autocast on dense channels-last CPU input: the native forward and backward."""
+    return (needs_grad(x, weight, bias) and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not exporting() and plain_tensors(x, weight, bias) and _layer_norm_native.usable(x, weight, bias))
 
 
 def _autocast_out_dtype(x: torch.Tensor) -> torch.dtype:

@@ -11,6 +11,8 @@
  * float32 rows and writes them rounded to bfloat16. Rows [r0, r1);
  * return code 0.
  */
+#include <string.h>
+
 #include "simd.h"
 
 typedef struct {
@@ -23,8 +25,10 @@ static inline float hsum(v8 v)
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-/* One row: xr float32 (C values), the result stored by ST / STS into yr. */
-#define LN_ROW(yr, ST, STS)                                                                                    \
+/* One row: xr float32 (C values), the result stored by ST / STS into yr; KEEP, a statement, may read
+ * the row's mean and rstd. */
+#define LN_ROW(yr, ST, STS) LN_ROW_KEEP(yr, ST, STS, (void)0)
+#define LN_ROW_KEEP(yr, ST, STS, KEEP)                                                                         \
     do {                                                                                                       \
         v8 s = {0};                                                                                            \
         for (i64 c = 0; c < CV; c += 8)                                                                        \
@@ -43,6 +47,7 @@ static inline float hsum(v8 v)
         for (i64 c = CV; c < C; ++c)                                                                           \
             var += (xr[c] - mean) * (xr[c] - mean);                                                            \
         const float rstd = 1.0f / sqrtf(var * inv_c + eps);                                                    \
+        KEEP;                                                                                                  \
         const v8 rs = (v8){0} + rstd;                                                                          \
         for (i64 c = 0; c < CV; c += 8)                                                                        \
             ST(yr + c, (ld_f32(xr + c) - m) * rs * ld_f32(w + c) + ld_f32(b + c));                             \
@@ -123,3 +128,71 @@ enum { LN_BUF = 1024 };
 
 LN_BF16_ENTRY(lightsr_ln_rows_bf16, uint16_t, LN_ROWS_BF16)
 LN_BF16_ENTRY(lightsr_ln_rows_f32_bf16, float, LN_ROWS_F32_TO_BF16)
+
+/* ---- float32 training ---------------------------------------------------------------------------
+ *
+ * lightsr_ln_train_f32: the forward above, keeping each row's mean and 1 / std in stats[2 r], [2 r + 1].
+ * lightsr_ln_backward_f32: with xh = (x - mean) rstd and gh = gy w (per row, over its C channels),
+ *
+ *   gx = rstd (gh - mean_c(gh) - xh mean_c(gh xh)),   gw += gy xh,   gb += gy,
+ *
+ * for bands [k0, k1) of LN_BAND rows each (the last one shorter): band k adds its rows' gw / gb terms,
+ * in row order, into part[k] (2 C floats: gw then gb), which the caller sums over the bands in band
+ * order, so the result does not depend on how the bands were split between threads. */
+enum { LN_BAND = 256 };
+
+int lightsr_ln_train_f32(const float *x, const float *w, const float *b, float *y, float *stats, const ln_geom *g,
+                         i64 r0, i64 r1)
+{
+    const i64 C = g->C, CV = C - C % 8;
+    const float eps = (float)g->eps, inv_c = 1.0f / (float)C;
+    for (i64 r = r0; r < r1; ++r) {
+        const float *xr = x + r * C;
+        LN_ROW_KEEP(y + r * C, st_f32, sts_f32, (stats[2 * r] = mean, stats[2 * r + 1] = rstd));
+    }
+    return 0;
+}
+
+int lightsr_ln_backward_f32(const float *gy, const float *x, const float *w, const float *stats, float *gx, float *part,
+                            const ln_geom *g, i64 rows, i64 k0, i64 k1)
+{
+    const i64 C = g->C, CV = C - C % 8;
+    const float inv_c = 1.0f / (float)C;
+    for (i64 k = k0; k < k1; ++k) {
+        float *gw = part + 2 * C * k, *gb = gw + C;
+        memset(gw, 0, sizeof(float) * (size_t)(2 * C));
+        const i64 end = (k + 1) * LN_BAND < rows ? (k + 1) * LN_BAND : rows;
+        for (i64 r = k * LN_BAND; r < end; ++r) {
+            const float *xr = x + r * C, *gr = gy + r * C;
+            float *out = gx + r * C;
+            const float mean = stats[2 * r], rstd = stats[2 * r + 1];
+            const v8 m = (v8){0} + mean, rs = (v8){0} + rstd;
+            v8 s1 = {0}, s2 = {0};
+            for (i64 c = 0; c < CV; c += 8) {
+                const v8 xh = (ld_f32(xr + c) - m) * rs, gv = ld_f32(gr + c), gh = gv * ld_f32(w + c);
+                s1 += gh;
+                s2 += gh * xh;
+                st_f32(gw + c, ld_f32(gw + c) + gv * xh);
+                st_f32(gb + c, ld_f32(gb + c) + gv);
+            }
+            float a = hsum(s1), bsum = hsum(s2);
+            for (i64 c = CV; c < C; ++c) {
+                const float xh = (xr[c] - mean) * rstd, gh = gr[c] * w[c];
+                a += gh;
+                bsum += gh * xh;
+                gw[c] += gr[c] * xh;
+                gb[c] += gr[c];
+            }
+            a *= inv_c;
+            bsum *= inv_c;
+            const v8 av = (v8){0} + a, bv = (v8){0} + bsum;
+            for (i64 c = 0; c < CV; c += 8) {
+                const v8 xh = (ld_f32(xr + c) - m) * rs;
+                st_f32(out + c, rs * (ld_f32(gr + c) * ld_f32(w + c) - av - xh * bv));
+            }
+            for (i64 c = CV; c < C; ++c)
+                out[c] = rstd * (gr[c] * w[c] - a - (xr[c] - mean) * rstd * bsum);
+        }
+    }
+    return 0;
+}
