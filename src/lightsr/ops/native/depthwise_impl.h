@@ -398,6 +398,18 @@ int FN(lightsr_dw_forward)(const T *x, const float *w, const float *bias, T *y, 
 /* gd = d(gate)/d(d) applied to gy, for rows [r0, r1): gy has the strides y, d and gd those of d.
  * With g = GELU(d1): GATE_GELU (y = g d2) gd1 = gy d2 g', gd2 = gy g; GATE_DUAL (y = [g d1, g d2])
  * gd1 = gy1 (g + d1 g') + gy2 d2 g', gd2 = gy2 g. Eight channels at a time straight from memory. */
+/* the gate's backward at channel c (of the first half) for a vector (VT v8: LOAD / STORE vectors,
+ * GRAD gelu_grad8) or one value (VT float: scalars, gelu_grad1) */
+#define GATE_GRAD(VT, LOAD, STORE, GRAD)                                                                      \
+    do {                                                                                                      \
+        const VT x1 = LOAD(dp + c), x2 = LOAD(dp + m + c), g1 = LOAD(gp + c);                                 \
+        VT ge;                                                                                                \
+        const VT dge = GRAD(x1, &ge);                                                                         \
+        const VT g2 = dual ? LOAD(gp + m + c) : g1;                                                           \
+        STORE(op + c, dual ? g1 * (ge + x1 * dge) + g2 * x2 * dge : g1 * x2 * dge);                           \
+        STORE(op + m + c, g2 * ge);                                                                           \
+    } while (0)
+
 int FN(lightsr_dw_gate_backward)(const T *gy, const T *d, T *gd, const dw_geom *g, i64 r0, i64 r1)
 {
     const i64 C = g->C, m = C / 2, H = g->H, W = g->W;
@@ -409,22 +421,10 @@ int FN(lightsr_dw_gate_backward)(const T *gy, const T *d, T *gd, const dw_geom *
             const T *dp = d + off, *gp = gy + b * g->yb + oh * g->yh + ow * g->yw;
             T *op = gd + off;
             i64 c = 0;
-            for (; c + 8 <= m; c += 8) {
-                const v8 x1 = LD(dp + c), x2 = LD(dp + m + c), g1 = LD(gp + c);
-                v8 ge;
-                const v8 dge = gelu_grad8(x1, &ge);
-                const v8 g2 = dual ? LD(gp + m + c) : g1;
-                ST(op + c, dual ? g1 * (ge + x1 * dge) + g2 * x2 * dge : g1 * x2 * dge);
-                ST(op + m + c, g2 * ge);
-            }
-            for (; c < m; ++c) {
-                const float x1 = LDS(dp + c), x2 = LDS(dp + m + c), g1 = LDS(gp + c);
-                float ge;
-                const float dge = gelu_grad1(x1, &ge);
-                const float g2 = dual ? LDS(gp + m + c) : g1;
-                STS(op + c, dual ? g1 * (ge + x1 * dge) + g2 * x2 * dge : g1 * x2 * dge);
-                STS(op + m + c, g2 * ge);
-            }
+            for (; c + 8 <= m; c += 8)
+                GATE_GRAD(v8, LD, ST, gelu_grad8);
+            for (; c < m; ++c)
+                GATE_GRAD(float, LDS, STS, gelu_grad1);
         }
     }
     return 0;
@@ -613,6 +613,7 @@ int FN(lightsr_scale_gelu_backward)(const T *gy, const T *d, const float *s, T *
 }
 
 #undef GATE_LOOP
+#undef GATE_GRAD
 #undef TAP8
 #undef ROW4
 #undef ROW8
