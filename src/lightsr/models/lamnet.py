@@ -129,7 +129,7 @@ class UnifiedLinearMixer(nn.Module):
         )
         if csm == "csm":  # Channel Selective Mixer: squeeze 1x1 -> ReLU -> 1x1
             # ReLU out of place: in place on the product's channels-last view, autograd's CopySlices hands
-            # its backward an NCHW copy of the gradient (a mixed-layout threshold_backward, ~40x slower)
+            # its backward an NCHW copy of the gradient (a mixed-layout threshold_backward: 40 ms of a step)
             self.channel_branch = nn.Sequential(Conv1x1(half, half // 2), nn.ReLU(), Conv1x1(half // 2, half))
         elif csm == "linear":
             self.channel_branch = nn.Sequential(Conv1x1(half, half))
