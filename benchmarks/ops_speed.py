@@ -10,7 +10,8 @@ input) and DLGSANet's TLC windows (48-pixel windows over the 144-channel qkv map
 Every repetition times each variant once, in alternating order (a load change hits both);
 medians, p90s and the speed-ups are printed, with the largest output difference (absolute, and
 relative to the largest output: inputs are N(0, 1), so a 49-tap sum is ~7 in magnitude). ``--backward``
-adds forward + backward timings at the training shape (batch 16, 48x48).
+adds forward + backward timings at the training shape (batch 16, 48x48): the depth-wise convs, the
+dynamic convolution, the focal attention, the LayerNorm, LAMNet's IEM and SparseGSA's channel attention.
 
     python benchmarks/ops_speed.py [--threads 1] [--repeats 7] [--backward]
     python benchmarks/ops_speed.py --sweep-strip      # tune the CPU strip size
@@ -36,6 +37,8 @@ from lightsr.bench import environment, format_environment, interleaved_timings, 
 from lightsr.models.dlgsanet import SparseGSA
 from lightsr.ops import (
     build_kernel_map,
+    channel_attention,
+    channel_attention_reference,
     depthwise_conv2d,
     depthwise_conv2d_reference,
     dynamic_dwconv,
@@ -44,6 +47,8 @@ from lightsr.ops import (
     dynamic_dwconv_reference,
     focal_attention,
     focal_attention_reference,
+    information_exchange,
+    information_exchange_reference,
     layer_norm_2d,
     layer_norm_2d_reference,
     tlc,
@@ -135,6 +140,10 @@ def _backward_cases(d):
     # LAMNet's input to the 1x23 conv: the second half of proj_in's channels-last output (a strided slice)
     x32_slice = torch.cat([d["x32"], d["x32"]], 1).contiguous(memory_format=torch.channels_last)[:, 32:]
     k52_cl = d["k52"].contiguous(memory_format=torch.channels_last)
+    x48_cl = d["x48"].contiguous(memory_format=torch.channels_last)
+    qkv_cl = d["qkv"].contiguous(memory_format=torch.channels_last)
+    halves = [d["x32"][:, i:i + 16].contiguous(memory_format=torch.channels_last) for i in (0, 16)]
+    d.setdefault("temp6", torch.rand(6, 1, 1) + 0.5)
 
     def dw(op, pad):  # weight first: the difference column then compares the weight gradients
         return lambda w, a, b: op(a, w, b, pad)
@@ -158,6 +167,15 @@ def _backward_cases(d):
         "focal_attention horizontal fwd+bwd (NCHW: PyTorch path)": (
             fb(lambda a, b: focal_attention(a, b, taps, -1), d["x32"], d["k52"]),
             fb(lambda a, b: focal_attention_reference(a, b, taps, -1), d["x32"], d["k52"])),
+        "layer_norm_2d (48 ch, channels-last) fwd+bwd": (
+            fb(lambda a, w, b: layer_norm_2d(a, w, b), x48_cl, d["ln_w"], d["ln_b"]),
+            fb(lambda a, w, b: layer_norm_2d_reference(a, w, b), x48_cl, d["ln_w"], d["ln_b"])),
+        "information_exchange (LAMNet's IEM, 2 x 16 ch, channels-last) fwd+bwd": (
+            fb(lambda a, b: torch.cat(information_exchange(a, b), 1), *halves),
+            fb(lambda a, b: torch.cat(information_exchange_reference(a, b), 1), *halves)),
+        "channel_attention (SparseGSA, 48 ch, 6 heads, channels-last) fwd+bwd": (
+            fb(lambda q, t: channel_attention(q, 6, t, torch.relu), qkv_cl, d["temp6"]),
+            fb(lambda q, t: channel_attention_reference(q, 6, t, torch.relu), qkv_cl, d["temp6"])),
         "focal_attention vertical fwd+bwd (NCHW: PyTorch path)": (
             fb(lambda a, b: focal_attention(a, b, taps, -2), d["x32"], d["k52"]),
             fb(lambda a, b: focal_attention_reference(a, b, taps, -2), d["x32"], d["k52"])),
