@@ -39,23 +39,24 @@ def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
 
 def layer_norm_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """LayerNorm over the channels of each pixel of a dense channels-last ``x``; channels-last output
-    of x's dtype (float32 arithmetic: aten's result for a bfloat16 ``x`` and float32 weights), or
+    """LayerNorm over the channels of each pixel of a dense channels-last ``x`` (inference); channels-last
+    output of x's dtype (float32 arithmetic: aten's result for a bfloat16 ``x`` and float32 weights), or
     bfloat16 from a float32 ``x`` with ``out_dtype=torch.bfloat16`` (the float32 result rounded)."""
-    b, c, h, w = x.shape
     out_dtype = out_dtype or x.dtype
-    entry = _ENTRY[(x.dtype, out_dtype)]
+    return _forward(_ENTRY[(x.dtype, out_dtype)], x, weight, bias, eps, out_dtype)
+
+
+def _forward(entry: str, x, weight, bias, eps, out_dtype, *extra) -> torch.Tensor:
+    """The rows of x by the native forward ``entry``; ``extra`` tensors are passed after the output
+    (the training forward's per-row statistics)."""
+    b, c, h, w = x.shape
     y = torch.empty(x.shape, dtype=out_dtype, memory_format=torch.channels_last)
     wv, bv = weight.detach().reshape(c).contiguous(), bias.detach().reshape(c).contiguous()
     geom = _Geom(c, float(eps))
-    args = [ctypes.c_void_p(t.data_ptr()) for t in (x, wv, bv, y)]
+    args = [_native._ptr(t) for t in (x, wv, bv, y, *extra)]
     _native.run_rows(getattr(_native.library(), entry), lambda _, r0, r1: (*args, geom, r0, r1), b * h * w,
                      min_rows=256)
     return y
-
-
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 class TrainedLayerNorm(torch.autograd.Function):
@@ -68,15 +69,9 @@ class TrainedLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         b, c, h, w = x.shape
-        rows = b * h * w
-        y = torch.empty(x.shape, memory_format=torch.channels_last)
-        stats = torch.empty(rows, 2)
-        wv, bv = weight.detach().reshape(c).contiguous(), bias.detach().reshape(c).contiguous()
-        geom = _Geom(c, float(eps))
-        args = [_ptr(t) for t in (x, wv, bv, y, stats)]
-        _native.run_rows(_native.library().lightsr_ln_train_f32, lambda _, r0, r1: (*args, geom, r0, r1), rows,
-                         min_rows=256)
-        ctx.save_for_backward(x, wv, stats)
+        stats = torch.empty(b * h * w, 2)
+        y = _forward("lightsr_ln_train_f32", x, weight, bias, eps, torch.float32, stats)
+        ctx.save_for_backward(x, weight.detach().reshape(c).contiguous(), stats)
         ctx.eps, ctx.shapes = eps, (weight.shape, bias.shape)
         return y
 
@@ -90,7 +85,7 @@ class TrainedLayerNorm(torch.autograd.Function):
         bands = (rows + BAND - 1) // BAND
         part = torch.empty(bands, 2, c)
         geom = _Geom(c, float(ctx.eps))
-        args = [_ptr(t) for t in (gy, x, wv, stats, gx, part)]
+        args = [_native._ptr(t) for t in (gy, x, wv, stats, gx, part)]
         _native.run_rows(_native.library().lightsr_ln_backward_f32, lambda _, k0, k1: (*args, geom, rows, k0, k1),
                          bands, min_rows=1)
         sums = part.cumsum(0)[-1]  # over the bands in band order
