@@ -9,8 +9,7 @@ channel branch ``x_c`` and the spatial branch ``x_s`` (both (B, C', H, W), N = H
   the maps already are (one batched product each, no layout copy). In float32 training (outside
   autocast) an autograd function with the gradients written out (:class:`_TrainedExchange`): two
   reductions, two matrix-vector products and one multiply-add pass per branch, where autograd's
-  backward of the products wrote rank-1 outer products and added them (1.5x on the IEM's forward
-  and backward at LAMNet's 8 x 32 x 48 x 48, a scratch timing on a Zen 4 EPYC; ``python
+  backward of the products wrote rank-1 outer products and added them (``python
   benchmarks/ops_speed.py --backward --only information_exchange`` times it against the formula).
 """
 from __future__ import annotations

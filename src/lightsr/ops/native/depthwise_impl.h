@@ -99,7 +99,7 @@ static inline void FN(load_row)(float *dst, const T *src, i64 n)
 
 /* the gate applied to one pixel's C convolution outputs acc, into yp: float32 output straight from
  * the vectors; bfloat16 through tmp (2 C floats: the GELU, the products, then one rounding pass; one
- * loop rounding as it goes measured 0.84-0.9x as fast on a Zen 4 EPYC) */
+ * loop rounding as it goes was slower in a scratch timing on a Zen 4 EPYC) */
 static inline void FN(epilogue)(const float *acc, float *tmp, T *yp, i64 C, i64 gate)
 {
     const i64 m = C / 2;
