@@ -20,6 +20,7 @@
  * threads (the weight gradient into per-thread buffers). Return codes: 0 ok, 2 out of memory.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "simd.h"
 

@@ -247,22 +247,65 @@ static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, fl
         A7 += WV * LD((Q) + 7 * (XW));                                                                    \
     } while (0)
 
-/* one output pixel, channels [c, c + 8), the taps inside the image */
+/* one output pixel, channels [c, c + 8), the taps inside the image; four partial sums over the
+ * kernel row (one accumulator made each multiply-add wait for the previous one: a border column of
+ * LAMNet's 1 x 23 kernel cost several interior ones) */
 static inline v8 FN(taps_pixel)(const T *xb, const float *w, v8 acc, const dw_geom *g, i64 oh, i64 ow, i64 c,
                                 i64 i0, i64 i1)
 {
     i64 j0, j1;
     tap_range(ow, g->PW, g->DW, g->KW, g->W, &j0, &j1);
+    const i64 C = g->C, step = g->DW * g->xw;
+    v8 a1 = {0}, a2 = {0}, a3 = {0};
     for (i64 i = i0; i < i1; ++i) {
         const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + (ow - g->PW) * g->xw + c;
-        const float *wr = w + i * g->KW * g->C + c;
-        for (i64 j = j0; j < j1; ++j)
-            acc += ld_f32(wr + j * g->C) * LD(xr + j * g->DW * g->xw);
+        const float *wr = w + i * g->KW * C + c;
+        i64 j = j0;
+        for (; j + 4 <= j1; j += 4) {
+            acc += ld_f32(wr + j * C) * LD(xr + j * step);
+            a1 += ld_f32(wr + (j + 1) * C) * LD(xr + (j + 1) * step);
+            a2 += ld_f32(wr + (j + 2) * C) * LD(xr + (j + 2) * step);
+            a3 += ld_f32(wr + (j + 3) * C) * LD(xr + (j + 3) * step);
+        }
+        for (; j < j1; ++j)
+            acc += ld_f32(wr + j * C) * LD(xr + j * step);
     }
-    return acc;
+    return (acc + a1) + (a2 + a3);
 }
 
-/* output columns [w0, w1) of row oh, channels [c, c + 8), into buf (pixels bs floats apart) */
+/* Eight output pixels [ow, ow + 8) of channels [c, c + 8) whose taps reach past the image's left or
+ * right edge: each kernel row's inputs are copied into a dense strip with zeros outside the image
+ * (pad: 8 + (KW - 1) DW pixels of 8 channels), then the interior's register-blocked taps run on it.
+ * At LAMNet's 1 x 23 kernel on 48-pixel training patches 22 of 48 columns are border columns; one
+ * pixel at a time (two loads per multiply-add) they cost more than the interior. */
+static inline void FN(taps8_padded)(const T *xb, const float *w, v8 bv, float *o, i64 bs, const dw_geom *g,
+                                    i64 oh, i64 ow, i64 c, i64 i0, i64 i1, T *pad)
+{
+    const i64 C = g->C, KW = g->KW, span = 8 + (KW - 1) * g->DW;
+    v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv, a4 = bv, a5 = bv, a6 = bv, a7 = bv;
+    for (i64 i = i0; i < i1; ++i) {
+        const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + c;
+        for (i64 k = 0, col = ow - g->PW; k < span; ++k, ++col) {
+            if (col >= 0 && col < g->W)
+                memcpy(pad + 8 * k, xr + col * g->xw, 8 * sizeof(T));
+            else
+                memset(pad + 8 * k, 0, 8 * sizeof(T));
+        }
+        const float *wr = w + i * KW * C + c;
+        const T *q = pad;
+        for (i64 j = 0; j < KW; ++j, q += 8 * g->DW) {
+            const v8 wv = ld_f32(wr + j * C);
+            TAP8(q, 8, wv, a0, a1, a2, a3, a4, a5, a6, a7);
+        }
+    }
+    st_f32x8(o, bs, a0, a1, a2, a3, a4, a5, a6, a7);
+}
+
+#define PAD_PIXELS 512 /* the longest padded strip (8 + (KW - 1) DW pixels) on the stack; longer kernels go pixel by pixel */
+
+/* output columns [w0, w1) of row oh, channels [c, c + 8), into buf (pixels bs floats apart): eight
+ * pixels per step (from the image itself where every tap is inside it, else from a zero-padded
+ * strip), the last columns of the range one at a time */
 static void FN(row_taps_block)(const T *xb, const float *w, const float *bias, float *buf, i64 bs, const dw_geom *g,
                                i64 oh, i64 c, i64 w0, i64 w1)
 {
@@ -272,10 +315,16 @@ static void FN(row_taps_block)(const T *xb, const float *w, const float *bias, f
     tap_range(oh, g->PH, g->DH, g->KH, g->H, &i0, &i1);
     /* the interior: every horizontal tap inside the image */
     const i64 lo = g->PW, hi = g->W - ((KW - 1) * g->DW - g->PW);
+    const int paddable = 8 + (KW - 1) * g->DW <= PAD_PIXELS;
+    T pad[8 * PAD_PIXELS];
     i64 ow = w0;
-    for (; ow < w1 && ow < lo; ++ow)
-        st_f32(buf + ow * bs + c, FN(taps_pixel)(xb, w, bv, g, oh, ow, c, i0, i1));
-    for (; ow + 8 <= w1 && ow + 8 <= hi; ow += 8) {
+    for (; ow + 8 <= w1; ow += 8) {
+        if (ow < lo || ow + 8 > hi) {
+            if (!paddable)
+                break;
+            FN(taps8_padded)(xb, w, bv, buf + ow * bs + c, bs, g, oh, ow, c, i0, i1, pad);
+            continue;
+        }
         v8 a0 = bv, a1 = bv, a2 = bv, a3 = bv, a4 = bv, a5 = bv, a6 = bv, a7 = bv;
         for (i64 i = i0; i < i1; ++i) {
             const T *q = xb + (oh + i * g->DH - g->PH) * g->xh + (ow - g->PW) * xw + c;
@@ -364,6 +413,89 @@ static int FN(forward_rows)(FN(block_fn) block, const T *x, const float *w, cons
     return 0;
 }
 
+/* ---- column kernels (K_H x 1, no dilation, no gate): a dense column strip, R rows x P pixels ----
+ *
+ * Row by row, a K_H x 1 kernel reads K_H input rows for every output row; a whole image row apart (a
+ * multiple of 4 KiB at LAMNet's 64 channels x 48 pixels), those rows fall in the same L1 cache sets
+ * and the 23 x 1 kernel's loads came from L2. Here the input column of P = 2 pixels x 8 channels is
+ * first copied, as float32, into a dense strip with zero rows for the padding (L1-resident), and R = 4
+ * output rows of both pixels are accumulated together while the strip's rows stream through: every
+ * input vector feeds R accumulators, every weight vector P (weights zero-extended by R - 1 taps on
+ * both sides, so no tap tests). */
+#define COL_R 4
+
+/* output rows o .. o + R - 1 (strip rows from s0) of P pixels into y; wz: the zero-extended taps */
+static inline __attribute__((always_inline)) void FN(column_block)(const float *strip, const float *wz, v8 bv,
+                                                                   T *yo, const dw_geom *g, i64 KH,
+                                                                   const int R, const int P)
+{
+    v8 a[COL_R][2];
+    for (int rr = 0; rr < R; ++rr)
+        for (int pp = 0; pp < P; ++pp)
+            a[rr][pp] = bv;
+    /* strip row m feeds output row rr through tap m - rr, at wz[(COL_R - 1) + m - rr] */
+    for (i64 m = 0; m < R + KH - 1; ++m) {
+        v8 xv[2];
+        for (int pp = 0; pp < P; ++pp)
+            xv[pp] = ld_f32(strip + m * 16 + pp * 8);
+        for (int rr = 0; rr < R; ++rr) {
+            const v8 wv = ld_f32(wz + (COL_R - 1 + m - rr) * 8);
+            for (int pp = 0; pp < P; ++pp)
+                a[rr][pp] += wv * xv[pp];
+        }
+    }
+    for (int rr = 0; rr < R; ++rr)
+        for (int pp = 0; pp < P; ++pp)
+            ST(yo + rr * g->yh + pp * g->yw, a[rr][pp]);
+}
+
+/* output rows [o0, o1) of one image, pixels [ow, ow + P), channels [c, c + 8) */
+static inline __attribute__((always_inline)) void FN(column_run)(const T *xb, const float *wz, v8 bv, T *yb,
+                                                                 const dw_geom *g, i64 o0, i64 o1, i64 ow, i64 c,
+                                                                 float *strip, const int P)
+{
+    const i64 KH = g->KH, k0 = o0 - g->PH, k1 = o1 - 1 + KH - g->PH; /* input rows [k0, k1) */
+    for (i64 k = k0; k < k1; ++k)
+        for (int pp = 0; pp < P; ++pp)
+            st_f32(strip + (k - k0) * 16 + pp * 8,
+                   k >= 0 && k < g->H ? LD(xb + k * g->xh + (ow + pp) * g->xw + c) : (v8){0});
+    T *yo = yb + ow * g->yw + c;
+    i64 o = o0;
+    for (; o + COL_R <= o1; o += COL_R)
+        FN(column_block)(strip + (o - o0) * 16, wz, bv, yo + o * g->yh, g, KH, COL_R, P);
+    for (; o < o1; ++o)
+        FN(column_block)(strip + (o - o0) * 16, wz, bv, yo + o * g->yh, g, KH, 1, P);
+}
+
+static int FN(forward_columns)(const T *x, const float *w, const float *bias, T *y, const dw_geom *g, i64 r0, i64 r1)
+{
+    const i64 H = g->H, W = g->W, C = g->C, KH = g->KH;
+    float *strip = (float *)malloc(sizeof(float) * (size_t)((H + KH) * 16 + (KH + 2 * COL_R) * 8));
+    if (!strip)
+        return 2;
+    float *wz = strip + (H + KH) * 16;
+    for (i64 r = r0; r < r1;) {
+        const i64 b = r / H, o0 = r % H;
+        const i64 o1 = r1 - b * H < H ? r1 - b * H : H; /* this image's rows [o0, o1) */
+        for (i64 cb = 0; cb < C; cb += 8) {
+            const i64 c = cb + 8 <= C ? cb : C - 8; /* the last block overlaps the previous one when C % 8 */
+            const v8 bv = bias ? ld_f32(bias + c) : (v8){0};
+            for (i64 t = 0; t < KH + 2 * (COL_R - 1); ++t) {
+                const i64 i = t - (COL_R - 1);
+                st_f32(wz + t * 8, i >= 0 && i < KH ? ld_f32(w + i * C + c) : (v8){0});
+            }
+            i64 ow = 0;
+            for (; ow + 2 <= W; ow += 2)
+                FN(column_run)(x + b * g->xb, wz, bv, y + b * g->yb, g, o0, o1, ow, c, strip, 2);
+            if (ow < W)
+                FN(column_run)(x + b * g->xb, wz, bv, y + b * g->yb, g, o0, o1, ow, c, strip, 1);
+        }
+        r = b * H + o1;
+    }
+    free(strip);
+    return 0;
+}
+
 /* y (and d, the convolution before the gate, when not NULL) for output rows [r0, r1) of B * H */
 int FN(lightsr_dw_forward)(const T *x, const float *w, const float *bias, T *y, T *d, const dw_geom *g,
                            i64 r0, i64 r1)
@@ -371,6 +503,8 @@ int FN(lightsr_dw_forward)(const T *x, const float *w, const float *bias, T *y, 
     const i64 C = g->C, H = g->H, W = g->W;
     if (g->KH == 3 && g->KW == 3 && g->DH == 1 && g->DW == 1 && g->PH == 1 && g->PW == 1 && C >= 8)
         return FN(forward_rows)(FN(row_3x3_block), x, w, bias, y, d, g, r0, r1);
+    if (C >= 8 && g->KW == 1 && g->KH >= 5 && g->DH == 1 && g->gate == GATE_NONE && !d)
+        return FN(forward_columns)(x, w, bias, y, g, r0, r1);
     if (C >= 8)
         return FN(forward_rows)(FN(row_taps_block), x, w, bias, y, d, g, r0, r1);
     float *acc = (float *)malloc(sizeof(float) * (size_t)(3 * C + 8));
@@ -465,28 +599,25 @@ static inline void FN(bias_grad_row)(const T *gyr, float *gb, const dw_geom *g)
     }
 }
 
-/* Interior columns [w0, w1) of one row (every tap column valid), channels [cb, cb + 8), taps
- * (i, jc .. jc + NJ): NJ accumulators in registers over the whole column run, added to gw once
- * (lanes below `keep_from` skipped: the overlapping last channel vector). */
+/* One run of NJ taps (NJ accumulators in registers, so no multiply-add waits for the previous one)
+ * over output columns [w0, w1) of one row, channels [cb, cb + 8): tap jj's input for column ow is
+ * xs[jj] + ow * sx, its gradient wp[jj] (lanes below `keep_from` skipped: the overlapping last
+ * channel vector). */
 #define WGRAD_RUN(NJ)                                                                                           \
-    static inline void FN(wgrad_run_##NJ)(const T *gyr, const T *xr, float *gw, const dw_geom *g, i64 i, i64 jc, \
-                                           i64 cb, i64 w0, i64 w1, int keep_from)                                \
+    static inline void FN(wgrad_run_##NJ)(const T *gy0, i64 yw, const T *const *xs, i64 sx, float *const *wp,   \
+                                           i64 w0, i64 w1, int keep_from)                                       \
     {                                                                                                            \
         v8 acc[NJ];                                                                                              \
         for (int jj = 0; jj < NJ; ++jj)                                                                          \
             acc[jj] = (v8){0};                                                                                   \
-        const i64 step = g->DW * g->xw;                                                                          \
         for (i64 ow = w0; ow < w1; ++ow) {                                                                       \
-            const v8 gvec = LD(gyr + ow * g->yw + cb);                                                           \
-            const T *xs = xr + (ow + jc * g->DW - g->PW) * g->xw + cb;                                           \
+            const v8 gvec = LD(gy0 + ow * yw);                                                                   \
             for (int jj = 0; jj < NJ; ++jj)                                                                      \
-                acc[jj] += gvec * LD(xs + jj * step);                                                            \
+                acc[jj] += gvec * LD(xs[jj] + ow * sx);                                                          \
         }                                                                                                        \
         const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + keep_from);                          \
-        for (int jj = 0; jj < NJ; ++jj) {                                                                        \
-            float *wp = gw + (i * g->KW + jc + jj) * g->C + cb;                                                  \
-            st_f32(wp, ld_f32(wp) + (v8)((i32x8)acc[jj] & (i32x8)keep));                                         \
-        }                                                                                                        \
+        for (int jj = 0; jj < NJ; ++jj)                                                                          \
+            st_f32(wp[jj], ld_f32(wp[jj]) + (v8)((i32x8)acc[jj] & (i32x8)keep));                                 \
     }
 WGRAD_RUN(1)
 WGRAD_RUN(2)
@@ -498,10 +629,21 @@ WGRAD_RUN(7)
 WGRAD_RUN(8)
 #undef WGRAD_RUN
 
-static void FN(wgrad_interior)(const T *gyr, const T *xb, float *gw, const dw_geom *g, i64 oh, i64 i0, i64 i1,
-                               i64 w0, i64 w1)
+/* Wide kernels ((KW - 1) DW >= WGRAD_PAD_REACH): each input row of a channel block is copied into a
+ * zero-padded strip, so that every column runs in the register-blocked runs (LAMNet's 1 x 23 on a
+ * 48-pixel patch: 22 of 48 columns would otherwise take the per-pixel path, a load, a multiply-add and
+ * a store of the gradient per tap). Narrow kernels keep their few border columns per pixel. */
+#define WGRAD_PAD_REACH 4
+
+/* The kernel-gradient runs of output row oh, columns [w0, w1) (all taps of these columns inside the
+ * image, or inside the padded strips when pad is not NULL: KH strips of W + (KW - 1) DW pixels x 8
+ * channels), channel block by channel block; the taps (i, j) of the valid kernel rows in groups of 8. */
+static void FN(wgrad_runs)(const T *gyr, const T *xb, float *gw, const dw_geom *g, i64 oh, i64 i0, i64 i1,
+                           i64 w0, i64 w1, T *pad)
 {
-    const i64 C = g->C, KW = g->KW;
+    const i64 C = g->C, KW = g->KW, Wp = g->W + (KW - 1) * g->DW, ntap = (i1 - i0) * KW;
+    const T *xs[8];
+    float *wp[8];
     for (i64 cb = 0; cb < C; cb += 8) {
         int keep_from = 0;
         i64 c = cb;
@@ -509,34 +651,119 @@ static void FN(wgrad_interior)(const T *gyr, const T *xb, float *gw, const dw_ge
             c = C - 8;
             keep_from = (int)(cb - c);
         }
-        for (i64 i = i0; i < i1; ++i) {
-            const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh;
-            for (i64 jc = 0; jc < KW; jc += 8) {
-                const i64 nj = KW - jc < 8 ? KW - jc : 8;
-                switch (nj) {
-                case 1: FN(wgrad_run_1)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 2: FN(wgrad_run_2)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 3: FN(wgrad_run_3)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 4: FN(wgrad_run_4)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 5: FN(wgrad_run_5)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 6: FN(wgrad_run_6)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                case 7: FN(wgrad_run_7)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
-                default: FN(wgrad_run_8)(gyr, xr, gw, g, i, jc, c, w0, w1, keep_from); break;
+        if (pad)
+            for (i64 i = i0; i < i1; ++i) {
+                const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + c;
+                T *strip = pad + (i - i0) * Wp * 8;
+                for (i64 k = 0, col = -g->PW; k < Wp; ++k, ++col) {
+                    if (col >= 0 && col < g->W)
+                        memcpy(strip + 8 * k, xr + col * g->xw, 8 * sizeof(T));
+                    else
+                        memset(strip + 8 * k, 0, 8 * sizeof(T));
                 }
+            }
+        const i64 sx = pad ? 8 : g->xw;
+        for (i64 t0 = 0; t0 < ntap; t0 += 8) {
+            const i64 nj = ntap - t0 < 8 ? ntap - t0 : 8;
+            for (i64 jj = 0; jj < nj; ++jj) {
+                const i64 i = i0 + (t0 + jj) / KW, j = (t0 + jj) % KW;
+                xs[jj] = pad ? pad + ((i - i0) * Wp + j * g->DW) * 8
+                             : xb + (oh + i * g->DH - g->PH) * g->xh + (j * g->DW - g->PW) * g->xw + c;
+                wp[jj] = gw + (i * KW + j) * C + c;
+            }
+            const T *gy0 = gyr + c;
+            switch (nj) {
+            case 1: FN(wgrad_run_1)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 2: FN(wgrad_run_2)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 3: FN(wgrad_run_3)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 4: FN(wgrad_run_4)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 5: FN(wgrad_run_5)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 6: FN(wgrad_run_6)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            case 7: FN(wgrad_run_7)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            default: FN(wgrad_run_8)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
             }
         }
     }
 }
 
+/* The kernel gradient of a column kernel (K_H x 1, no dilation): per column of P pixels x 8 channels,
+ * the input (zero rows for the padding) and the output gradient are copied into dense float32 strips,
+ * then eight taps at a time accumulate down the column (the row-by-row runs read eight input rows a
+ * whole image row apart: the L1 set conflicts of the forward). A last group of fewer than 8 taps
+ * computes 8 and keeps its own (the strip has zero rows to spare). */
+static int FN(wgrad_columns)(const T *gy, const T *x, float *gw, float *gb, const dw_geom *g, i64 r0, i64 r1)
+{
+    const i64 H = g->H, W = g->W, C = g->C, KH = g->KH, groups = (KH + 7) / 8;
+    const i64 rows_x = H + 8 * groups; /* strip rows read: up to (rows - 1) + 8 groups - 1 */
+    float *xs = (float *)malloc(sizeof(float) * (size_t)((rows_x + H) * 16));
+    if (!xs)
+        return 2;
+    float *gs = xs + rows_x * 16;
+    for (i64 r = r0; r < r1;) {
+        const i64 b = r / H, o0 = r % H;
+        const i64 o1 = r1 - b * H < H ? r1 - b * H : H, n = o1 - o0; /* this image's rows [o0, o1) */
+        const T *xb = x + b * g->xb, *gyb = gy + b * g->yb;
+        if (gb)
+            for (i64 o = o0; o < o1; ++o)
+                FN(bias_grad_row)(gyb + o * g->yh, gb, g);
+        for (i64 cb = 0; cb < C; cb += 8) {
+            const i64 c = cb + 8 <= C ? cb : C - 8; /* the last block overlaps the previous one when C % 8 */
+            const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + (int)(cb - c));
+            for (i64 ow = 0; ow < W; ow += 2) {
+                const int P = ow + 2 <= W ? 2 : 1;
+                for (i64 k = 0; k < n + 8 * groups; ++k) { /* strip row k: input row o0 - PH + k */
+                    const i64 row = o0 - g->PH + k;
+                    for (int pp = 0; pp < P; ++pp)
+                        st_f32(xs + k * 16 + pp * 8, k < n + KH - 1 && row >= 0 && row < H
+                                                         ? LD(xb + row * g->xh + (ow + pp) * g->xw + c) : (v8){0});
+                }
+                for (i64 k = 0; k < n; ++k)
+                    for (int pp = 0; pp < P; ++pp)
+                        st_f32(gs + k * 16 + pp * 8, LD(gyb + (o0 + k) * g->yh + (ow + pp) * g->yw + c));
+                for (i64 t0 = 0; t0 < KH; t0 += 8) {
+                    v8 acc[8];
+                    for (int jj = 0; jj < 8; ++jj)
+                        acc[jj] = (v8){0};
+                    for (i64 k = 0; k < n; ++k)
+                        for (int pp = 0; pp < P; ++pp) {
+                            const v8 gv = ld_f32(gs + k * 16 + pp * 8);
+                            const float *xk = xs + (k + t0) * 16 + pp * 8;
+                            for (int jj = 0; jj < 8; ++jj)
+                                acc[jj] += gv * ld_f32(xk + jj * 16);
+                        }
+                    for (int jj = 0; jj < 8 && t0 + jj < KH; ++jj) {
+                        float *wp = gw + (t0 + jj) * C + c;
+                        st_f32(wp, ld_f32(wp) + (v8)((i32x8)acc[jj] & (i32x8)keep));
+                    }
+                }
+            }
+        }
+        r = b * H + o1;
+    }
+    free(xs);
+    return 0;
+}
+
 /* gw[tap][c] += sum over the rows' pixels of gy[pixel][c] * x[pixel + tap offset][c] and
- * gb[c] += gy[pixel][c] (gb may be NULL); gy has the strides y of the geometry. Columns whose taps
- * all fall inside the image run as register-blocked column runs, the others pixel by pixel. */
+ * gb[c] += gy[pixel][c] (gb may be NULL); gy has the strides y of the geometry. Register-blocked
+ * runs over the columns whose taps all fall inside the image (all columns for wide kernels, on
+ * zero-padded strips), the other columns pixel by pixel. Returns 2 if the strips cannot be allocated. */
 int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, const dw_geom *g, i64 r0, i64 r1)
 {
-    const i64 C = g->C, H = g->H, W = g->W;
+    const i64 C = g->C, H = g->H, W = g->W, reach = (g->KW - 1) * g->DW;
+    if (C >= 8 && g->KW == 1 && g->KH >= 5 && g->DH == 1)
+        return FN(wgrad_columns)(gy, x, gw, gb, g, r0, r1);
+    T *pad = NULL;
+    if (C >= 8 && reach >= WGRAD_PAD_REACH) {
+        pad = (T *)malloc(sizeof(T) * (size_t)(g->KH * (W + reach) * 8));
+        if (!pad)
+            return 2;
+    }
     /* interior columns: ow - PW >= 0 and ow + (KW - 1) DW - PW < W */
-    i64 w0 = g->PW, w1 = W - ((g->KW - 1) * g->DW - g->PW);
-    if (C < 8 || w0 >= w1)
+    i64 w0 = g->PW, w1 = W - (reach - g->PW);
+    if (pad)
+        w0 = 0, w1 = W;
+    else if (C < 8 || w0 >= w1)
         w0 = w1 = W; /* no interior run: every pixel on the per-pixel path */
     for (i64 r = r0; r < r1; ++r) {
         const i64 b = r / H, oh = r % H;
@@ -549,9 +776,10 @@ int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, co
         for (i64 ow = 0; ow < W; ++ow)
             if (ow < w0 || ow >= w1)
                 FN(wgrad_pixel)(xb, gyr + ow * g->yw, gw, g, oh, ow, i0, i1);
-        if (w0 < w1)
-            FN(wgrad_interior)(gyr, xb, gw, g, oh, i0, i1, w0, w1);
+        if (w0 < w1 && i0 < i1)
+            FN(wgrad_runs)(gyr, xb, gw, g, oh, i0, i1, w0, w1, pad);
     }
+    free(pad);
     return 0;
 }
 
@@ -615,6 +843,9 @@ int FN(lightsr_scale_gelu_backward)(const T *gy, const T *d, const float *s, T *
 #undef GATE_LOOP
 #undef GATE_GRAD
 #undef TAP8
+#undef PAD_PIXELS
+#undef COL_R
+#undef WGRAD_PAD_REACH
 #undef ROW4
 #undef ROW8
 #undef IN

@@ -89,35 +89,52 @@ typedef struct {
     i64 dmin, dmax;            /* smallest / largest offset any tap reaches */
     float inv[MAX_TAPS];       /* 1 / n[t] */
     i64 slot[MAX_TAPS];        /* index of tap t's length among the distinct lengths */
-    i64 lens[MAX_TAPS];        /* the distinct lengths */
+    i64 lens[MAX_TAPS + 1];    /* the distinct lengths, ascending; lens[0] = 1 (the padded line itself) */
+    i64 parent[MAX_TAPS + 1];  /* slot of length lens[s] / 2 (means built by doubling), or -1: summed */
     i64 nslots;
-    i64 Lp;                    /* buffer positions per line: q in [dmin, L - 1 + dmax] */
+    i64 Lq;                    /* buffer positions per line: q - dmin in [0, Lq), zeros outside the line */
     i64 off[MAX_TAPS];         /* tap t's mean for pixel i: M + off[t] + i * C (fast path buffers) */
     i64 act;                   /* 1: coefficients are logits, tanh applied */
     float *T;                  /* act: L x G*K scratch for one line's activated coefficients */
 } Geo;
+
+static i64 slot_of(const Geo *g, i64 len)
+{
+    for (i64 s = 0; s < g->nslots; ++s)
+        if (g->lens[s] == len)
+            return s;
+    return -1;
+}
 
 static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const i64 *n, i64 dmin, i64 dmax)
 {
     if (K > MAX_TAPS || G <= 0 || C % G)
         return 1;
     g->J = J, g->L = L, g->C = C, g->G = G, g->K = K, g->P = C / G;
-    g->lo = lo, g->n = n, g->dmin = dmin, g->dmax = dmax;
-    g->nslots = 0;
+    /* the window always holds the pixel itself: the padded line starts at or before it */
+    g->lo = lo, g->n = n, g->dmin = dmin < 0 ? dmin : 0, g->dmax = dmax > 0 ? dmax : 0;
+    g->nslots = 1, g->lens[0] = 1;
+    i64 maxlen = 1;
     for (i64 t = 0; t < K; ++t) {
         if (n[t] < 1)
             return 1;
         g->inv[t] = 1.0f / (float)n[t];
-        i64 s = 0;
-        while (s < g->nslots && g->lens[s] != n[t])
-            ++s;
-        if (s == g->nslots)
-            g->lens[g->nslots++] = n[t];
-        g->slot[t] = s;
+        if (slot_of(g, n[t]) < 0) { /* insert, keeping the lengths ascending */
+            i64 s = g->nslots++;
+            for (; s > 0 && g->lens[s - 1] > n[t]; --s)
+                g->lens[s] = g->lens[s - 1];
+            g->lens[s] = n[t];
+        }
+        maxlen = n[t] > maxlen ? n[t] : maxlen;
     }
-    g->Lp = L + dmax - dmin;
-    for (i64 t = 0; t < K; ++t)
-        g->off[t] = g->slot[t] * g->Lp * C + (lo[t] - dmin) * C;
+    for (i64 s = 0; s < g->nslots; ++s)
+        g->parent[s] = s && g->lens[s] % 2 == 0 ? slot_of(g, g->lens[s] / 2) : -1;
+    /* the means of pixel starts [dmin, L - 1 + dmax] plus room for the doubling's second halves */
+    g->Lq = L + g->dmax - g->dmin + maxlen - 1;
+    for (i64 t = 0; t < K; ++t) {
+        g->slot[t] = slot_of(g, n[t]);
+        g->off[t] = g->slot[t] * g->Lq * C + (lo[t] - g->dmin) * C;
+    }
     return 0;
 }
 
@@ -143,8 +160,15 @@ static const float *coefficients(const Geo *g, i64 act, const float *kl, i64 *ki
     if (!act)
         return kl;
     const i64 GK = g->G * g->K, L = g->L;
-    for (i64 i = 0; i < L; ++i)
-        memcpy(T + i * GK, kl + i * *ki, sizeof(float) * (size_t)GK);
+    for (i64 i = 0; i < L; ++i) { /* vector copies (a memcpy call per pixel's 52 values cost more) */
+        const float *src = kl + i * *ki;
+        float *dst = T + i * GK;
+        i64 e = 0;
+        for (; e + 8 <= GK; e += 8)
+            *(v8u *)(dst + e) = *(const v8u *)(src + e);
+        for (; e < GK; ++e)
+            dst[e] = src[e];
+    }
     tanh_in_place(T, L * GK);
     *ki = GK;
     return T;
@@ -159,25 +183,64 @@ static inline void tanh_backward(float *restrict bp, const float *restrict tp, i
 
 /* ---- fast path: box-mean line buffers, 8-channel vectors ------------------------------------- */
 
-/* M[s][(q - dmin) * C + c] = box mean of length lens[s] starting at q, for q in [dmin, L-1+dmax]. */
+/* Box means of one line: M[s][(q - dmin) * C + c] = mean of lens[s] pixels starting at q (zeros
+ * outside the line), for q - dmin in [0, Lq - lens[s]]. Slot 0 is the line itself, zero padded; a
+ * length with its half among the lengths (LAMNet: 1, 2, 4) is the mean of two half-length means,
+ * others a sum of slot 0: no edge tests, every loop a flat run of C-channel rows. */
 static void build_means(const Geo *g, const float *xl, i64 xi, float *M)
 {
-    const i64 C = g->C, V = C / 8, Lp = g->Lp, L = g->L;
-    for (i64 s = 0; s < g->nslots; ++s) {
-        const i64 len = g->lens[s];
-        const float w = 1.0f / (float)len;
-        float *Ms = M + s * Lp * C;
-        for (i64 e = 0; e < Lp; ++e) {
-            const i64 q = e + g->dmin;
-            const i64 m0 = q < 0 ? -q : 0, m1 = q + len > L ? L - q : len;
-            for (i64 v = 0; v < V; ++v) {
-                v8 acc = {0};
-                for (i64 m = m0; m < m1; ++m)
-                    acc += *(const v8u *)(xl + (q + m) * xi + 8 * v);
-                *(v8u *)(Ms + e * C + 8 * v) = acc * w;
+    const i64 C = g->C, L = g->L, Lq = g->Lq, lead = -g->dmin;
+    memset(M, 0, sizeof(float) * (size_t)(lead * C));
+    for (i64 q = 0; q < L; ++q)
+        for (i64 c = 0; c < C; c += 8)
+            *(v8u *)(M + (lead + q) * C + c) = *(const v8u *)(xl + q * xi + c);
+    memset(M + (lead + L) * C, 0, sizeof(float) * (size_t)((Lq - lead - L) * C));
+    for (i64 s = 1; s < g->nslots; ++s) {
+        const i64 len = g->lens[s], rows = (Lq - len + 1) * C;
+        float *restrict Ms = M + s * Lq * C;
+        if (g->parent[s] >= 0) {
+            const float *restrict Mh = M + g->parent[s] * Lq * C, *restrict Mh2 = Mh + len / 2 * C;
+            for (i64 e = 0; e < rows; ++e)
+                Ms[e] = (Mh[e] + Mh2[e]) * 0.5f;
+        } else {
+            const float w = 1.0f / (float)len;
+            for (i64 e = 0; e < rows; ++e) {
+                float acc = 0.0f;
+                for (i64 m = 0; m < len; ++m)
+                    acc += M[e + m * C];
+                Ms[e] = acc * w;
             }
         }
     }
+}
+
+/* The adjoint of build_means: the gradients of the means gM (same layout) into the gradient of the
+ * line, gx[q] for q in [0, L) (gM is overwritten: longer means fold into their halves). */
+static void box_means_adjoint(const Geo *g, float *gM, float *gxl, i64 gi)
+{
+    const i64 C = g->C, L = g->L, Lq = g->Lq, lead = -g->dmin;
+    for (i64 s = g->nslots - 1; s > 0; --s) {
+        const i64 len = g->lens[s], rows = (Lq - len + 1) * C;
+        const float *restrict Gs = gM + s * Lq * C;
+        if (g->parent[s] >= 0) {
+            float *restrict Gh = gM + g->parent[s] * Lq * C;
+            for (i64 e = 0; e < rows; ++e)
+                Gh[e] += 0.5f * Gs[e];
+            float *restrict Gh2 = Gh + len / 2 * C;
+            for (i64 e = 0; e < rows; ++e)
+                Gh2[e] += 0.5f * Gs[e];
+        } else {
+            const float w = 1.0f / (float)len;
+            for (i64 m = 0; m < len; ++m) {
+                float *restrict G0 = gM + m * C;
+                for (i64 e = 0; e < rows; ++e)
+                    G0[e] += w * Gs[e];
+            }
+        }
+    }
+    for (i64 q = 0; q < L; ++q)
+        for (i64 c = 0; c < C; c += 8)
+            *(v8u *)(gxl + q * gi + c) = *(const v8u *)(gM + (lead + q) * C + c);
 }
 
 static inline __attribute__((always_inline)) void fast_forward_lines(
@@ -218,12 +281,12 @@ static inline __attribute__((always_inline)) void fast_backward_lines(
     i64 gb, i64 gj, i64 gi, i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki,
     i64 ab, i64 aj, i64 ai, i64 bb, i64 bj, i64 bi, i64 line0, i64 line1, float *M, float *gM)
 {
-    const i64 C = g->C, K = g->K, L = g->L, Lp = g->Lp, dmin = g->dmin;
+    const i64 C = g->C, K = g->K, L = g->L;
     v8 gv[MAX_VECTORS];
     for (i64 l = line0; l < line1; ++l) {
         const i64 b = l / g->J, j = l % g->J;
         build_means(g, x + b * xb + j * xj, xi, M);
-        memset(gM, 0, sizeof(float) * (size_t)(g->nslots * Lp * C));
+        memset(gM, 0, sizeof(float) * (size_t)(g->nslots * g->Lq * C));
         const float *gl = gout + b * gb + j * gj;
         i64 ks = ki;
         const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
@@ -265,26 +328,7 @@ static inline __attribute__((always_inline)) void fast_backward_lines(
             if (g->act)
                 tanh_backward(bp, kp, G * K);
         }
-        /* adjoint of the box means: gx[q] = sum_s 1/len * sum_{m < len} gM_s[q - m] */
-        float *al = gx + b * ab + j * aj;
-        const i64 V = C / 8;
-        for (i64 q = 0; q < L; ++q) {
-            for (i64 v = 0; v < V; ++v) {
-                v8 acc = {0};
-                for (i64 s = 0; s < g->nslots; ++s) {
-                    const i64 len = g->lens[s];
-                    const float *gs = gM + s * Lp * C;
-                    v8 part = {0};
-                    for (i64 m = 0; m < len; ++m) {
-                        const i64 e = q - m - dmin; /* start q - m; starts outside the buffer are never used */
-                        if (e >= 0 && e < Lp)
-                            part += *(const v8u *)(gs + e * C + 8 * v);
-                    }
-                    acc += part * (1.0f / (float)len);
-                }
-                *(v8u *)(al + q * ai + 8 * v) = acc;
-            }
-        }
+        box_means_adjoint(g, gM, gx + b * ab + j * aj, ai);
     }
 }
 
@@ -370,7 +414,7 @@ static void generic_backward_lines(
 /* Scratch of one call: box means (and their gradients), activated coefficients of one line. */
 static float *scratch(Geo *g, int backward)
 {
-    const size_t means = g->P % 8 ? 0 : (size_t)(g->nslots * g->Lp * g->C) * (backward ? 2 : 1);
+    const size_t means = g->P % 8 ? 0 : (size_t)(g->nslots * g->Lq * g->C) * (backward ? 2 : 1);
     const size_t coeff = g->act ? (size_t)(g->L * g->G * g->K) : 0;
     float *buf = malloc(sizeof(float) * (means + coeff + 1));
     if (buf)
@@ -508,7 +552,7 @@ int lightsr_fsa_backward(
     const int rc = begin(&g, J, L, C, G, K, lo, n, dmin, dmax, act, 1, &M);
     if (rc)
         return rc;
-    float *gM = M + (g.P % 8 ? 0 : g.nslots * g.Lp * C);
+    float *gM = M + (g.P % 8 ? 0 : g.nslots * g.Lq * C);
     if (g.P % 8)
         generic_backward_lines(&g, gout, x, k, gx, gk, gb, gj, gi, xb, xj, xi, kb, kj, ki, ab, aj, ai, bb, bj, bi,
                                line0, line1);
