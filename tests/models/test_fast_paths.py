@@ -90,3 +90,31 @@ def test_ffn_inference_strips_equal_the_whole_image(name, b, h, w, monkeypatch):
                             lambda self, *a: calls.append(1) or real(self, *a))
         banded = model(x)
     assert calls and torch.equal(banded, whole)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pre_norm_blocks_hand_the_residual_gradient_to_the_norm(name):
+    """Every pre-norm block's residual comes back from the norm's autograd node (its native backward adds
+    the residual's gradient: no separate sum of the two), and gradients equal the reference ops'; a
+    forward hook on a norm still sees it run."""
+    from lightsr.ops import _native, use_reference_ops
+
+    if not _native.available():
+        pytest.skip(f"native kernels not built: {_native.build_error()}")
+    torch.manual_seed(0)
+    model = create_model(name, 2).train()
+    x, target = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 24, 24)
+    out = model(x)
+    assert "TrainedLayerNormResidualBackward" in _graph_nodes(out)
+    F.l1_loss(out, target).backward()
+    fast = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    with use_reference_ops():
+        F.l1_loss(model(x), target).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(fast[k], p.grad, atol=1e-4 * max(1.0, p.grad.abs().max().item()), rtol=1e-3)
+    norms = [m for m in model.modules() if hasattr(m, "norm_parameters")]
+    seen = []
+    norms[0].register_forward_hook(lambda *a: seen.append(1))
+    model(x)
+    assert seen

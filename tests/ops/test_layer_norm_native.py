@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightsr.ops import _layer_norm_native, _native, layer_norm_2d, layer_norm_2d_reference
+from lightsr.ops import (
+    _layer_norm_native,
+    _native,
+    layer_norm_2d,
+    layer_norm_2d_reference,
+    layer_norm_2d_residual,
+    layer_norm_2d_residual_reference,
+)
 
 needs_native = pytest.mark.skipif(not _native.available(), reason=f"native kernels not built: {_native.build_error()}")
 
@@ -138,3 +145,47 @@ def test_autocast_and_bfloat16_training_keep_aten(monkeypatch):
         layer_norm_2d(x, weight, bias).float().sum().backward()
     layer_norm_2d(x.bfloat16(), weight, bias).float().sum().backward()
     assert weight.grad is not None
+
+
+def _train_pair(fn, x, weight, bias, gy, gr, use=(True, True)):
+    """Outputs and gradients of a pre-norm pair: loss = <gy, y> + <gr, residual * 3> (each term when used)."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias)]
+    y, r = fn(*leaves, 1e-5)
+    loss = 0
+    if use[0]:
+        loss = loss + (y * gy).sum()
+    if use[1]:
+        loss = loss + (r * 3 * gr).sum()
+    loss.backward()
+    return [y.detach(), r.detach()] + [t.grad for t in leaves]
+
+
+@needs_native
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 1, 1), (2, 8, 5, 3), (3, 90, 7, 11), (2, 48, 23, 29)])
+@pytest.mark.parametrize("use", [(True, True), (True, False), (False, True)])
+def test_native_pre_norm_pair_matches_the_formula(b, c, h, w, use, monkeypatch):
+    """``layer_norm_2d_residual``: (LN(x), x) with x's gradient from both outputs summed in the norm's
+    native backward; either output left unused (its gradient None: no zero map)."""
+    calls = []
+    apply = _layer_norm_native.TrainedLayerNormResidual.apply
+    monkeypatch.setattr(_layer_norm_native.TrainedLayerNormResidual, "apply", lambda *a: calls.append(1) or apply(*a))
+    x, weight, bias = _case(b, c, h, w, seed=6)
+    gy, gr = torch.randn(b, c, h, w), torch.randn(b, c, h, w)
+    got = _train_pair(layer_norm_2d_residual, x, weight, bias, gy, gr, use)
+    want = _train_pair(layer_norm_2d_residual_reference, x.double(), weight.double(), bias.double(), gy.double(),
+                       gr.double(), use)
+    assert calls
+    assert torch.equal(got[1], x)
+    for a, r in zip(got, want):
+        if r is None:
+            assert a is None or not a.any()
+            continue
+        torch.testing.assert_close(a.double(), r, atol=1e-4 * max(1.0, r.abs().max().item()), rtol=1e-4)
+
+
+def test_pre_norm_pair_off_the_native_path_returns_x_itself():
+    x, weight, bias = _case(1, 16, 6, 7, seed=7)
+    with torch.no_grad():
+        y, r = layer_norm_2d_residual(x, weight, bias)
+    assert r is x
+    torch.testing.assert_close(y, layer_norm_2d(x, weight, bias))

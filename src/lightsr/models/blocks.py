@@ -33,6 +33,30 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return get_op("layer_norm_2d")(x, self.weight, self.bias, self.eps)
 
+    def norm_parameters(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(weight, bias, eps), for :func:`pre_norm`."""
+        return self.weight, self.bias, self.eps
+
+
+def pre_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(norm(x), x)``: the two inputs of a pre-norm residual block ``x + f(norm(x))``. A channels-first
+    LayerNorm (``norm_parameters()``) without hooks goes through ``get_op("layer_norm_2d_residual")``:
+    in float32 CPU training the norm's native backward then adds the residual's gradient into x's in
+    its own pass (autograd would sum the two gradients in another pass over the map). Modules with
+    hooks are called (the hooks see them run)."""
+    if _hooked(norm):
+        return norm(x), x
+    weight, bias, eps = norm.norm_parameters()
+    return get_op("layer_norm_2d_residual")(x, weight, bias, eps)
+
+
+def _hooked(module: nn.Module) -> bool:
+    from torch.nn.modules import module as _module
+
+    if getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
 
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(c, c, k, padding=p, dilation=d, groups=c)`` (same parameters and keys) computed

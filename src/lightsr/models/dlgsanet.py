@@ -41,6 +41,7 @@ from lightsr.models.blocks import (
     LayerNorm2d,
     MeanShift,
     pixel_shuffle_head,
+    pre_norm,
     writable,
 )
 from lightsr.ops import get_op, preferred_memory_format
@@ -61,6 +62,9 @@ class RestormerLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def norm_parameters(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return self.body.norm_parameters()
 
 
 class DynamicDWConv(nn.Module):
@@ -180,8 +184,9 @@ class LocalLayer(nn.Module):
         self.IDynamic_ffn = GatedDconvFFN(dim, int(dim * ffn_expansion), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.IDynamicDWConv(self.norm1(x), residual=x)  # x + MHDLSA(LN(x))
-        return self.IDynamic_ffn(self.norm2(x), residual=x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
+        x = self.IDynamicDWConv(*pre_norm(self.norm1, x))  # x + MHDLSA(LN(x))
+        y, x = pre_norm(self.norm2, x)
+        return self.IDynamic_ffn(y, x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
 
 
 class GlobalLayer(nn.Module):
@@ -195,8 +200,9 @@ class GlobalLayer(nn.Module):
         self.restormer_ffn = GatedDconvFFN(dim, int(dim * ffn_expansion), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.restormer_attn(self.norm3(x), residual=x)  # x + SparseGSA(LN(x))
-        return self.restormer_ffn(self.norm4(x), residual=x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
+        x = self.restormer_attn(*pre_norm(self.norm3, x))  # x + SparseGSA(LN(x))
+        y, x = pre_norm(self.norm4, x)
+        return self.restormer_ffn(y, x, out=writable(x))  # x + GDFN(LN(x)), in place at inference
 
 
 class RHDTG(nn.Module):

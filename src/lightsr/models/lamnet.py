@@ -43,6 +43,7 @@ from lightsr.models.blocks import (
     MeanShift,
     conv1x1_of_concat,
     pixel_shuffle_head,
+    pre_norm,
     trunc_normal_init_,
     writable,
 )
@@ -66,6 +67,9 @@ class LayerNormChannels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return get_op("layer_norm_2d")(x, self.alpha, self.beta, self.eps)
 
+    def norm_parameters(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return self.alpha, self.beta, self.eps
+
 
 class PreNormResidual(nn.Module):
     """y = fn(LN(x)) * alpha + x."""
@@ -78,7 +82,8 @@ class PreNormResidual(nn.Module):
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """x + alpha * fn(LN(x)), in fn's last product; written into ``out`` when given (may be ``x``)."""
-        return self.fn(self.norm(x), residual=x, scale=self.alpha, out=out)
+        y, x = pre_norm(self.norm, x)
+        return self.fn(y, residual=x, scale=self.alpha, out=out)
 
 
 def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

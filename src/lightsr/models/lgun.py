@@ -70,7 +70,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightsr.models.blocks import Conv1x1, DepthwiseConv2d, LayerNorm2d, pixel_shuffle_head, writable
+from lightsr.models.blocks import Conv1x1, DepthwiseConv2d, LayerNorm2d, pixel_shuffle_head, pre_norm, writable
 from lightsr.ops import get_op, preferred_memory_format
 
 __all__ = ["LGUN", "MLHA", "DGSA", "SAFFN"]
@@ -225,8 +225,9 @@ class LGUBlock(nn.Module):
         self.ffn = ffn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mixer(self.norm1(x), residual=x)  # x + mixer(Norm(x))
-        return self.ffn(self.norm2(x), residual=x, out=writable(x))  # x + FFN(Norm(x)), in place at inference
+        x = self.mixer(*pre_norm(self.norm1, x))  # x + mixer(Norm(x))
+        y, x = pre_norm(self.norm2, x)
+        return self.ffn(y, x, out=writable(x))  # x + FFN(Norm(x)), in place at inference
 
 
 class LGUN(nn.Module):

@@ -8,6 +8,7 @@ dynamic depth-wise conv          :func:`dynamic_dwconv`                :func:`dy
 focal separable attention        :func:`focal_attention`               :func:`focal_attention_reference`
 test-time local converter        :func:`tlc`                           :func:`tlc_reference`
 channels-first LayerNorm         :func:`layer_norm_2d`                 :func:`layer_norm_2d_reference`
+... and its residual (pre-norm)  :func:`layer_norm_2d_residual`        :func:`layer_norm_2d_residual_reference`
 depth-wise conv                  :func:`depthwise_conv2d`              :func:`depthwise_conv2d_reference`
 depth-wise conv + FFN gate       :func:`gated_depthwise_conv2d`        :func:`gated_depthwise_conv2d_reference`
 1x1 conv (+ residual)            :func:`pointwise_conv`                :func:`pointwise_conv_reference`
@@ -80,7 +81,12 @@ from lightsr.ops.focal_attention import (
     focal_attention_reference,
     patch_size_of,
 )
-from lightsr.ops.layer_norm import layer_norm_2d, layer_norm_2d_reference
+from lightsr.ops.layer_norm import (
+    layer_norm_2d,
+    layer_norm_2d_reference,
+    layer_norm_2d_residual,
+    layer_norm_2d_residual_reference,
+)
 from lightsr.ops.pointwise import pointwise_conv, pointwise_conv_reference
 from lightsr.ops.reduce import channel_mean, channel_mean_reference, spatial_mean, spatial_mean_reference
 from lightsr.ops.tlc import tlc, tlc_reference, tlc_windows
@@ -111,6 +117,8 @@ __all__ = [
     "information_exchange_reference",
     "layer_norm_2d",
     "layer_norm_2d_reference",
+    "layer_norm_2d_residual",
+    "layer_norm_2d_residual_reference",
     "patch_size_of",
     "pointwise_conv",
     "pointwise_conv_reference",
@@ -136,6 +144,7 @@ _FAST = {
     "tlc": tlc,
     "tlc_channel_attention": tlc_channel_attention,
     "layer_norm_2d": layer_norm_2d,
+    "layer_norm_2d_residual": layer_norm_2d_residual,
     "depthwise_conv2d": depthwise_conv2d,
     "gated_depthwise_conv2d": gated_depthwise_conv2d,
     "pointwise_conv": pointwise_conv,
@@ -153,6 +162,7 @@ _REFERENCE = {
     "tlc": tlc_reference,
     "tlc_channel_attention": tlc_channel_attention_reference,
     "layer_norm_2d": layer_norm_2d_reference,
+    "layer_norm_2d_residual": layer_norm_2d_residual_reference,
     "depthwise_conv2d": depthwise_conv2d_reference,
     "gated_depthwise_conv2d": gated_depthwise_conv2d_reference,
     "pointwise_conv": pointwise_conv_reference,

@@ -8,7 +8,7 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["NATIVE_SIGNATURES", "TrainedLayerNorm", "layer_norm_rows", "usable"]
+__all__ = ["NATIVE_SIGNATURES", "TrainedLayerNorm", "TrainedLayerNormResidual", "layer_norm_rows", "usable"]
 
 
 class _Geom(ctypes.Structure):
@@ -20,7 +20,7 @@ _ARGS = [_p, _p, _p, _p, ctypes.POINTER(_Geom), ctypes.c_longlong, ctypes.c_long
 _i64 = ctypes.c_longlong
 NATIVE_SIGNATURES = {"lightsr_ln_rows_f32": _ARGS, "lightsr_ln_rows_bf16": _ARGS, "lightsr_ln_rows_f32_bf16": _ARGS,
                      "lightsr_ln_train_f32": [_p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64],
-                     "lightsr_ln_backward_f32": [_p, _p, _p, _p, _p, _p, ctypes.POINTER(_Geom), _i64, _i64, _i64]}
+                     "lightsr_ln_backward_f32": [_p] * 7 + [ctypes.POINTER(_Geom), _i64, _i64, _i64]}
 BAND = 256  # LN_BAND of native/layer_norm.c: rows per partial sum of the weight and bias gradients
 _ENTRY = {(torch.float32, torch.float32): "lightsr_ln_rows_f32", (torch.bfloat16, torch.bfloat16): "lightsr_ln_rows_bf16",
           (torch.float32, torch.bfloat16): "lightsr_ln_rows_f32_bf16"}
@@ -59,6 +59,38 @@ def _forward(entry: str, x, weight, bias, eps, out_dtype, *extra) -> torch.Tenso
     return y
 
 
+def _train_forward(ctx, x, weight, bias, eps) -> torch.Tensor:
+    b, c, h, w = x.shape
+    stats = torch.empty(b * h * w, 2)
+    y = _forward("lightsr_ln_train_f32", x, weight, bias, eps, torch.float32, stats)
+    ctx.save_for_backward(x, weight.detach().reshape(c).contiguous(), stats)
+    ctx.eps, ctx.shapes = eps, (weight.shape, bias.shape)
+    return y
+
+
+def _train_backward(ctx, gy, gres):
+    """(x, weight, bias gradients): one native pass over x and gy (plus gres, added into x's gradient,
+    when not None)."""
+    x, wv, stats = ctx.saved_tensors
+    b, c, h, w = x.shape
+    rows = b * h * w
+    cl = torch.channels_last
+    if gy is None:  # only the residual was used
+        return gres.contiguous(memory_format=cl), None, None
+    gy = gy.contiguous(memory_format=cl)
+    gres = None if gres is None else gres.contiguous(memory_format=cl)
+    gx = torch.empty(x.shape, memory_format=cl)
+    bands = (rows + BAND - 1) // BAND
+    part = torch.empty(bands, 2, c)
+    geom = _Geom(c, float(ctx.eps))
+    args = [None if t is None else _native._ptr(t) for t in (gy, x, wv, stats, gres, gx, part)]
+    _native.run_rows(_native.library().lightsr_ln_backward_f32, lambda _, k0, k1: (*args, geom, rows, k0, k1),
+                     bands, min_rows=1)
+    sums = part.cumsum(0)[-1]  # over the bands in band order
+    w_shape, b_shape = ctx.shapes
+    return gx, sums[0].view(w_shape), sums[1].view(b_shape)
+
+
 class TrainedLayerNorm(torch.autograd.Function):
     """The float32 LayerNorm of a dense channels-last ``x`` with its native backward:
     ``apply(x, weight, bias, eps)`` (:func:`usable` first, float32 x). The forward keeps every row's
@@ -68,26 +100,24 @@ class TrainedLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        b, c, h, w = x.shape
-        stats = torch.empty(b * h * w, 2)
-        y = _forward("lightsr_ln_train_f32", x, weight, bias, eps, torch.float32, stats)
-        ctx.save_for_backward(x, weight.detach().reshape(c).contiguous(), stats)
-        ctx.eps, ctx.shapes = eps, (weight.shape, bias.shape)
-        return y
+        return _train_forward(ctx, x, weight, bias, eps)
 
     @staticmethod
     def backward(ctx, gy):
-        x, wv, stats = ctx.saved_tensors
-        b, c, h, w = x.shape
-        rows = b * h * w
-        gy = gy.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty(x.shape, memory_format=torch.channels_last)
-        bands = (rows + BAND - 1) // BAND
-        part = torch.empty(bands, 2, c)
-        geom = _Geom(c, float(ctx.eps))
-        args = [_native._ptr(t) for t in (gy, x, wv, stats, gx, part)]
-        _native.run_rows(_native.library().lightsr_ln_backward_f32, lambda _, k0, k1: (*args, geom, rows, k0, k1),
-                         bands, min_rows=1)
-        sums = part.cumsum(0)[-1]  # over the bands in band order
-        w_shape, b_shape = ctx.shapes
-        return gx, sums[0].view(w_shape), sums[1].view(b_shape), None
+        return (*_train_backward(ctx, gy, None), None)
+
+
+class TrainedLayerNormResidual(torch.autograd.Function):
+    """:class:`TrainedLayerNorm` that also hands back its input, ``apply(x, weight, bias, eps) -> (y, x)``
+    (x as a view owned by this node): a pre-norm block's residual. Autograd would sum the residual's
+    gradient and the norm's input gradient in a separate pass over the map; here the backward adds it
+    in its own pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero map)
+        return _train_forward(ctx, x, weight, bias, eps), x
+
+    @staticmethod
+    def backward(ctx, gy, gres):
+        return (*_train_backward(ctx, gy, gres), None)

@@ -14,6 +14,9 @@ mean and *biased* variance over the channel axis of an NCHW tensor, ``eps`` insi
   channels: about 1.5x, ``python benchmarks/native_speed.py --kernels``); in float32 training
   (outside autocast) its training forward and one-pass backward
   (:class:`~lightsr.ops._layer_norm_native.TrainedLayerNorm`).
+* :func:`layer_norm_2d_residual` - ``(layer_norm_2d(x), x)``, a pre-norm block's two inputs
+  (``x + f(LN(x))``); in float32 CPU training the norm's native backward also takes the residual's
+  gradient (x's gradient in the same pass, not summed by autograd afterwards).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from lightsr.ops import _layer_norm_native
 from lightsr.ops import triton as _triton
 from lightsr.ops._common import autocast_dtype, exporting, needs_grad, plain_tensors
 
-__all__ = ["layer_norm_2d", "layer_norm_2d_reference"]
+__all__ = ["layer_norm_2d", "layer_norm_2d_reference", "layer_norm_2d_residual", "layer_norm_2d_residual_reference"]
 
 
 def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -44,6 +47,22 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     c = x.shape[1]
     y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), weight.reshape(c), bias.reshape(c), eps)
     return y.permute(0, 3, 1, 2)
+
+
+def layer_norm_2d_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(layer_norm_2d(x, weight, bias, eps), x)``: the normalised input of a pre-norm residual block
+    and its residual. In float32 CPU training on the native path the residual is a view of ``x``
+    returned by the norm's autograd node, whose backward adds the residual's gradient into x's in
+    its own pass over the map; otherwise ``x`` itself."""
+    if _trains_natively(x, weight, bias):
+        return _layer_norm_native.TrainedLayerNormResidual.apply(x, weight, bias, eps)
+    return layer_norm_2d(x, weight, bias, eps), x
+
+
+def layer_norm_2d_residual_reference(x, weight, bias, eps: float = 1e-5):
+    """``(layer_norm_2d_reference(x, ...), x)`` (test oracle)."""
+    return layer_norm_2d_reference(x, weight, bias, eps), x
 
 
 def _trains_natively(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:

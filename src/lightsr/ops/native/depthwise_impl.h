@@ -599,25 +599,27 @@ static inline void FN(bias_grad_row)(const T *gyr, float *gb, const dw_geom *g)
     }
 }
 
-/* One run of NJ taps (NJ accumulators in registers, so no multiply-add waits for the previous one)
- * over output columns [w0, w1) of one row, channels [cb, cb + 8): tap jj's input for column ow is
- * xs[jj] + ow * sx, its gradient wp[jj] (lanes below `keep_from` skipped: the overlapping last
- * channel vector). */
+/* One run of NJ consecutive taps of a kernel row (NJ accumulators in registers, so no multiply-add
+ * waits for the previous one) over n output columns of one row, channels [cb, cb + 8): the k-th
+ * column's output gradient at gy0 + k * yw, tap jj's input at x0 + k * sx + jj * step, its gradient
+ * at wp + jj * C (lanes below
+ * `keep_from` skipped: the overlapping last channel vector). */
 #define WGRAD_RUN(NJ)                                                                                           \
-    static inline void FN(wgrad_run_##NJ)(const T *gy0, i64 yw, const T *const *xs, i64 sx, float *const *wp,   \
-                                           i64 w0, i64 w1, int keep_from)                                       \
+    static inline void FN(wgrad_run_##NJ)(const T *gy0, i64 yw, const T *x0, i64 sx, i64 step, float *wp,      \
+                                           i64 C, i64 n, int keep_from)                                         \
     {                                                                                                            \
         v8 acc[NJ];                                                                                              \
         for (int jj = 0; jj < NJ; ++jj)                                                                          \
             acc[jj] = (v8){0};                                                                                   \
-        for (i64 ow = w0; ow < w1; ++ow) {                                                                       \
+        for (i64 ow = 0; ow < n; ++ow) {                                                                         \
             const v8 gvec = LD(gy0 + ow * yw);                                                                   \
+            const T *xs = x0 + ow * sx;                                                                          \
             for (int jj = 0; jj < NJ; ++jj)                                                                      \
-                acc[jj] += gvec * LD(xs[jj] + ow * sx);                                                          \
+                acc[jj] += gvec * LD(xs + jj * step);                                                            \
         }                                                                                                        \
         const v8 keep = (v8)((i32x8){0, 1, 2, 3, 4, 5, 6, 7} >= (i32x8){0} + keep_from);                          \
         for (int jj = 0; jj < NJ; ++jj)                                                                          \
-            st_f32(wp[jj], ld_f32(wp[jj]) + (v8)((i32x8)acc[jj] & (i32x8)keep));                                 \
+            st_f32(wp + jj * C, ld_f32(wp + jj * C) + (v8)((i32x8)acc[jj] & (i32x8)keep));                       \
     }
 WGRAD_RUN(1)
 WGRAD_RUN(2)
@@ -627,7 +629,12 @@ WGRAD_RUN(5)
 WGRAD_RUN(6)
 WGRAD_RUN(7)
 WGRAD_RUN(8)
+WGRAD_RUN(9)
+WGRAD_RUN(10)
+WGRAD_RUN(11)
+WGRAD_RUN(12)
 #undef WGRAD_RUN
+#define WGRAD_MAX_RUN 12 /* accumulators of one run: 12 + the gradient vector fit in 16 AVX registers */
 
 /* Wide kernels ((KW - 1) DW >= WGRAD_PAD_REACH): each input row of a channel block is copied into a
  * zero-padded strip, so that every column runs in the register-blocked runs (LAMNet's 1 x 23 on a
@@ -636,14 +643,14 @@ WGRAD_RUN(8)
 #define WGRAD_PAD_REACH 4
 
 /* The kernel-gradient runs of output row oh, columns [w0, w1) (all taps of these columns inside the
- * image, or inside the padded strips when pad is not NULL: KH strips of W + (KW - 1) DW pixels x 8
- * channels), channel block by channel block; the taps (i, j) of the valid kernel rows in groups of 8. */
+ * image, or inside the padded strip when pad is not NULL: W + (KW - 1) DW pixels x 8 channels),
+ * channel block by channel block, kernel row by kernel row; a row's KW taps in runs of balanced
+ * length (1 x 23: 12 + 11; not 8 + 8 + 7). */
 static void FN(wgrad_runs)(const T *gyr, const T *xb, float *gw, const dw_geom *g, i64 oh, i64 i0, i64 i1,
                            i64 w0, i64 w1, T *pad)
 {
-    const i64 C = g->C, KW = g->KW, Wp = g->W + (KW - 1) * g->DW, ntap = (i1 - i0) * KW;
-    const T *xs[8];
-    float *wp[8];
+    const i64 C = g->C, KW = g->KW, Wp = g->W + (KW - 1) * g->DW;
+    const i64 nruns = (KW + WGRAD_MAX_RUN - 1) / WGRAD_MAX_RUN;
     for (i64 cb = 0; cb < C; cb += 8) {
         int keep_from = 0;
         i64 c = cb;
@@ -651,36 +658,40 @@ static void FN(wgrad_runs)(const T *gyr, const T *xb, float *gw, const dw_geom *
             c = C - 8;
             keep_from = (int)(cb - c);
         }
-        if (pad)
-            for (i64 i = i0; i < i1; ++i) {
-                const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + c;
-                T *strip = pad + (i - i0) * Wp * 8;
+        const T *gy0 = gyr + w0 * g->yw + c;
+        for (i64 i = i0; i < i1; ++i) {
+            const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + c;
+            const T *x0 = xr + (w0 - g->PW) * g->xw; /* column w0, tap 0 (inside the row: w0 >= PW) */
+            i64 sx = g->xw;
+            if (pad) {
                 for (i64 k = 0, col = -g->PW; k < Wp; ++k, ++col) {
                     if (col >= 0 && col < g->W)
-                        memcpy(strip + 8 * k, xr + col * g->xw, 8 * sizeof(T));
+                        memcpy(pad + 8 * k, xr + col * g->xw, 8 * sizeof(T));
                     else
-                        memset(strip + 8 * k, 0, 8 * sizeof(T));
+                        memset(pad + 8 * k, 0, 8 * sizeof(T));
                 }
+                x0 = pad + 8 * w0, sx = 8;
             }
-        const i64 sx = pad ? 8 : g->xw;
-        for (i64 t0 = 0; t0 < ntap; t0 += 8) {
-            const i64 nj = ntap - t0 < 8 ? ntap - t0 : 8;
-            for (i64 jj = 0; jj < nj; ++jj) {
-                const i64 i = i0 + (t0 + jj) / KW, j = (t0 + jj) % KW;
-                xs[jj] = pad ? pad + ((i - i0) * Wp + j * g->DW) * 8
-                             : xb + (oh + i * g->DH - g->PH) * g->xh + (j * g->DW - g->PW) * g->xw + c;
-                wp[jj] = gw + (i * KW + j) * C + c;
-            }
-            const T *gy0 = gyr + c;
-            switch (nj) {
-            case 1: FN(wgrad_run_1)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 2: FN(wgrad_run_2)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 3: FN(wgrad_run_3)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 4: FN(wgrad_run_4)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 5: FN(wgrad_run_5)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 6: FN(wgrad_run_6)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            case 7: FN(wgrad_run_7)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
-            default: FN(wgrad_run_8)(gy0, g->yw, xs, sx, wp, w0, w1, keep_from); break;
+            const i64 step = g->DW * sx;
+            for (i64 run = 0, j0 = 0; run < nruns; ++run) {
+                const i64 nj = (KW * (run + 1)) / nruns - j0;
+                const T *xj = x0 + j0 * step;
+                float *wp = gw + (i * KW + j0) * C + c;
+                switch (nj) {
+                case 1: FN(wgrad_run_1)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 2: FN(wgrad_run_2)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 3: FN(wgrad_run_3)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 4: FN(wgrad_run_4)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 5: FN(wgrad_run_5)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 6: FN(wgrad_run_6)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 7: FN(wgrad_run_7)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 8: FN(wgrad_run_8)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 9: FN(wgrad_run_9)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 10: FN(wgrad_run_10)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                case 11: FN(wgrad_run_11)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                default: FN(wgrad_run_12)(gy0, g->yw, xj, sx, step, wp, C, w1 - w0, keep_from); break;
+                }
+                j0 += nj;
             }
         }
     }
@@ -755,7 +766,7 @@ int FN(lightsr_dw_weight_grad)(const T *gy, const T *x, float *gw, float *gb, co
         return FN(wgrad_columns)(gy, x, gw, gb, g, r0, r1);
     T *pad = NULL;
     if (C >= 8 && reach >= WGRAD_PAD_REACH) {
-        pad = (T *)malloc(sizeof(T) * (size_t)(g->KH * (W + reach) * 8));
+        pad = (T *)malloc(sizeof(T) * (size_t)((W + reach) * 8));
         if (!pad)
             return 2;
     }
@@ -846,6 +857,7 @@ int FN(lightsr_scale_gelu_backward)(const T *gy, const T *d, const float *s, T *
 #undef PAD_PIXELS
 #undef COL_R
 #undef WGRAD_PAD_REACH
+#undef WGRAD_MAX_RUN
 #undef ROW4
 #undef ROW8
 #undef IN

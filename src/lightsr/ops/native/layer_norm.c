@@ -134,8 +134,9 @@ LN_BF16_ENTRY(lightsr_ln_rows_f32_bf16, float, LN_ROWS_F32_TO_BF16)
  * lightsr_ln_train_f32: the forward above, keeping each row's mean and 1 / std in stats[2 r], [2 r + 1].
  * lightsr_ln_backward_f32: with xh = (x - mean) rstd and gh = gy w (per row, over its C channels),
  *
- *   gx = rstd (gh - mean_c(gh) - xh mean_c(gh xh)),   gw += gy xh,   gb += gy,
+ *   gx = rstd (gh - mean_c(gh) - xh mean_c(gh xh)) [+ gres],   gw += gy xh,   gb += gy,
  *
+ * (gres, when not NULL: the gradient of a pre-norm block's residual, x itself, added in the same pass)
  * for bands [k0, k1) of LN_BAND rows each (the last one shorter): band k adds its rows' gw / gb terms,
  * in row order, into part[k] (2 C floats: gw then gb), which the caller sums over the bands in band
  * order, so the result does not depend on how the bands were split between threads. */
@@ -153,8 +154,8 @@ int lightsr_ln_train_f32(const float *x, const float *w, const float *b, float *
     return 0;
 }
 
-int lightsr_ln_backward_f32(const float *gy, const float *x, const float *w, const float *stats, float *gx, float *part,
-                            const ln_geom *g, i64 rows, i64 k0, i64 k1)
+int lightsr_ln_backward_f32(const float *gy, const float *x, const float *w, const float *stats, const float *gres,
+                            float *gx, float *part, const ln_geom *g, i64 rows, i64 k0, i64 k1)
 {
     const i64 C = g->C, CV = C - C % 8;
     const float inv_c = 1.0f / (float)C;
@@ -186,6 +187,16 @@ int lightsr_ln_backward_f32(const float *gy, const float *x, const float *w, con
             a *= inv_c;
             bsum *= inv_c;
             const v8 av = (v8){0} + a, bv = (v8){0} + bsum;
+            if (gres) { /* the pre-norm block's residual gradient joins in the same pass */
+                const float *rr = gres + r * C;
+                for (i64 c = 0; c < CV; c += 8) {
+                    const v8 xh = (ld_f32(xr + c) - m) * rs;
+                    st_f32(out + c, rs * (ld_f32(gr + c) * ld_f32(w + c) - av - xh * bv) + ld_f32(rr + c));
+                }
+                for (i64 c = CV; c < C; ++c)
+                    out[c] = rstd * (gr[c] * w[c] - a - (xr[c] - mean) * rstd * bsum) + rr[c];
+                continue;
+            }
             for (i64 c = 0; c < CV; c += 8) {
                 const v8 xh = (ld_f32(xr + c) - m) * rs;
                 st_f32(out + c, rs * (ld_f32(gr + c) * ld_f32(w + c) - av - xh * bv));
