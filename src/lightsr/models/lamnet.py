@@ -48,6 +48,7 @@ from lightsr.models.blocks import (
     writable,
 )
 from lightsr.ops import build_kernel_map, get_op, patch_size_of, preferred_memory_format
+from lightsr.ops._common import needs_grad
 
 __all__ = ["LAMNet", "UnifiedLinearMixer"]
 
@@ -162,6 +163,9 @@ class UnifiedLinearMixer(nn.Module):
         # the kernel predictors end in tanh: the op applies it (fused in the native kernel)
         a = fsa(x2, _logits(self.h_kernel, x2), self.taps, dim=-1, activation="tanh")  # horizontal FSA
         x_s = fsa(a, _logits(self.v_kernel, a), self.taps, dim=-2, activation="tanh")  # vertical, kernel predicted from it
+        if self.iem and needs_grad(x_c, x_s, self.proj_out.weight):
+            # training: one product on the concatenation, which the exchange writes directly
+            return self.proj_out(get_op("information_exchange_concat")(x_c, x_s), residual, scale, out=out)
         if self.iem:
             x_c, x_s = information_exchange(x_c, x_s)
         return conv1x1_of_concat(self.proj_out, x_c, x_s, residual, scale, out)  # proj_out(concat[x_c, x_s])

@@ -18,6 +18,8 @@ GELU of a per-channel scaling    :func:`scale_gelu`                    :func:`sc
 per-channel mean over pixels     :func:`spatial_mean`                  :func:`spatial_mean_reference`
 per-pixel mean over channels     :func:`channel_mean`                  :func:`channel_mean_reference`
 sum of two maps                  :func:`add_maps`                      :func:`add_maps_reference`
+LAMNet's information exchange    :func:`information_exchange`          :func:`information_exchange_reference`
+... its branches concatenated    :func:`information_exchange_concat`   :func:`information_exchange_concat_reference`
 ===============================  ====================================  ======================================
 
 All run on CPU and CUDA, in float32, bfloat16 and float16, and support autograd. On the CPU the
@@ -25,9 +27,9 @@ fast ops run native C kernels where they pay (``native/*.c``, compiled on first 
 system C compiler into one library by :mod:`lightsr.ops._native`; no compiler or
 ``LIGHTSR_NATIVE=0``: the PyTorch implementations, tested equal): the channels-last depth-wise
 convolutions with the FFN gates fused (float32 and bfloat16 storage), the loops of the dynamic
-convolution, the focal attention, the inference LayerNorm, the channel attention of 8-channel
-heads (whole map or TLC windows) and, on bf16 with AVX512-BF16, of wider heads (LGUN), and two bf16
-adds; the 1x1 convolutions, the bf16 means (SE, IEM) and the other channel attentions are BLAS
+convolution, the focal attention, the LayerNorm, LAMNet's information exchange (float32 training),
+the channel attention of 8-channel heads (whole map or TLC windows) and, on bf16 with AVX512-BF16,
+of wider heads (LGUN), and two bf16 adds; the 1x1 convolutions, the bf16 means (SE, IEM) and the other channel attentions are BLAS
 products on channels-last rows with no layout copy. Every other device runs PyTorch. The dynamic convolution and the focal attention
 are ``torch.library`` custom ops (``torch.ops.lightsr.*``) with hand-written backwards and
 fake (meta) kernels, so that :mod:`lightsr.complexity` counts their MACs exactly and on the
@@ -73,7 +75,12 @@ from lightsr.ops.dynamic_dwconv import (
     dynamic_dwconv_reference,
 )
 from lightsr.ops.elementwise import add_maps, add_maps_reference
-from lightsr.ops.exchange import information_exchange, information_exchange_reference
+from lightsr.ops.exchange import (
+    information_exchange,
+    information_exchange_concat,
+    information_exchange_concat_reference,
+    information_exchange_reference,
+)
 from lightsr.ops.focal_attention import (
     build_kernel_map,
     focal_attention,
@@ -114,6 +121,8 @@ __all__ = [
     "gated_depthwise_conv2d_reference",
     "get_op",
     "information_exchange",
+    "information_exchange_concat",
+    "information_exchange_concat_reference",
     "information_exchange_reference",
     "layer_norm_2d",
     "layer_norm_2d_reference",
@@ -153,6 +162,7 @@ _FAST = {
     "channel_mean": channel_mean,
     "add_maps": add_maps,
     "information_exchange": information_exchange,
+    "information_exchange_concat": information_exchange_concat,
 }
 _REFERENCE = {
     "channel_attention": channel_attention_reference,
@@ -171,6 +181,7 @@ _REFERENCE = {
     "channel_mean": channel_mean_reference,
     "add_maps": add_maps_reference,
     "information_exchange": information_exchange_reference,
+    "information_exchange_concat": information_exchange_concat_reference,
 }
 OPS: tuple[str, ...] = tuple(_FAST)
 _state = {"reference": False}

@@ -10,7 +10,8 @@ Every ``native/*.c`` file is compiled into one shared library:
   (:mod:`lightsr.ops.dynamic_dwconv`);
 * ``channel_attention.c`` / ``channel_attention_dp.c``: the transposed attention at inference (heads
   of 8 channels; wide heads on bfloat16 with AVX512-BF16 dot products), ``layer_norm.c``: the
-  channels-last LayerNorm at inference, ``elementwise.c``: a bfloat16 branch added onto a float32 stream;
+  channels-last LayerNorm (inference, and float32 training), ``exchange.c``: LAMNet's information
+  exchange in float32 training, ``elementwise.c``: a bfloat16 branch added onto a float32 stream;
 * ``parallel.c``: the parallel calls of the others.
 
 Every other device stays pure PyTorch. :func:`run_rows` splits a kernel's rows into one part per
@@ -153,7 +154,8 @@ def _build() -> ctypes.CDLL:
     lib.lightsr_parallel_available.restype = ctypes.c_int
     lib.lightsr_parallel_calls.restype = ctypes.c_int
     lib.lightsr_parallel_calls.argtypes = [ptr, _i64, ptr, _i64, ptr]
-    for name in ("_attention_native", "_depthwise_native", "_dynamic_native", "_elementwise_native", "_layer_norm_native"):
+    for name in ("_attention_native", "_depthwise_native", "_dynamic_native", "_elementwise_native", "_exchange_native",
+                 "_layer_norm_native"):
         _declare(lib, name)
     _state["path"] = path
     _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())

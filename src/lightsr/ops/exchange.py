@@ -11,16 +11,21 @@ channel branch ``x_c`` and the spatial branch ``x_s`` (both (B, C', H, W), N = H
   reductions, two matrix-vector products and one multiply-add pass per branch, where autograd's
   backward of the products wrote rank-1 outer products and added them (``python
   benchmarks/ops_speed.py --backward --only information_exchange`` times it against the formula).
+* :func:`information_exchange_concat` - ``cat([m * x_c, n * x_s], 1)``, what LAMNet's ``proj_out``
+  reads in training: in float32 on the CPU a native kernel (``native/exchange.c``) writes both gated
+  branches side by side (no concatenation copy) and runs the backward in two passes per image.
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from lightsr.ops import _exchange_native
 from lightsr.ops._common import needs_grad
 from lightsr.ops.reduce import channel_mean, spatial_mean
 
-__all__ = ["information_exchange", "information_exchange_reference"]
+__all__ = ["information_exchange", "information_exchange_concat", "information_exchange_concat_reference",
+           "information_exchange_reference"]
 
 
 def information_exchange_reference(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,3 +107,17 @@ def information_exchange(x_c: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Te
         return _TrainedExchange.apply(x_c, x_s)
     rc, rs, _, _, m, n = _gates(x_c, x_s)
     return _image(rc * m, x_c), _image(rs * n, x_s)
+
+
+def information_exchange_concat_reference(x_c: torch.Tensor, x_s: torch.Tensor) -> torch.Tensor:
+    """``cat(information_exchange_reference(x_c, x_s), 1)``."""
+    return torch.cat(information_exchange_reference(x_c, x_s), dim=1)
+
+
+def information_exchange_concat(x_c: torch.Tensor, x_s: torch.Tensor) -> torch.Tensor:
+    """The two exchanged branches concatenated along the channels (channels-last); float32 CPU maps on
+    the native kernel (:class:`~lightsr.ops._exchange_native.TrainedExchangeConcat`, with autograd),
+    anything else :func:`information_exchange` and a concatenation."""
+    if not torch.is_autocast_enabled("cpu") and _exchange_native.usable(x_c, x_s):
+        return _exchange_native.TrainedExchangeConcat.apply(x_c, x_s)
+    return torch.cat(information_exchange(x_c, x_s), dim=1)
