@@ -105,8 +105,8 @@ def kernels(repeats: int) -> None:
 
 def _dw_native_vs_onednn_rows(repeats: int) -> None:
     """Plain depth-wise convolutions at inference, the models' shapes (DLGSANet's q/k/v 3x3 and 7x7
-    kernel generator, LGUN's large-kernel sequences on 16 channels, LAMNet's 23x1 strip kernel on a
-    channel slice): the native kernel against oneDNN's (aten's grouped convolution) on the same
+    kernel generator, LGUN's large-kernel sequences on 16 channels, LAMNet's 1x23 and 23x1 strip kernels
+    on a channel slice): the native kernel against oneDNN's (aten's grouped convolution) on the same
     channels-last input, float32 and bfloat16, interleaved; the last column is what
     ``depthwise_conv2d`` runs here (``depthwise_conv.onednn_preferred``)."""
     import torch.nn.functional as F
@@ -114,7 +114,8 @@ def _dw_native_vs_onednn_rows(repeats: int) -> None:
     from lightsr.ops import _depthwise_native
     from lightsr.ops.depthwise_conv import onednn_preferred
 
-    shapes = ((12, (7, 7), 1), (16, (3, 3), 1), (16, (5, 5), 2), (16, (7, 7), 1), (16, (9, 9), 2), (32, (23, 1), 1),
+    shapes = ((12, (7, 7), 1), (16, (3, 3), 1), (16, (5, 5), 2), (16, (7, 7), 1), (16, (9, 9), 2), (32, (1, 23), 1),
+              (32, (23, 1), 1),
               (48, (3, 3), 1), (144, (3, 3), 1), (192, (3, 3), 1), (270, (3, 3), 1))
     for dtype in (torch.float32, torch.bfloat16):
         for c, (kh, kw), dil in shapes:

@@ -48,9 +48,12 @@ from lightsr.ops import (
     focal_attention,
     focal_attention_reference,
     information_exchange,
+    information_exchange_concat,
     information_exchange_reference,
     layer_norm_2d,
     layer_norm_2d_reference,
+    layer_norm_2d_residual,
+    layer_norm_2d_residual_reference,
     tlc,
     tlc_reference,
 )
@@ -170,9 +173,15 @@ def _backward_cases(d):
         "layer_norm_2d (48 ch, channels-last) fwd+bwd": (
             fb(lambda a, w, b: layer_norm_2d(a, w, b), x48_cl, d["ln_w"], d["ln_b"]),
             fb(lambda a, w, b: layer_norm_2d_reference(a, w, b), x48_cl, d["ln_w"], d["ln_b"])),
-        "information_exchange (LAMNet's IEM, 2 x 16 ch, channels-last) fwd+bwd": (
+        "information_exchange (LAMNet's IEM, 2 x 16 ch, channels-last), concatenated by torch.cat, fwd+bwd": (
             fb(lambda a, b: torch.cat(information_exchange(a, b), 1), *halves),
             fb(lambda a, b: torch.cat(information_exchange_reference(a, b), 1), *halves)),
+        "information_exchange_concat (the same, written side by side as proj_out reads it in training) fwd+bwd": (
+            fb(information_exchange_concat, *halves),
+            fb(lambda a, b: torch.cat(information_exchange_reference(a, b), 1), *halves)),
+        "layer_norm_2d_residual (48 ch, channels-last; LN(x) + x as a pre-norm block uses both) fwd+bwd": (
+            fb(lambda a, w, b: sum(layer_norm_2d_residual(a, w, b)), x48_cl, d["ln_w"], d["ln_b"]),
+            fb(lambda a, w, b: sum(layer_norm_2d_residual_reference(a, w, b)), x48_cl, d["ln_w"], d["ln_b"])),
         "channel_attention (SparseGSA, 48 ch, 6 heads, channels-last) fwd+bwd": (
             fb(lambda q, t: channel_attention(q, 6, t, torch.relu), qkv_cl, d["temp6"]),
             fb(lambda q, t: channel_attention_reference(q, 6, t, torch.relu), qkv_cl, d["temp6"])),
