@@ -481,7 +481,7 @@ def test_pointwise_product_falls_back_where_onednn_refuses(monkeypatch):
                                                    (16, (9, 9), 2, 17, 30), (32, (1, 23), 1, 7, 9), (270, (3, 3), 1, 5, 6)])
 def test_onednn_preference_routes_and_matches(dtype, c, kernel, dilation, h, w, monkeypatch):
     """At inference on an AVX-512 CPU the measured oneDNN shapes go to aten (weights cast to the
-    input's dtype), the rest (9x9 dilated, bf16 1 x K, many channels, float32 3x3) to the native kernel;
+    input's dtype), the rest (9x9 dilated, bf16 1 x K, many channels, float32 3x3 and K x 1) to the native kernel;
     both within rounding of the reference. With a gradient, or without AVX-512: native."""
     import torch.nn.functional as F
 
@@ -498,8 +498,10 @@ def test_onednn_preference_routes_and_matches(dtype, c, kernel, dilation, h, w, 
     monkeypatch.setattr(depthwise_conv.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.no_grad():
         out = depthwise_conv2d(x, wt, bias, pad, (dilation, dilation))
+    float32_column = dtype == torch.float32 and kernel[1] == 1 and kernel[0] >= 5  # the native column kernel
     expect_onednn = (dilation == 1 or kernel[0] * dilation < 14) and not (dtype == torch.bfloat16 and kernel[0] == 1) \
-        and c <= (192 if dtype == torch.bfloat16 else 144) and (dtype == torch.bfloat16 or kernel != (3, 3) or c <= 32)
+        and c <= (192 if dtype == torch.bfloat16 else 144) and (dtype == torch.bfloat16 or kernel != (3, 3) or c <= 32) \
+        and not float32_column
     assert bool(calls) == expect_onednn
     assert out.dtype == dtype and _rel(out, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
     calls.clear()

@@ -162,13 +162,15 @@ def _native_call(x, weight, bias, padding, dilation, gate: str) -> torch.Tensor:
 def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> bool:
     """Inference on a CPU whose oneDNN runs AVX-512 kernels, where its channels-last depth-wise
     convolution beats the native kernel: in bfloat16 up to 192 channels, in float32 up to 144
-    channels for kernels other than 3 x 3 and up to 32 for 3 x 3; never a dilated kernel spanning
-    more than 13 pixels (oneDNN 7-9x slower on LGUN's 9x9 at dilation 2) nor a bfloat16 1 x K one
-    (see _reduced_precision_line_on_cpu). ``python benchmarks/native_speed.py --kernels`` (Zen 4
-    EPYC, 180x320 maps): oneDNN 1.4-2.3x faster on 12-48 channels in bfloat16, on 12-32 channels for
-    5x5 ... 23x1 kernels and on 16 channels for 3x3 in float32, within 0.9-1.2x on 3x3 at 48-192
-    channels, 1.1-1.4x slower at 270. CPUs without AVX-512 keep the native kernel (measured faster
-    there when it was written)."""
+    channels for kernels other than 3 x 3 and K x 1 columns and up to 32 for 3 x 3; never a dilated
+    kernel spanning more than 13 pixels (oneDNN 7-9x slower on LGUN's 9x9 at dilation 2) nor a
+    bfloat16 1 x K one (see _reduced_precision_line_on_cpu). ``python benchmarks/native_speed.py
+    --kernels`` (Zen 4 EPYC, 180x320 maps): oneDNN 1.4-2.3x faster on 12-48 channels in bfloat16, on
+    12-32 channels for 5x5 ... 1x23 kernels and on 16 channels for 3x3 in float32, within 0.9-1.2x on
+    3x3 at 48-192 channels, 1.1-1.4x slower at 270; the native column kernel (dense column strips)
+    1.33x faster than oneDNN on LAMNet's 23x1 in float32
+    (``docs/results/cpu_epyc_zen4_2026-12-06f/native_kernels.md``). CPUs without AVX-512 keep the
+    native kernel (measured faster there when it was written)."""
     if needs_grad(x, weight) or x.device.type != "cpu" or _native.cpu_capability() != "AVX512":
         return False
     if x.dim() != 4 or (x.shape[1] > 1 and x.stride(1) != 1) or _reduced_precision_line_on_cpu(x, weight):
@@ -178,7 +180,9 @@ def onednn_preferred(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -
         return False
     if x.dtype == torch.bfloat16 or autocast_dtype("cpu") == torch.bfloat16:
         return x.shape[1] <= 192
-    return x.shape[1] <= 144 and (tuple(weight.shape[2:]) != (3, 3) or x.shape[1] <= 32)
+    kh, kw = weight.shape[2:]
+    column = kw == 1 and kh >= 5 and dilation[0] == 1  # the native column kernel (forward_columns)
+    return x.shape[1] <= 144 and not column and ((kh, kw) != (3, 3) or x.shape[1] <= 32)
 
 
 def _onednn(x, weight, bias, padding, dilation) -> torch.Tensor:
