@@ -16,6 +16,11 @@
  * the gradient of y into that of d; the input gradient is the forward with the flipped kernel
  * (the caller flips it); lightsr_dw_weight_grad accumulates the kernel and bias gradients.
  *
+ * Kernels (depthwise_impl.h): 3 x 3 rows of eight register-blocked pixels; other kernels the same
+ * blocking over their taps, border blocks from zero-padded strips; K x 1 columns (no gate) on dense
+ * column strips; the weight gradient in register runs of up to 12 taps per kernel row (wide kernels on
+ * zero-padded rows), K x 1 columns down dense strips.
+ *
  * Every entry point works on output rows [r0, r1) of the B * H rows, so callers split rows over
  * threads (the weight gradient into per-thread buffers). Return codes: 0 ok, 2 out of memory.
  */
