@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _nn_module
 
 from lightsr.ops import get_op
 from lightsr.ops._common import needs_grad
@@ -51,9 +52,7 @@ def pre_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _hooked(module: nn.Module) -> bool:
-    from torch.nn.modules import module as _module
-
-    if getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None):
+    if getattr(_nn_module, "_global_forward_hooks", None) or getattr(_nn_module, "_global_forward_pre_hooks", None):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 

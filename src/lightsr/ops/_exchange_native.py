@@ -18,8 +18,8 @@ class _Geom(ctypes.Structure):
 
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
+MAX_CHANNELS = 1024  # IEM_MAX_CHANNELS of native/exchange.c
 NATIVE_SIGNATURES = {
-    "lightsr_iem_supported": [_i64],
     "lightsr_iem_forward_f32": [_p] * 4 + [ctypes.POINTER(_Geom), _i64, _i64],
     "lightsr_iem_backward_f32": [_p] * 6 + [ctypes.POINTER(_Geom), _i64, _i64],
 }
@@ -33,10 +33,10 @@ def _pixel_rows(t: torch.Tensor) -> bool:
 def usable(x_c: torch.Tensor, x_s: torch.Tensor) -> bool:
     """float32 CPU maps of one shape, pixel rows (channels-last or a channel slice of it), channels a
     multiple of 8, and the library built."""
-    lib = _native.library()
-    return (lib is not None and x_c.shape == x_s.shape and x_c.dim() == 4 and x_c.numel() > 0
+    return (x_c.shape == x_s.shape and x_c.dim() == 4 and x_c.numel() > 0
+            and x_c.shape[1] % 8 == 0 and x_c.shape[1] <= MAX_CHANNELS
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and _pixel_rows(t) for t in (x_c, x_s))
-            and bool(lib.lightsr_iem_supported(x_c.shape[1])))
+            and _native.library() is not None)
 
 
 def _geom(x_c, x_s, cat, gx_c=None, gx_s=None) -> _Geom:
@@ -51,7 +51,8 @@ def _run(name: str, tensors, geom: _Geom, images: int) -> None:
     codes = _native.run_rows(getattr(_native.library(), name), lambda _, b0, b1: (*args, geom, b0, b1), images,
                              min_rows=1)
     if any(codes):
-        raise MemoryError("information exchange: cannot allocate the native kernel's scratch buffer")
+        raise (MemoryError("information exchange: cannot allocate the native kernel's scratch buffer") if 2 in codes
+               else ValueError("information exchange: unsupported channel count for the native kernel"))
 
 
 class TrainedExchangeConcat(torch.autograd.Function):

@@ -247,30 +247,20 @@ static void FN(row_3x3_block)(const T *xb, const float *w, const float *bias, fl
         A7 += WV * LD((Q) + 7 * (XW));                                                                    \
     } while (0)
 
-/* one output pixel, channels [c, c + 8), the taps inside the image; four partial sums over the
- * kernel row (one accumulator made each multiply-add wait for the previous one: a border column of
- * LAMNet's 1 x 23 kernel cost several interior ones) */
+/* one output pixel, channels [c, c + 8), the taps inside the image (the last columns of a range;
+ * border blocks of eight take the padded strips) */
 static inline v8 FN(taps_pixel)(const T *xb, const float *w, v8 acc, const dw_geom *g, i64 oh, i64 ow, i64 c,
                                 i64 i0, i64 i1)
 {
     i64 j0, j1;
     tap_range(ow, g->PW, g->DW, g->KW, g->W, &j0, &j1);
-    const i64 C = g->C, step = g->DW * g->xw;
-    v8 a1 = {0}, a2 = {0}, a3 = {0};
     for (i64 i = i0; i < i1; ++i) {
         const T *xr = xb + (oh + i * g->DH - g->PH) * g->xh + (ow - g->PW) * g->xw + c;
-        const float *wr = w + i * g->KW * C + c;
-        i64 j = j0;
-        for (; j + 4 <= j1; j += 4) {
-            acc += ld_f32(wr + j * C) * LD(xr + j * step);
-            a1 += ld_f32(wr + (j + 1) * C) * LD(xr + (j + 1) * step);
-            a2 += ld_f32(wr + (j + 2) * C) * LD(xr + (j + 2) * step);
-            a3 += ld_f32(wr + (j + 3) * C) * LD(xr + (j + 3) * step);
-        }
-        for (; j < j1; ++j)
-            acc += ld_f32(wr + j * C) * LD(xr + j * step);
+        const float *wr = w + i * g->KW * g->C + c;
+        for (i64 j = j0; j < j1; ++j)
+            acc += ld_f32(wr + j * g->C) * LD(xr + j * g->DW * g->xw);
     }
-    return (acc + a1) + (a2 + a3);
+    return acc;
 }
 
 /* Eight output pixels [ow, ow + 8) of channels [c, c + 8) whose taps reach past the image's left or

@@ -15,7 +15,8 @@
  * Three passes over an image in the forward, two in the backward (an image's maps, a few hundred KiB
  * at training patch sizes, stay in L2 between them); torch ran about ten whole-batch passes. Images
  * [b0, b1) per call: callers split the batch across threads. stats holds per image s, n (C each) and
- * t, m (N each) for the backward. C must be a multiple of 8 (LAMNet: 32). Sums in float32, pixel by
+ * t, m (N each) for the backward. C must be a multiple of 8 up to IEM_MAX_CHANNELS (LAMNet: 32; else
+ * the entry points return 1). Sums in float32, pixel by
  * pixel in order (the same bits on any number of threads).
  */
 #include <math.h>
@@ -39,14 +40,16 @@ static inline float hsum8(v8 v)
 
 static inline float sigmoid1(float a) { return 1.0f / (1.0f + expf(-a)); }
 
-int lightsr_iem_supported(i64 C) { return C > 0 && C % 8 == 0 && C <= 1024; }
+#define IEM_MAX_CHANNELS 1024 /* MAX_CHANNELS of lightsr/ops/_exchange_native.py */
 
 int lightsr_iem_forward_f32(const float *xc, const float *xs, float *out, float *stats, const iem_geom *g,
                             i64 b0, i64 b1)
 {
     const i64 N = g->N, C = g->C;
     const float inv_c = 1.0f / (float)C, inv_n = 1.0f / (float)N;
-    v8 acc[128];
+    if (C <= 0 || C % 8 || C > IEM_MAX_CHANNELS)
+        return 1;
+    v8 acc[IEM_MAX_CHANNELS / 8];
     for (i64 b = b0; b < b1; ++b) {
         const float *c0 = xc + b * g->cb, *s0 = xs + b * g->sb;
         float *o0 = out + b * g->ob, *s = stats + b * (2 * C + 2 * N), *n = s + C, *t = n + C, *m = t + N;
@@ -94,16 +97,19 @@ int lightsr_iem_forward_f32(const float *xc, const float *xs, float *out, float 
     return 0;
 }
 
-/* scratch: N floats per call (g_a of the current image); returns 2 if it cannot be allocated */
+/* scratch: N floats per call (g_a of the current image); returns 2 if it cannot be allocated, 1 for
+ * unsupported channel counts (as the forward) */
 int lightsr_iem_backward_f32(const float *gout, const float *xc, const float *xs, const float *stats, float *gxc,
                              float *gxs, const iem_geom *g, i64 b0, i64 b1)
 {
     const i64 N = g->N, C = g->C;
     const float inv_c = 1.0f / (float)C, inv_n = 1.0f / (float)N;
+    if (C <= 0 || C % 8 || C > IEM_MAX_CHANNELS)
+        return 1;
     float *ga = malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));
     if (!ga)
         return 2;
-    v8 ge[128], gm[128];
+    v8 ge[IEM_MAX_CHANNELS / 8], gm[IEM_MAX_CHANNELS / 8];
     for (i64 b = b0; b < b1; ++b) {
         const float *c0 = xc + b * g->cb, *s0 = xs + b * g->sb, *g0 = gout + b * g->ob;
         const float *s = stats + b * (2 * C + 2 * N), *n = s + C, *t = n + C, *m = t + N;
