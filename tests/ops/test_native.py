@@ -118,10 +118,12 @@ def test_without_vector_tanh_the_wrapper_applies_torch_tanh(monkeypatch):
 @needs_native
 @pytest.mark.parametrize("taps", [build_kernel_map((1, 2), (3, 3)), build_kernel_map((1,), (6,)),
                                   [(-4, 3), (-1, 1), (0, 1), (1, 3), (4, 5)], [(0, 2), (1, 2)],
-                                  [(2, 1), (3, 4)], [(-3, 2), (-5, 3)], [(-2, 6), (5, 8)]])
+                                  [(2, 1), (3, 4)], [(-3, 2), (-5, 3)], [(-2, 6), (5, 8)],
+                                  [(t, 1) for t in range(-4, 4)], [(t, 1) for t in range(-8, 9)]])
 def test_native_general_taps(taps):
     """Other tap tables of the paper's Table 4, lengths not built by doubling, overlapping taps, windows
-    that leave out the pixel itself (all taps on one side), lines shorter than the taps."""
+    that leave out the pixel itself (all taps on one side), lines shorter than the taps; 8 and 17 taps
+    (the backward reduces the kernel gradient eight taps at a time)."""
     for dim in (-1, -2):
         for h, w in ((11, 26), (1, 1), (2, 3)):
             _check_against_reference(_cl(torch.randn(3, 16, h, w)), _cl(torch.randn(3, 2 * len(taps), h, w)), taps, dim)
