@@ -76,6 +76,20 @@ def test_train_step_ab_interleaves_worker_processes(capsys):
     assert re.fullmatch(r"\| b \| .+ \| \d+ \| \d+ \| \d+\.\d\dx \|", rows[1])
 
 
+def test_native_ab_swaps_libraries_and_restores(capsys):
+    """Both libraries (here this tree's twice) run every case; the ops get this tree's library back."""
+    from lightsr.ops import _native
+
+    if not _native.available():
+        pytest.skip(f"no native library: {_native.build_error()}")
+    lib = _native.library()
+    _load("native_ab").main(["--before", str(BENCH.parent), "--repeats", "1", "--batch", "1", "--size", "9"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| FSA ")]
+    assert len(rows) == 4 and all(re.search(r"\| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|$", r) for r in rows), out
+    assert _native.library() is lib
+
+
 def test_cuda_check_runs_on_cpu(capsys):
     """cuda_check.py is what a GPU lease runs (benchmarks/gpu_session.sh); CI has no GPU, so its
     logic is exercised on the CPU: every op row and the model row are printed and within bounds."""

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "enabled", "use_native", "fsa_forward", "fsa_backward", "library", "library_path",
-           "build_error", "run_rows", "vector_tanh"]
+           "build_error", "load", "run_rows", "vector_tanh"]
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,22 @@ def _build() -> ctypes.CDLL:
     for flags, libs in _variants():
         try:
             path = _compile(cc, flags, libs)
-            lib = ctypes.CDLL(str(path))
+            lib = load(path)
             break
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
     else:
         raise RuntimeError("; ".join(errors))
+    _state["path"] = path
+    _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())
+    _state["openmp"] = bool(lib.lightsr_parallel_available())
+    return lib
+
+
+def load(path) -> ctypes.CDLL:
+    """A built library file with every entry point declared (argtypes, restype). The ops use the one
+    :func:`library` returns; ``benchmarks/native_ab.py`` loads an older build beside it."""
+    lib = ctypes.CDLL(str(path))
     ptr = ctypes.c_void_p
     for name in ("lightsr_fsa_forward", "lightsr_fsa_forward_bf16"):
         getattr(lib, name).restype = ctypes.c_int
@@ -157,9 +167,6 @@ def _build() -> ctypes.CDLL:
     for name in ("_attention_native", "_depthwise_native", "_dynamic_native", "_elementwise_native", "_exchange_native",
                  "_layer_norm_native"):
         _declare(lib, name)
-    _state["path"] = path
-    _state["vector_tanh"] = bool(lib.lightsr_fsa_vector_tanh())
-    _state["openmp"] = bool(lib.lightsr_parallel_available())
     return lib
 
 

@@ -1,0 +1,113 @@
+"""The native kernels of two source trees in one process, interleaved: each case runs with this
+tree's library and with the other tree's (``--before TREE``), call by call in turn, on the same
+tensors, so machine load and cache state hit both alike.
+
+Only the C library is swapped; the Python around it is this tree's, so the two libraries need the
+same entry points (a tree from before a kernel was added cannot run that kernel's cases). Cases are
+LAMNet's step shapes (batch 8, 48 x 48 LR patches): its focal attention forward and backward
+through autograd, horizontal and vertical.
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/native_ab.py --before /tmp/old --repeats 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lightsr.bench import environment, format_environment
+from lightsr.ops import _native
+from lightsr.ops.focal_attention import build_kernel_map, focal_attention
+
+PATH_OF_TREE = "import lightsr.ops._native as n; assert n.available(), n.build_error(); print(n.library_path())"
+
+
+def _library_of(tree: Path) -> Path:
+    """Builds (or finds in the cache) the other tree's library, in a process that imports that tree."""
+    out = subprocess.run([sys.executable, "-c", PATH_OF_TREE], env={**os.environ, "PYTHONPATH": str(tree / "src")},
+                         capture_output=True, text=True, cwd=str(tree))
+    if out.returncode:
+        raise SystemExit(f"no native library for {tree}: {out.stderr.strip()[-300:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _cases(batch: int, size: int):
+    g = torch.Generator().manual_seed(0)
+    taps = build_kernel_map()
+    cl = torch.channels_last
+    # as in LAMNet: x the second half of proj_in's channels-last output, 52 kernel logits per pixel
+    x = torch.randn(batch, 64, size, size, generator=g).contiguous(memory_format=cl)[:, 32:].detach()
+    k = torch.randn(batch, 52, size, size, generator=g).contiguous(memory_format=cl)
+    gout = torch.randn(batch, 32, size, size, generator=g).contiguous(memory_format=cl)
+    cases = {}
+    for dim, name in ((-1, "horizontal"), (-2, "vertical")):
+        def forward(dim=dim):
+            return focal_attention(x, k, taps, dim, activation="tanh")
+
+        xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
+        saved = {}
+
+        def prepare(dim=dim):
+            xg.grad = kg.grad = None
+            saved["y"] = focal_attention(xg, kg, taps, dim, activation="tanh")
+
+        def backward():
+            torch.autograd.grad(saved["y"], (xg, kg), gout)
+
+        cases[f"FSA {name} forward (32 ch, 13 taps, tanh)"] = (None, forward)
+        cases[f"FSA {name} backward"] = (prepare, backward)
+    return cases
+
+
+def _time(prepare, fn) -> float:
+    if prepare is not None:
+        prepare()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", required=True, type=Path, help="the other source tree (a git worktree)")
+    ap.add_argument("--repeats", type=int, default=20, help="rounds; each runs every case 5 times per library")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/native_ab.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
+    print(format_environment(environment()))
+    if not _native.available():
+        raise SystemExit(f"no native library here: {_native.build_error()}")
+    before = _library_of(args.before.resolve())
+    libs = {"now": _native._library(), "before": _native.load(before)}
+    print(f"library now: {_native.library_path()}\nlibrary before: {before} ({args.before})\n")
+    cases = _cases(args.batch, args.size)
+    times = {(lib, case): [] for lib in libs for case in cases}
+    try:
+        for r in range(args.repeats):
+            for lib in (("now", "before") if r % 2 else ("before", "now")):
+                _native._state["lib"] = libs[lib]
+                for case, (prepare, fn) in cases.items():
+                    times[(lib, case)] += [_time(prepare, fn) for _ in range(5)]
+    finally:
+        _native._state["lib"] = libs["now"]
+    print(f"batch {args.batch}, {args.size}x{args.size}, {args.repeats} rounds x 5 calls per library, medians\n")
+    print("| case | before ms | now ms | speed-up |\n|---|---|---|---|")
+    for case in cases:
+        before, now = statistics.median(times[("before", case)]), statistics.median(times[("now", case)])
+        print(f"| {case} | {before * 1e3:.2f} | {now * 1e3:.2f} | {before / now:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
