@@ -5,7 +5,7 @@ tensors, so machine load and cache state hit both alike.
 Only the C library is swapped; the Python around it is this tree's, so the two libraries need the
 same entry points (a tree from before a kernel was added cannot run that kernel's cases). Cases are
 LAMNet's step shapes (batch 8, 48 x 48 LR patches): its focal attention forward and backward
-through autograd, horizontal and vertical.
+through autograd, horizontal and vertical, and the bfloat16 forward of inference.
 
     git worktree add /tmp/old <commit>
     python benchmarks/native_ab.py --before /tmp/old --repeats 20
@@ -47,6 +47,7 @@ def _cases(batch: int, size: int):
     x = torch.randn(batch, 64, size, size, generator=g).contiguous(memory_format=cl)[:, 32:].detach()
     k = torch.randn(batch, 52, size, size, generator=g).contiguous(memory_format=cl)
     gout = torch.randn(batch, 32, size, size, generator=g).contiguous(memory_format=cl)
+    xh, kh = x.bfloat16(), k.bfloat16()
     cases = {}
     for dim, name in ((-1, "horizontal"), (-2, "vertical")):
         def forward(dim=dim):
@@ -62,8 +63,12 @@ def _cases(batch: int, size: int):
         def backward():
             torch.autograd.grad(saved["y"], (xg, kg), gout)
 
+        def forward_bf16(dim=dim):
+            return focal_attention(xh, kh, taps, dim, activation="tanh")
+
         cases[f"FSA {name} forward (32 ch, 13 taps, tanh)"] = (None, forward)
         cases[f"FSA {name} backward"] = (prepare, backward)
+        cases[f"FSA {name} forward, bfloat16 (inference)"] = (None, forward_bf16)
     return cases
 
 

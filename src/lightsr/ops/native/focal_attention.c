@@ -255,13 +255,21 @@ static void box_means_adjoint(const Geo *g, float *gM, float *gxl, i64 gi)
             *(v8u *)(gxl + q * gi + c) = *(const v8u *)(gM + (lead + q) * C + c);
 }
 
-/* Software prefetch of one pixel's n floats (rw 1: about to be written). The vertical FSA walks
- * columns, a whole image row between pixels: the hardware prefetchers see a new 48-320 step
- * stride stream every line; asking for the next line's pixels while this one computes hides that. */
+/* Software prefetch of the cache lines of one pixel's `bytes` bytes (rw 1: about to be written).
+ * A line is read in a burst (into the line buffers) and then computed: asking for the next line's
+ * pixels meanwhile hides the memory latency (most of all for the vertical FSA, whose columns are a
+ * stride walk of a whole image row per pixel). */
+static inline void prefetch_span(const void *p, i64 bytes, int rw)
+{
+    const char *c = p;
+    for (i64 e = 0; e < bytes; e += 64)
+        rw ? __builtin_prefetch(c + e, 1, 3) : __builtin_prefetch(c + e, 0, 3);
+    rw ? __builtin_prefetch(c + bytes - 1, 1, 3) : __builtin_prefetch(c + bytes - 1, 0, 3); /* a straddled last line */
+}
+
 static inline void prefetch_pixel(const float *p, i64 n, int rw)
 {
-    for (i64 e = 0; e < n; e += 16)
-        rw ? __builtin_prefetch(p + e, 1, 3) : __builtin_prefetch(p + e, 0, 3);
+    prefetch_span(p, 4 * n, rw);
 }
 
 static inline __attribute__((always_inline)) void fast_forward_lines(
