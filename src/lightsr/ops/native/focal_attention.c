@@ -108,7 +108,16 @@ typedef struct {
     i64 off[MAX_TAPS];         /* tap t's mean for pixel i: M + off[t] + i * C (fast path buffers) */
     i64 act;                   /* 1: coefficients are logits, tanh applied */
     float *T;                  /* act: L x G*K scratch for one line's activated coefficients */
+    const struct Ahead *ahead; /* forward: the line to prefetch, when the caller computes from line buffers */
 } Geo;
+
+/* A line to prefetch pixel by pixel while another computes: x, the kernel and the output (written),
+ * byte strides between pixels and bytes per pixel. */
+typedef struct Ahead {
+    const char *x, *k;
+    char *o;
+    i64 xi, ki, oi, xn, kn, on;
+} Ahead;
 
 static i64 slot_of(const Geo *g, i64 len)
 {
@@ -122,7 +131,7 @@ static int setup(Geo *g, i64 J, i64 L, i64 C, i64 G, i64 K, const i64 *lo, const
 {
     if (K > MAX_TAPS || G <= 0 || C % G)
         return 1;
-    g->J = J, g->L = L, g->C = C, g->G = G, g->K = K, g->P = C / G;
+    g->J = J, g->L = L, g->C = C, g->G = G, g->K = K, g->P = C / G, g->ahead = NULL;
     /* the window always holds the pixel itself: the padded line starts at or before it */
     g->lo = lo, g->n = n, g->dmin = dmin < 0 ? dmin : 0, g->dmax = dmax > 0 ? dmax : 0;
     g->nslots = 1, g->lens[0] = 1;
@@ -286,15 +295,17 @@ static inline __attribute__((always_inline)) void fast_forward_lines(
         i64 ks = ki;
         const float *kl = coefficients(g, g->act, k + b * kb + j * kj, &ks, g->T);
         float *ol = out + b * ob + j * oj;
-        const i64 bn = (l + 1) / g->J, jn = (l + 1) % g->J; /* the next line, prefetched */
-        const float *xn = x + bn * xb + jn * xj, *kn = k + bn * kb + jn * kj;
-        float *on = out + bn * ob + jn * oj;
-        const int ahead = l + 1 < line1;
+        const i64 bn = (l + 1) / g->J, jn = (l + 1) % g->J, F = sizeof(float); /* the next line, prefetched */
+        const Ahead next = {(const char *)(x + bn * xb + jn * xj), (const char *)(k + bn * kb + jn * kj),
+                            (char *)(out + bn * ob + jn * oj), F * xi, F * ki, F * oi, F * C, F * G * K, F * C};
+        const Ahead *pf = g->ahead ? g->ahead : l + 1 < line1 ? &next : NULL;
         for (i64 i = 0; i < L; ++i) {
             const float *kp = kl + i * ks;
             const float *Mi = M + i * C;
-            if (ahead)
-                prefetch_pixel(xn + i * xi, C, 0), prefetch_pixel(kn + i * ki, g->G * K, 0), prefetch_pixel(on + i * oi, C, 1);
+            if (pf) {
+                prefetch_span(pf->x + i * pf->xi, pf->xn, 0), prefetch_span(pf->k + i * pf->ki, pf->kn, 0);
+                prefetch_span(pf->o + i * pf->oi, pf->on, 1);
+            }
             for (i64 v = 0; v < V; ++v)
                 acc[v] = (v8){0};
             for (i64 t = 0; t < K; ++t) {
@@ -596,6 +607,10 @@ int lightsr_fsa_forward_bf16(
         widen_line(k + b * kb + j * kj, ki, L, GK, ks);
         if (act)
             tanh_in_place(ks, L * GK);
+        const i64 bn = (l + 1) / J, jn = (l + 1) % J, H = sizeof(uint16_t); /* prefetched while this line computes */
+        const Ahead next = {(const char *)(x + bn * xb + jn * xj), (const char *)(k + bn * kb + jn * kj),
+                            (char *)(out + b * ob + j * oj), H * xi, H * ki, H * oi, H * C, H * GK, H * C};
+        g.ahead = l + 1 < line1 ? &next : NULL;
         forward_lines(&g, xs, ks, os, 0, 0, C, 0, 0, GK, 0, 0, C, 0, 1, M);
         narrow(os, L, C, out + b * ob + j * oj, oi);
     }
