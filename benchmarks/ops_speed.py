@@ -60,6 +60,7 @@ from lightsr.ops import (
 
 common = importlib.import_module("lightsr.ops._common")
 tlc_module = importlib.import_module("lightsr.ops.tlc")
+_elementwise_native = importlib.import_module("lightsr.ops._elementwise_native")
 native = importlib.import_module("lightsr.ops._native")
 
 
@@ -146,6 +147,7 @@ def _backward_cases(d):
     x48_cl = d["x48"].contiguous(memory_format=torch.channels_last)
     qkv_cl = d["qkv"].contiguous(memory_format=torch.channels_last)
     halves = [d["x32"][:, i:i + 16].contiguous(memory_format=torch.channels_last) for i in (0, 16)]
+    g128 = torch.cat([d["x32"]] * 4, 1).permute(0, 2, 3, 1).reshape(-1, 128).contiguous()
     d.setdefault("temp6", torch.rand(6, 1, 1) + 0.5)
 
     def dw(op, pad):  # weight first: the difference column then compares the weight gradients
@@ -182,6 +184,8 @@ def _backward_cases(d):
         "layer_norm_2d_residual (48 ch, channels-last; LN(x) + x as a pre-norm block uses both) fwd+bwd": (
             fb(lambda a, w, b: sum(layer_norm_2d_residual(a, w, b)), x48_cl, d["ln_w"], d["ln_b"]),
             fb(lambda a, w, b: sum(layer_norm_2d_residual_reference(a, w, b)), x48_cl, d["ln_w"], d["ln_b"])),
+        "column sum of a (36864, 128) output gradient (a 1x1 conv's bias gradient): native vs aten sum(0)": (
+            lambda: _elementwise_native.column_sum(g128), lambda: g128.sum(0)),
         "channel_attention (SparseGSA, 48 ch, 6 heads, channels-last) fwd+bwd": (
             fb(lambda q, t: channel_attention(q, 6, t, torch.relu), qkv_cl, d["temp6"]),
             fb(lambda q, t: channel_attention_reference(q, 6, t, torch.relu), qkv_cl, d["temp6"])),

@@ -74,3 +74,46 @@ def test_add_maps_falls_back_where_the_kernel_does_not_apply(monkeypatch):
     out.float().sum().backward()
     assert torch.equal(g.grad, torch.full_like(g, 2.0))
     assert len(calls) == 1  # only the NCHW bf16 call reached (and was declined by) the native wrapper
+
+
+@needs_native
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 8), (3, 5), (7, 13), (18432, 52), (18432, 64), (4097, 128), (100, 512)])
+def test_column_sum_matches_float64(n, c, outputs_per_thread_count):
+    """Column sums (a 1x1 convolution's bias gradient): odd row counts (the two-row step's tail),
+    channel counts off the 8-lane vectors, the widest the kernel takes; 1 and 3 threads."""
+    torch.manual_seed(0)
+    rows = torch.randn(n, c)
+    outs = outputs_per_thread_count(lambda: _elementwise_native.column_sum(rows))
+    want = rows.double().sum(0)
+    for out in outs:
+        assert out.shape == (c,) and out.dtype == torch.float32
+        assert (out.double() - want).abs().max() <= 1e-5 * max(1.0, n ** 0.5)
+
+
+def test_column_sum_declines_what_it_does_not_take():
+    assert _elementwise_native.column_sum(torch.randn(4, 513)) is None  # wider than the kernel's SUM_MAX
+    assert _elementwise_native.column_sum(torch.randn(8, 4)[::2]) is None  # rows not dense
+    assert _elementwise_native.column_sum(torch.randn(4, 4).double()) is None
+    assert _elementwise_native.column_sum(torch.randn(0, 4)) is None
+    assert _elementwise_native.column_sum(torch.randn(2, 3, 4)) is None
+
+
+@needs_native
+def test_pointwise_bias_gradient_takes_the_column_sum(monkeypatch):
+    """The 1x1 convolution's training product hands its bias gradient to the native column sum, and it
+    equals the reference's."""
+    from lightsr.ops import pointwise
+
+    calls = []
+    real = _elementwise_native.column_sum
+    monkeypatch.setattr(_elementwise_native, "column_sum", lambda g: calls.append(g.shape) or real(g))
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(24, 16, 1, 1, requires_grad=True), torch.randn(24, requires_grad=True)
+    g = torch.randn(2, 24, 5, 7)
+    pointwise.pointwise_conv(x, w, b).backward(g)
+    w2, b2 = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    pointwise.pointwise_conv_reference(x, w2, b2).backward(g)
+    if pointwise._ONEDNN is not None:
+        assert calls == [(70, 24)]
+    assert torch.allclose(b.grad, b2.grad, atol=1e-5) and torch.allclose(w.grad, w2.grad, atol=1e-4)

@@ -8,12 +8,14 @@ import torch
 
 from lightsr.ops import _native
 
-__all__ = ["NATIVE_SIGNATURES", "add_bf16", "add_bf16_into_f32"]
+__all__ = ["NATIVE_SIGNATURES", "add_bf16", "add_bf16_into_f32", "column_sum"]
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_longlong
 NATIVE_SIGNATURES = {"lightsr_add_f32_bf16": [_p, _p, _p, _i64, _i64],
-                     "lightsr_add_bf16": [_p, _i64, _p, _i64, _p, _i64, _i64, _i64]}
+                     "lightsr_add_bf16": [_p, _i64, _p, _i64, _p, _i64, _i64, _i64],
+                     "lightsr_column_sum_f32": [_p, _i64, _p, _i64, _i64]}
 _CHUNK = 65536  # elements per part at least (smaller maps run on one thread)
+_SUM_MAX = 512  # channels of column_sum (the kernel's SUM_MAX)
 
 
 def _dense_alike(*tensors: torch.Tensor) -> bool:
@@ -67,3 +69,21 @@ def add_bf16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     args = (_native._ptr(a), sa, _native._ptr(b), sb, _native._ptr(out), c)
     _native.run_rows(lib.lightsr_add_bf16, lambda _, p0, p1: (*args, p0, p1), n, min_rows=max(1, _CHUNK // c))
     return out
+
+
+def column_sum(rows: torch.Tensor) -> torch.Tensor | None:
+    """``rows.sum(0)`` of a contiguous float32 CPU (N, C) matrix (a 1x1 convolution's bias gradient)
+    by the native kernel, threads summing row ranges into partial rows; None where it does not apply."""
+    if (rows.dtype != torch.float32 or rows.dim() != 2 or rows.device.type != "cpu" or not rows.is_contiguous()
+            or rows.numel() == 0 or rows.shape[1] > _SUM_MAX):
+        return None
+    lib = _native.library()
+    if lib is None:
+        return None
+    n, c = rows.shape
+    threads = _native.threads_for(n, max(1, _CHUNK // c))
+    partial = torch.empty(threads, c)
+    args = (_native._ptr(rows), c)
+    _native.run_rows(lib.lightsr_column_sum_f32, lambda i, r0, r1: (*args, _native._ptr(partial[i]), r0, r1), n,
+                     min_rows=max(1, _CHUNK // c))
+    return partial[0] if threads == 1 else partial.sum(0)
