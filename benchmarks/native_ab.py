@@ -5,7 +5,8 @@ tensors, so machine load and cache state hit both alike.
 Only the C library is swapped; the Python around it is this tree's, so the two libraries need the
 same entry points (a tree from before a kernel was added cannot run that kernel's cases). Cases are
 LAMNet's step shapes (batch 8, 48 x 48 LR patches): its focal attention forward and backward
-through autograd, horizontal and vertical, and the bfloat16 forward of inference.
+through autograd, horizontal and vertical, and the bfloat16 forward of inference; DLGSANet-tiny's
+fused dynamic convolution, forward and backward.
 
     git worktree add /tmp/old <commit>
     python benchmarks/native_ab.py --before /tmp/old --repeats 20
@@ -25,6 +26,7 @@ import torch
 
 from lightsr.bench import environment, format_environment
 from lightsr.ops import _native
+from lightsr.ops.dynamic_dwconv import dynamic_dwconv_fused
 from lightsr.ops.focal_attention import build_kernel_map, focal_attention
 
 PATH_OF_TREE = "import lightsr.ops._native as n; assert n.available(), n.build_error(); print(n.library_path())"
@@ -69,6 +71,20 @@ def _cases(batch: int, size: int):
         cases[f"FSA {name} forward (32 ch, 13 taps, tanh)"] = (None, forward)
         cases[f"FSA {name} backward"] = (prepare, backward)
         cases[f"FSA {name} forward, bfloat16 (inference)"] = (None, forward_bf16)
+    # DLGSANet-tiny's MHDLSA: 48 channels in 8 groups, 7x7 kernels from 12 hidden channels (fused)
+    xd = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+    hd = torch.randn(batch, 12, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+    cw = (torch.randn(392, 12, 1, 1, generator=g) * 0.3).requires_grad_()
+    cb = (torch.randn(392, generator=g) * 0.1).requires_grad_()
+    gd = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl)
+    dyn = {}
+
+    def dyn_prepare():
+        dyn["y"] = dynamic_dwconv_fused(xd, hd, cw, cb, 7)
+
+    cases["dynamic conv fused forward (DLGSANet-tiny: 48 ch, 7x7 from 12 hidden)"] = (
+        None, lambda: dynamic_dwconv_fused(xd.detach(), hd.detach(), cw.detach(), cb.detach(), 7))
+    cases["dynamic conv fused backward"] = (dyn_prepare, lambda: torch.autograd.grad(dyn["y"], (xd, hd, cw, cb), gd))
     return cases
 
 
@@ -94,7 +110,7 @@ def main(argv=None) -> int:
     if not _native.available():
         raise SystemExit(f"no native library here: {_native.build_error()}")
     before = _library_of(args.before.resolve())
-    libs = {"now": _native._library(), "before": _native.load(before)}
+    libs = {"now": _native._library(), "before": _native.load(before, partial=True)}
     print(f"library now: {_native.library_path()}\nlibrary before: {before} ({args.before})\n")
     cases = _cases(args.batch, args.size)
     times = {(lib, case): [] for lib in libs for case in cases}

@@ -150,9 +150,10 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
-def load(path) -> ctypes.CDLL:
+def load(path, partial: bool = False) -> ctypes.CDLL:
     """A built library file with every entry point declared (argtypes, restype). The ops use the one
-    :func:`library` returns; ``benchmarks/native_ab.py`` loads an older build beside it."""
+    :func:`library` returns; ``benchmarks/native_ab.py`` loads an older build beside it
+    (``partial``: entry points the older source lacks are left undeclared, not an error)."""
     lib = ctypes.CDLL(str(path))
     ptr = ctypes.c_void_p
     for name in ("lightsr_fsa_forward", "lightsr_fsa_forward_bf16"):
@@ -166,16 +167,18 @@ def load(path) -> ctypes.CDLL:
     lib.lightsr_parallel_calls.argtypes = [ptr, _i64, ptr, _i64, ptr]
     for name in ("_attention_native", "_depthwise_native", "_dynamic_native", "_elementwise_native", "_exchange_native",
                  "_layer_norm_native"):
-        _declare(lib, name)
+        _declare(lib, name, partial)
     return lib
 
 
-def _declare(lib: ctypes.CDLL, module: str) -> None:
+def _declare(lib: ctypes.CDLL, module: str, partial: bool = False) -> None:
     """argtypes of the entry points that ``lightsr.ops.<module>`` declares in its ``NATIVE_SIGNATURES``."""
     import importlib
 
     signatures = importlib.import_module(f"lightsr.ops.{module}").NATIVE_SIGNATURES
     for name, argtypes in signatures.items():
+        if partial and not hasattr(lib, name):
+            continue
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = argtypes
