@@ -6,7 +6,7 @@ Only the C library is swapped; the Python around it is this tree's, so the two l
 same entry points (a tree from before a kernel was added cannot run that kernel's cases). Cases are
 LAMNet's step shapes (batch 8, 48 x 48 LR patches): its focal attention forward and backward
 through autograd, horizontal and vertical, and the bfloat16 forward of inference; DLGSANet-tiny's
-fused dynamic convolution, forward and backward.
+fused dynamic convolution, forward and backward; the 3x3 depth-wise kernel gradient of the gated FFNs.
 
     git worktree add /tmp/old <commit>
     python benchmarks/native_ab.py --before /tmp/old --repeats 20
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lightsr.bench import environment, format_environment
-from lightsr.ops import _native
+from lightsr.ops import _depthwise_native, _native
 from lightsr.ops.dynamic_dwconv import dynamic_dwconv_fused
 from lightsr.ops.focal_attention import build_kernel_map, focal_attention
 
@@ -85,6 +85,12 @@ def _cases(batch: int, size: int):
     cases["dynamic conv fused forward (DLGSANet-tiny: 48 ch, 7x7 from 12 hidden)"] = (
         None, lambda: dynamic_dwconv_fused(xd.detach(), hd.detach(), cw.detach(), cb.detach(), 7))
     cases["dynamic conv fused backward"] = (dyn_prepare, lambda: torch.autograd.grad(dyn["y"], (xd, hd, cw, cb), gd))
+    # the gated FFNs' 3x3 depth-wise convolution: its kernel and bias gradient (DLGSANet-tiny 192, LAMNet 128 ch)
+    for c in (192, 128):
+        xw = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=cl)
+        gw = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=cl)
+        cases[f"depth-wise 3x3 kernel + bias gradient ({c} ch)"] = (
+            None, lambda xw=xw, gw=gw: _depthwise_native.weight_grad(gw, xw, (3, 3), (1, 1), (1, 1), True))
     return cases
 
 
