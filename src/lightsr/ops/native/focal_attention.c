@@ -282,12 +282,12 @@ static inline void prefetch_pixel(const float *p, i64 n, int rw)
 }
 
 static inline __attribute__((always_inline)) void fast_forward_lines(
-    const Geo *g, i64 G, i64 VG, const float *x, const float *k, float *out,
+    const Geo *g, i64 G, i64 VG, i64 K, const float *x, const float *k, float *out,
     i64 xb, i64 xj, i64 xi, i64 kb, i64 kj, i64 ki, i64 ob, i64 oj, i64 oi, i64 line0, i64 line1, float *M)
 {
-    /* G groups of VG vectors each (compile-time constants in the specialised calls): all G * VG
-     * accumulators of a pixel live in registers while the taps stream through */
-    const i64 C = g->C, K = g->K, L = g->L, V = G * VG;
+    /* G groups of VG vectors each and K taps (compile-time constants in the specialised calls): all
+     * G * VG accumulators of a pixel live in registers while the taps stream through */
+    const i64 C = g->C, L = g->L, V = G * VG;
     v8 acc[MAX_VECTORS];
     for (i64 l = line0; l < line1; ++l) {
         const i64 b = l / g->J, j = l % g->J;
@@ -512,10 +512,10 @@ static void forward_lines(const Geo *g, const float *x, const float *k, float *o
 {
     if (g->P % 8)
         generic_forward_lines(g, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1);
-    else if (g->G == 4 && g->P == 8) /* LAMNet: constant trip counts, the whole pixel in registers */
-        fast_forward_lines(g, 4, 1, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+    else if (g->G == 4 && g->P == 8 && g->K == 13) /* LAMNet: constant trip counts, the whole pixel in registers */
+        fast_forward_lines(g, 4, 1, 13, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
     else
-        fast_forward_lines(g, g->G, g->P / 8, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
+        fast_forward_lines(g, g->G, g->P / 8, g->K, x, k, out, xb, xj, xi, kb, kj, ki, ob, oj, oi, line0, line1, M);
 }
 
 /* Returns 0 on success, 1 for unsupported taps / groups, 2 if a line buffer cannot be allocated. */
