@@ -282,7 +282,35 @@ def _products(repeats):
                                          "onednn": lambda: onednn(x, w, b, "none", [], "")}, repeats=repeats)
             print(f"| {str(dtype)[6:]} | {m} x {k} -> {n} | {t['mkl'].median * 1e3:.2f} | "
                   f"{t['onednn'].median * 1e3:.2f} | {t['mkl'].median / t['onednn'].median:.2f} |", flush=True)
+    _residual_products(onednn, repeats)
     _products_in_models(onednn, repeats)
+
+
+RESIDUAL_SHAPES = [  # (pixels, C_in, C_out) of products added onto a residual stream at inference
+    (14400, 180, 90), (14400, 90, 90), (57600, 180, 90), (57600, 90, 90), (57600, 128, 64), (57600, 64, 64),
+    (57600, 96, 48), (57600, 192, 48)]
+
+
+def _residual_products(onednn, repeats):
+    """``residual += x @ w.T + b`` in place (the blocks' projections at inference): MKL's ``addmm_``
+    accumulating onto the residual and the bias added after it (lightsr before 2026-12-06g), against
+    oneDNN's product with the bias and then ``add_`` (now). Both first restore the residual (a copy)."""
+    print("\n| dtype | residual += pixels x C_in -> C_out | MKL addmm_ + bias ms | oneDNN + add_ ms | speed-up |"
+          "\n|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, k, n in RESIDUAL_SHAPES:
+            x, w, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(n, dtype=dtype)
+            r, out = torch.randn(m, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
+
+            def mkl():
+                out.copy_(r).addmm_(x, w.t()).add_(b)
+
+            def dnn():
+                out.copy_(r).add_(onednn(x, w, b, "none", [], ""))
+            with torch.no_grad():
+                t = interleaved_timings({"mkl": mkl, "onednn": dnn}, repeats=repeats)
+            print(f"| {str(dtype)[6:]} | {m} x {k} -> {n} | {t['mkl'].median * 1e3:.2f} | "
+                  f"{t['onednn'].median * 1e3:.2f} | {t['mkl'].median / t['onednn'].median:.2f}x |", flush=True)
 
 
 def _products_in_models(onednn, repeats):

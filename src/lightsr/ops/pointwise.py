@@ -164,6 +164,8 @@ def pointwise_conv(x, weight, bias=None, residual=None, scale=None, out=None) ->
         # image's (a band of rows) would make matmul run a batched product with a copied weight
         y = _as_image(_linear(_rows(x), wm, bias), b, h, w)
         return y if residual is None else residual + y
+    if not needs_grad(x, wm, bias, residual):  # oneDNN's product, then the residual added in place
+        return _as_image(_linear(_rows(x), wm, bias).add_(_rows(residual)), b, h, w)
     out = torch.addmm(_rows(residual), _rows(x), wm.t())
     if bias is not None:
         out.add_(bias)  # addmm's backward does not need its output
@@ -183,8 +185,12 @@ def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 
 
 def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
-    """``out[...] = residual + scale * conv1x1(x)``, by ``addmm`` into out's rows where they are dense;
-    ``out`` may be ``residual`` itself (the product accumulates in place: no copy of the residual).
+    """``out[...] = residual + scale * conv1x1(x)``: the product (oneDNN's, with the bias), then the
+    residual added into out's rows where they are dense; ``out`` may be ``residual`` itself (added in
+    place: no copy of the residual). MKL's ``addmm_`` accumulating onto the residual, then the bias,
+    took 0.98-1.58x the time of the product and the add at the models' shapes (the full DLGSANet's 90
+    channels: 1.10-1.58x, float32 and bfloat16; Zen 4 EPYC,
+    ``python benchmarks/ops_speed.py --threads 1 --products``).
     Under CPU autocast the product runs in the autocast dtype: straight into ``out`` when ``out``
     and ``residual`` have that dtype too, else added onto the residual in one pass."""
     pd = _product_dtype(x)
@@ -201,11 +207,9 @@ def _into(out, x, weight, bias, residual, scale) -> torch.Tensor:
         return out.add_(y) if _same(residual, out) else torch.add(residual, y, out=out)
     wm, bias = _scaled(weight, bias, scale)
     with torch.autocast("cpu", enabled=False):
-        xr, wm = _rows(x).to(pd), wm.to(pd)
+        y = _linear(_rows(x).to(pd), wm.to(pd), None if bias is None else bias.to(pd))
         if _same(residual, out):
-            _rows(out).addmm_(xr, wm.t())
+            _rows(out).add_(y)
         else:
-            torch.addmm(_rows(residual), xr, wm.t(), out=_rows(out))
-        if bias is not None:
-            out.add_(bias.to(pd).reshape(1, -1, 1, 1))
+            torch.add(_rows(residual), y, out=_rows(out))
     return out
