@@ -626,59 +626,6 @@ WGRAD_RUN(12)
 #undef WGRAD_RUN
 #define WGRAD_MAX_RUN 12 /* accumulators of one run: 12 + the gradient vector fit in 16 AVX registers */
 
-/* The same run for two channel blocks at once, [c, c + 16): a whole 64-byte cache line of every
- * pixel in one touch (the 8-channel runs read half a line, and the next block the other half after a
- * whole row: from L2 at 128-192 channels). 2 NJ accumulators, NJ <= 6 (narrow kernels: 3x3). */
-#define WGRAD_RUN16(NJ)                                                                                         \
-    static inline void FN(wgrad_run16_##NJ)(const T *gy0, i64 yw, const T *x0, i64 sx, i64 step, float *wp,    \
-                                             i64 C, i64 n)                                                       \
-    {                                                                                                            \
-        v8 a[NJ], b[NJ];                                                                                         \
-        for (int jj = 0; jj < NJ; ++jj)                                                                          \
-            a[jj] = b[jj] = (v8){0};                                                                             \
-        for (i64 ow = 0; ow < n; ++ow) {                                                                         \
-            const v8 g0 = LD(gy0 + ow * yw), g1 = LD(gy0 + ow * yw + 8);                                         \
-            const T *xs = x0 + ow * sx;                                                                          \
-            for (int jj = 0; jj < NJ; ++jj) {                                                                    \
-                a[jj] += g0 * LD(xs + jj * step);                                                                \
-                b[jj] += g1 * LD(xs + jj * step + 8);                                                            \
-            }                                                                                                    \
-        }                                                                                                        \
-        for (int jj = 0; jj < NJ; ++jj) {                                                                        \
-            st_f32(wp + jj * C, ld_f32(wp + jj * C) + a[jj]);                                                    \
-            st_f32(wp + jj * C + 8, ld_f32(wp + jj * C + 8) + b[jj]);                                            \
-        }                                                                                                        \
-    }
-WGRAD_RUN16(1)
-WGRAD_RUN16(2)
-WGRAD_RUN16(3)
-WGRAD_RUN16(4)
-WGRAD_RUN16(5)
-WGRAD_RUN16(6)
-#undef WGRAD_RUN16
-#define WGRAD_MAX_RUN16 6
-
-/* Kernel rows [i0, i1) of output row oh, columns [w0, w1) (all taps inside the image), channels
- * [c, c + 16), for kernels of at most WGRAD_MAX_RUN16 taps per row. */
-static void FN(wgrad_runs16)(const T *gyr, const T *xb, float *gw, const dw_geom *g, i64 oh, i64 i0, i64 i1,
-                             i64 w0, i64 w1, i64 c)
-{
-    const i64 C = g->C, KW = g->KW, sx = g->xw, step = g->DW * sx, n = w1 - w0;
-    const T *gy0 = gyr + w0 * g->yw + c;
-    for (i64 i = i0; i < i1; ++i) {
-        const T *x0 = xb + (oh + i * g->DH - g->PH) * g->xh + c + (w0 - g->PW) * sx;
-        float *wp = gw + i * KW * C + c;
-        switch (KW) {
-        case 1: FN(wgrad_run16_1)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        case 2: FN(wgrad_run16_2)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        case 3: FN(wgrad_run16_3)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        case 4: FN(wgrad_run16_4)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        case 5: FN(wgrad_run16_5)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        default: FN(wgrad_run16_6)(gy0, g->yw, x0, sx, step, wp, C, n); break;
-        }
-    }
-}
-
 /* Wide kernels ((KW - 1) DW >= WGRAD_PAD_REACH): each input row of a channel block is copied into a
  * zero-padded strip, so that every column runs in the register-blocked runs (LAMNet's 1 x 23 on a
  * 48-pixel patch: 22 of 48 columns would otherwise take the per-pixel path, a load, a multiply-add and
@@ -695,11 +642,6 @@ static void FN(wgrad_runs)(const T *gyr, const T *xb, float *gw, const dw_geom *
     const i64 C = g->C, KW = g->KW, Wp = g->W + (KW - 1) * g->DW;
     const i64 nruns = (KW + WGRAD_MAX_RUN - 1) / WGRAD_MAX_RUN;
     for (i64 cb = 0; cb < C; cb += 8) {
-        if (!pad && KW <= WGRAD_MAX_RUN16 && cb + 16 <= C) { /* a whole cache line of channels */
-            FN(wgrad_runs16)(gyr, xb, gw, g, oh, i0, i1, w0, w1, cb);
-            cb += 8;
-            continue;
-        }
         int keep_from = 0;
         i64 c = cb;
         if (cb + 8 > C) { /* the last channels as a vector overlapping the previous block */
