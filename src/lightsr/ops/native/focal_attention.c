@@ -20,8 +20,9 @@
  * channels, with no edge tests; the backward accumulates gM in buffers of the same shape and
  * applies the box-mean adjoint once per line, and reduces the kernel gradient's dot products
  * eight taps at a time into a dense line buffer. While a line computes, the next line's pixels
- * are prefetched (1.2-1.5x on LAMNet's shapes: a line is read in a burst, then computed). Dense buffers also keep the vertical FSA's column
- * walk (pixels a whole image row apart in memory) out of the cache-set conflicts it would hit.
+ * are prefetched (a line is read in a burst, then computed: 1.1-1.7x, benchmarks/native_ab.py).
+ * Dense buffers also keep the vertical FSA's column walk (pixels a whole image row apart in
+ * memory) out of the cache-set conflicts it would hit.
  * Other group widths use a plain per-tap loop. With act = 1 the kernel coefficients are logits
  * and tanh is applied on the fly (LAMNet's kernel predictors end in tanh): per line, the
  * coefficients are copied into a buffer and passed through an 8-wide rational approximation of
