@@ -41,8 +41,8 @@ def _library_of(tree: Path) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _cases(batch: int, size: int):
-    g = torch.Generator().manual_seed(0)
+def _fsa_cases(g, batch: int, size: int) -> dict:
+    """LAMNet's focal attention: float32 forward and backward, bfloat16 forward, both directions."""
     taps = build_kernel_map()
     cl = torch.channels_last
     # as in LAMNet: x the second half of proj_in's channels-last output, 52 kernel logits per pixel
@@ -52,46 +52,55 @@ def _cases(batch: int, size: int):
     xh, kh = x.bfloat16(), k.bfloat16()
     cases = {}
     for dim, name in ((-1, "horizontal"), (-2, "vertical")):
-        def forward(dim=dim):
-            return focal_attention(x, k, taps, dim, activation="tanh")
-
         xg, kg = x.clone().requires_grad_(), k.clone().requires_grad_()
         saved = {}
 
-        def prepare(dim=dim):
-            xg.grad = kg.grad = None
+        def prepare(dim=dim, xg=xg, kg=kg, saved=saved):
             saved["y"] = focal_attention(xg, kg, taps, dim, activation="tanh")
 
-        def backward():
-            torch.autograd.grad(saved["y"], (xg, kg), gout)
+        cases[f"FSA {name} forward (32 ch, 13 taps, tanh)"] = (
+            None, lambda dim=dim: focal_attention(x, k, taps, dim, activation="tanh"))
+        cases[f"FSA {name} backward"] = (
+            prepare, lambda xg=xg, kg=kg, saved=saved: torch.autograd.grad(saved["y"], (xg, kg), gout))
+        cases[f"FSA {name} forward, bfloat16 (inference)"] = (
+            None, lambda dim=dim: focal_attention(xh, kh, taps, dim, activation="tanh"))
+    return cases
 
-        def forward_bf16(dim=dim):
-            return focal_attention(xh, kh, taps, dim, activation="tanh")
 
-        cases[f"FSA {name} forward (32 ch, 13 taps, tanh)"] = (None, forward)
-        cases[f"FSA {name} backward"] = (prepare, backward)
-        cases[f"FSA {name} forward, bfloat16 (inference)"] = (None, forward_bf16)
-    # DLGSANet-tiny's MHDLSA: 48 channels in 8 groups, 7x7 kernels from 12 hidden channels (fused)
-    xd = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
-    hd = torch.randn(batch, 12, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+def _dynamic_cases(g, batch: int, size: int) -> dict:
+    """DLGSANet-tiny's MHDLSA: 48 channels in 8 groups, 7x7 kernels from 12 hidden channels (fused)."""
+    cl = torch.channels_last
+    x = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
+    h = torch.randn(batch, 12, size, size, generator=g).contiguous(memory_format=cl).requires_grad_()
     cw = (torch.randn(392, 12, 1, 1, generator=g) * 0.3).requires_grad_()
     cb = (torch.randn(392, generator=g) * 0.1).requires_grad_()
-    gd = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl)
-    dyn = {}
+    gout = torch.randn(batch, 48, size, size, generator=g).contiguous(memory_format=cl)
+    saved = {}
 
-    def dyn_prepare():
-        dyn["y"] = dynamic_dwconv_fused(xd, hd, cw, cb, 7)
+    def prepare():
+        saved["y"] = dynamic_dwconv_fused(x, h, cw, cb, 7)
 
-    cases["dynamic conv fused forward (DLGSANet-tiny: 48 ch, 7x7 from 12 hidden)"] = (
-        None, lambda: dynamic_dwconv_fused(xd.detach(), hd.detach(), cw.detach(), cb.detach(), 7))
-    cases["dynamic conv fused backward"] = (dyn_prepare, lambda: torch.autograd.grad(dyn["y"], (xd, hd, cw, cb), gd))
-    # the gated FFNs' 3x3 depth-wise convolution: its kernel and bias gradient (DLGSANet-tiny 192, LAMNet 128 ch)
+    return {
+        "dynamic conv fused forward (DLGSANet-tiny: 48 ch, 7x7 from 12 hidden)": (
+            None, lambda: dynamic_dwconv_fused(x.detach(), h.detach(), cw.detach(), cb.detach(), 7)),
+        "dynamic conv fused backward": (prepare, lambda: torch.autograd.grad(saved["y"], (x, h, cw, cb), gout)),
+    }
+
+
+def _depthwise_cases(g, batch: int, size: int) -> dict:
+    """The gated FFNs' 3x3 depth-wise kernel and bias gradient (DLGSANet-tiny 192, LAMNet 128 channels)."""
+    cases = {}
     for c in (192, 128):
-        xw = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=cl)
-        gw = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=cl)
+        x = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=torch.channels_last)
+        gout = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=torch.channels_last)
         cases[f"depth-wise 3x3 kernel + bias gradient ({c} ch)"] = (
-            None, lambda xw=xw, gw=gw: _depthwise_native.weight_grad(gw, xw, (3, 3), (1, 1), (1, 1), True))
+            None, lambda x=x, gout=gout: _depthwise_native.weight_grad(gout, x, (3, 3), (1, 1), (1, 1), True))
     return cases
+
+
+def _cases(batch: int, size: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {**_fsa_cases(g, batch, size), **_dynamic_cases(g, batch, size), **_depthwise_cases(g, batch, size)}
 
 
 def _time(prepare, fn) -> float:
