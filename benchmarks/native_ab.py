@@ -6,10 +6,12 @@ Only the C library is swapped; the Python around it is this tree's, so the two l
 same entry points (a tree from before a kernel was added cannot run that kernel's cases). Cases are
 LAMNet's step shapes (batch 8, 48 x 48 LR patches): its focal attention forward and backward
 through autograd, horizontal and vertical, and the bfloat16 forward of inference; DLGSANet-tiny's
-fused dynamic convolution, forward and backward; the 3x3 depth-wise kernel gradient of the gated FFNs.
+fused dynamic convolution, forward and backward; the 3x3 depth-wise convolution of the gated FFNs and
+its kernel gradient.
 
     git worktree add /tmp/old <commit>
     python benchmarks/native_ab.py --before /tmp/old --repeats 20
+    python benchmarks/native_ab.py --before /tmp/old --only depth-wise --batch 1 --size 180
 """
 from __future__ import annotations
 
@@ -88,11 +90,15 @@ def _dynamic_cases(g, batch: int, size: int) -> dict:
 
 
 def _depthwise_cases(g, batch: int, size: int) -> dict:
-    """The gated FFNs' 3x3 depth-wise kernel and bias gradient (DLGSANet-tiny 192, LAMNet 128 channels)."""
+    """The gated FFNs' 3x3 depth-wise convolution and its kernel and bias gradient (DLGSANet-tiny 192, LAMNet 128
+    channels)."""
     cases = {}
     for c in (192, 128):
         x = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=torch.channels_last)
         gout = torch.randn(batch, c, size, size, generator=g).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, 1, 3, 3, generator=g)
+        cases[f"depth-wise 3x3 forward ({c} ch)"] = (
+            None, lambda x=x, w=w: _depthwise_native.forward(x, w, None, (1, 1), (1, 1), 0, False))
         cases[f"depth-wise 3x3 kernel + bias gradient ({c} ch)"] = (
             None, lambda x=x, gout=gout: _depthwise_native.weight_grad(gout, x, (3, 3), (1, 1), (1, 1), True))
     return cases
@@ -118,6 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", metavar="TEXT", help="only the cases whose name contains TEXT")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"command: python benchmarks/native_ab.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
     before = _library_of(args.before.resolve())
     libs = {"now": _native._library(), "before": _native.load(before, partial=True)}
     print(f"library now: {_native.library_path()}\nlibrary before: {before} ({args.before})\n")
-    cases = _cases(args.batch, args.size)
+    cases = {name: case for name, case in _cases(args.batch, args.size).items() if args.only in name}
     times = {(lib, case): [] for lib in libs for case in cases}
     try:
         for r in range(args.repeats):

@@ -86,8 +86,15 @@ def test_native_ab_swaps_libraries_and_restores(capsys):
     _load("native_ab").main(["--before", str(BENCH.parent), "--repeats", "1", "--batch", "1", "--size", "9"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| FSA ")]
-    assert len(rows) == 6 and len([r for r in out.splitlines() if r.startswith("| dynamic conv")]) == 2 and all(re.search(r"\| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|$", r) for r in rows), out
+    lines = out.splitlines()
+    assert len(rows) == 6 and len([r for r in lines if r.startswith("| dynamic conv")]) == 2 and all(re.search(r"\| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|$", r) for r in rows), out
+    assert len([r for r in lines if r.startswith("| depth-wise 3x3 forward")]) == 2, out
     assert _native.library() is lib
+    _load("native_ab").main(["--before", str(BENCH.parent), "--repeats", "1", "--batch", "1", "--size", "9",
+                             "--only", "depth-wise"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len([r for r in lines if r.startswith("| depth-wise 3x3 ")]) == 4, lines
+    assert not [r for r in lines if r.startswith(("| FSA", "| dynamic"))], lines
 
 
 def test_cuda_check_runs_on_cpu(capsys):
