@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     for name, tree, extra in variants:
         t = sorted(times[name])
         med = statistics.median(t)
-        print(f"| {name} | {tree} | {' '.join(extra) or '-'} | {med:.1f} | {t[-1]:.1f} | {base / med:.2f}x |")
+        print(f"| {name} | {tree} | {' '.join(extra) or '-'} | {med:.2f} | {t[-1]:.2f} | {base / med:.2f}x |")
     return 0
 
 

@@ -50,9 +50,11 @@ Errors are one line naming the file and the reason; --debug (or LIGHTSR_DEBUG=1)
 """
 
 
-def _available_commands() -> dict[str, object]:
+def _available_commands(only: str | None = None) -> dict[str, object]:
     found = {}
     for name, mod in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             found[name] = importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as exc:  # command not implemented in this build
@@ -62,7 +64,9 @@ def _available_commands() -> dict[str, object]:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with the command ``only`` alone (``main`` when the
+    command line names one: the other commands' modules and their imports are not loaded)."""
     from lightsr import __version__
 
     parser = argparse.ArgumentParser(
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lightsr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (also LIGHTSR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, module in _available_commands().items():
+    for name, module in _available_commands(only).items():
         p = module.add_parser(sub)
         if not any("--debug" in a.option_strings for a in p._actions):
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -86,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from lightsr.cli import errors
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in argv if not a.startswith("-")), None)  # global options take no values
+    parser = build_parser(named if named in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
