@@ -26,7 +26,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def train(cfg: "Config", resume: str | None = None, *, console: bool = True, raise_errors: bool = False) -> int:
+def train(cfg: Config, resume: str | None = None, *, console: bool = True, raise_errors: bool = False) -> int:
     """Train from a validated :class:`Config`; returns the process exit code (0 finished,
     130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint, 1 non-finite loss or a
     failure - logged to train.log, workers stopped; ``raise_errors=True`` re-raises it instead)."""
